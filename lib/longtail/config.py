@@ -1,0 +1,46 @@
+"""Where the project reads data and weights and writes caches and runs.
+
+Each location is, in order of precedence: an explicit argument, an environment variable,
+a folder inside the project. Nothing is ever written below the data root or the weights
+folder (they may be read-only copies, as ``../shared`` is in CI); extracted archives,
+decoded-image caches and feature caches go to the cache folder.
+
+| setting      | environment variable | default               |
+|--------------|----------------------|-----------------------|
+| data root    | ``LT_DATA_ROOT``     | ``<project>/data``    |
+| weights dir  | ``LT_WEIGHTS_DIR``   | ``<project>/weights`` |
+| cache dir    | ``LT_CACHE_DIR``     | ``<project>/.cache``  |
+| runs dir     | ``LT_RUNS_DIR``      | ``<project>/runs``    |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _resolve(value: str | os.PathLike | None, env: str, default: Path) -> Path:
+    if value not in (None, ""):
+        return Path(value).expanduser()
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    return default
+
+
+def data_root(value: str | os.PathLike | None = None) -> Path:
+    return _resolve(value, "LT_DATA_ROOT", PROJECT_ROOT / "data")
+
+
+def weights_dir(value: str | os.PathLike | None = None) -> Path:
+    return _resolve(value, "LT_WEIGHTS_DIR", PROJECT_ROOT / "weights")
+
+
+def cache_dir(value: str | os.PathLike | None = None) -> Path:
+    path = _resolve(value, "LT_CACHE_DIR", PROJECT_ROOT / ".cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir(value: str | os.PathLike | None = None) -> Path:
+    return _resolve(value, "LT_RUNS_DIR", PROJECT_ROOT / "runs")

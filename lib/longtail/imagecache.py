@@ -1,0 +1,123 @@
+"""Decode images once into a memory-mapped uint8 array on disk, so no epoch decodes a JPEG again.
+
+Every image is resized so its shorter side is ``size`` and centre-cropped to ``size x size``
+(the usual eval geometry; training crops are taken later from this square).  The cache is a
+``.npy`` file keyed by the image files (path, byte size, mtime) and ``size``; it is written to a
+temporary file and renamed, so an interrupted build never leaves a cache that looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+from PIL import Image
+
+from . import config
+from .fileio import atomic_write_text
+
+ON_ERROR = ("raise", "skip")
+
+
+class ImageDecodeError(RuntimeError):
+    pass
+
+
+def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One image as uint8 [size, size, 3]: shorter side resized to ``size``, centre crop."""
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # lets libjpeg decode at a reduced scale: much faster
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        if (w, h) != (size, size):
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None if scale > 0.5 else 2.0)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.uint8)
+
+
+def cache_key(paths, size: int) -> str:
+    h = hashlib.sha1(f"v1|{size}|".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def decoded_images(paths, size: int, *, on_error: str = "raise", cache: str | os.PathLike | None = None,
+                   workers: int | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images, kept)``: a read-only memory map uint8 [len(kept), size, size, 3] and the
+    indices into ``paths`` of the images it holds (all of them unless ``on_error="skip"``).
+
+    ``on_error="raise"`` stops at the first unreadable image with an error naming the file;
+    ``"skip"`` leaves such images out and warns once, listing every skipped file.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"unknown on_error {on_error!r}; choose one of {', '.join(ON_ERROR)}")
+    paths = [str(p) for p in paths]
+    folder = config.cache_dir(cache) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{cache_key(paths, size)}_{size}px"
+    array_file, meta_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    if array_file.exists() and meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        _warn_skipped(meta["skipped"])
+        return np.load(array_file, mmap_mode="r"), np.asarray(meta["kept"], dtype=np.int64)
+
+    def load(i):
+        try:
+            return i, decode_image(paths[i], size), None
+        except Exception as exc:  # PIL raises many types for a bad file
+            return i, None, f"{paths[i]}: {type(exc).__name__}: {exc}"
+
+    tmp = array_file.with_suffix(f".tmp{os.getpid()}.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    ok = np.zeros(len(paths), dtype=bool)
+    skipped = []
+    bar = _progress(len(paths), f"decoding {len(paths)} images at {size}px", progress)
+    try:
+        with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+            for i, img, err in pool.map(load, range(len(paths)), chunksize=64):
+                bar.update(1)
+                if err is not None:
+                    if on_error == "raise":
+                        raise ImageDecodeError(f"cannot read image {err} (pass on_error='skip' to leave it out)")
+                    skipped.append(err)
+                    continue
+                out[i] = img
+                ok[i] = True
+    except BaseException:
+        del out
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    kept = np.flatnonzero(ok)
+    if len(kept) < len(paths):
+        compact = np.lib.format.open_memmap(tmp.with_suffix(".c.npy"), mode="w+", dtype=np.uint8,
+                                            shape=(len(kept), size, size, 3))
+        compact[:] = out[kept]
+        compact.flush()
+        del out, compact
+        os.replace(tmp.with_suffix(".c.npy"), tmp)
+    else:
+        out.flush()
+        del out
+    os.replace(tmp, array_file)
+    atomic_write_text(meta_file, json.dumps({"size": size, "kept": kept.tolist(), "skipped": skipped}))
+    _warn_skipped(skipped)
+    return np.load(array_file, mmap_mode="r"), kept
+
+
+def _warn_skipped(skipped):
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped), stacklevel=3)
+
+
+def _progress(total, desc, enabled):
+    from tqdm import tqdm  # plain text bars: readable in a papermill log
+    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=2.0, ascii=True)

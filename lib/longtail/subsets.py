@@ -1,0 +1,150 @@
+"""Long-tailed and balanced training subsets, long-tailed test splits, head/middle/tail groups.
+
+Class order: class i of the profile is class i of the data set ("given", the CIFAR-LT
+convention of Cao et al. 2019) unless ``class_order="random"``, which draws a permutation of
+the classes from the subset seed.  Within a class the kept images are the first n_i of a
+permutation drawn from the subset seed, so a subset is a pure function of
+(labels, profile, imbalance factor, n_max, class order, seed).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PROFILES = ("exp", "step", "zipf")
+CLASS_ORDERS = ("given", "random")
+GROUP_SCHEMES = ("auto", "thresholds", "thirds")
+GROUP_NAMES = ("head", "middle", "tail")
+
+
+def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float, profile: str = "exp") -> list[int]:
+    """Per-class image counts of a long-tailed profile, largest first.
+
+    - ``exp`` (Cao et al. 2019, Cui et al. 2019): n_i = int(n_max * IF^(-i/(C-1)))
+    - ``step`` (Buda et al. 2018): the first half of the classes n_max, the rest int(n_max/IF)
+    - ``zipf``: n_i = int(n_max / (i+1)^a) with a = log(IF)/log(C), so n_{C-1} = n_max/IF
+
+    Every count is at least 1.  CIFAR-10 (n_max 5000) at IF 100 gives 12,406 images, at IF 10, 20,431.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if imbalance_factor < 1:
+        raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")
+    if num_classes < 1 or n_max < 1:
+        raise ValueError(f"need num_classes >= 1 and n_max >= 1, got {num_classes} and {n_max}")
+    if num_classes == 1:
+        return [int(n_max)]
+    i = np.arange(num_classes)
+    if profile == "exp":
+        counts = [int(n_max * imbalance_factor ** (-k / (num_classes - 1))) for k in i]
+    elif profile == "step":
+        half = num_classes // 2
+        counts = [n_max if k < half else int(n_max / imbalance_factor) for k in i]
+    else:
+        a = math.log(imbalance_factor) / math.log(num_classes)
+        counts = [int(n_max / (k + 1) ** a) for k in i]
+    return [max(1, c) for c in counts]
+
+
+def class_counts(labels, num_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+
+
+def _class_permutations(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+
+
+def longtailed_indices(labels, num_classes: int, imbalance_factor: float, *, profile: str = "exp",
+                       n_max: int | None = None, class_order: str = "given", seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of a long-tailed subset of ``labels``.
+
+    ``n_max`` defaults to the smallest class size, so that the profile is realised exactly;
+    a larger n_max caps each class at what it has (the realised counts are what the run saves).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if class_order not in CLASS_ORDERS:
+        raise ValueError(f"unknown class_order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)}")
+    available = class_counts(labels, num_classes)
+    if n_max is None:
+        n_max = int(available.min())
+    if n_max < 1:
+        raise ValueError("a class has no training image; cannot build a long-tailed subset")
+    rng = np.random.default_rng(seed)
+    order = np.arange(num_classes) if class_order == "given" else rng.permutation(num_classes)
+    target = longtail_counts(n_max, num_classes, imbalance_factor, profile)
+    per_class = _class_permutations(labels, num_classes, rng)
+    keep = [per_class[c][: target[rank]] for rank, c in enumerate(order)]
+    return np.sort(np.concatenate(keep))
+
+
+def balanced_indices(labels, num_classes: int, total: int | None = None, *, seed: int = 0) -> np.ndarray:
+    """Indices of a balanced subset: ``total`` images spread evenly over the classes
+    (the first ``total % C`` classes get one more), or the full set when ``total`` is None."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if total is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    base, extra = divmod(int(total), num_classes)
+    per_class = _class_permutations(labels, num_classes, rng)
+    keep = [idx[: base + (c < extra)] for c, idx in enumerate(per_class)]
+    return np.sort(np.concatenate(keep))
+
+
+def stratified_split(labels, fraction: float, *, seed: int = 0, min_keep: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, held_out) with round(fraction * n_c) of each class held out,
+    always leaving at least ``min_keep`` images of a class in ``rest``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(int(round(fraction * len(idx))), max(0, len(idx) - min_keep))
+        held.append(idx[:k])
+    held = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    return rest, held
+
+
+def class_groups(train_counts, scheme: str = "auto", many: int = 100, few: int = 20) -> np.ndarray:
+    """Head / middle / tail group of every class from its training count.
+
+    - ``thresholds`` (the survey's many/medium/few shots): head > ``many``, tail < ``few``.
+    - ``thirds``: classes sorted by count (largest first, ties by class index) cut into three
+      near-equal parts (``np.array_split``).
+    - ``auto``: thresholds where they give three non-empty groups, else thirds (as on CIFAR-10-LT
+      or EU Moths, whose counts are all below 100).
+    """
+    counts = np.asarray(train_counts)
+    if scheme not in GROUP_SCHEMES:
+        raise ValueError(f"unknown group scheme {scheme!r}; choose one of {', '.join(GROUP_SCHEMES)}")
+    by_threshold = np.where(counts > many, "head", np.where(counts < few, "tail", "middle")).astype(object)
+    if scheme == "thresholds" or (scheme == "auto" and len(set(by_threshold)) == 3):
+        return by_threshold
+    order = np.argsort(-counts, kind="stable")
+    groups = np.empty(len(counts), dtype=object)
+    for name, part in zip(GROUP_NAMES, np.array_split(order, 3)):
+        groups[part] = name
+    return groups
+
+
+def longtailed_test_weights(test_labels, train_counts) -> np.ndarray:
+    """Sample weights that turn a balanced test set into the long-tailed one: w ∝ n_train[y],
+    normalised to mean 1.  A metric weighted so is the exact expectation under a test set drawn
+    with the training prior (given a balanced test set)."""
+    w = np.asarray(train_counts, dtype=np.float64)[np.asarray(test_labels, dtype=np.int64)]
+    return w / w.mean()
+
+
+def longtailed_test_indices(test_labels, train_counts, *, seed: int = 0) -> np.ndarray:
+    """A physically subsampled long-tailed test set: class c keeps round(n_test_c * n_c / n_max)
+    images (at least one), the optional alternative to the weighted split."""
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    train_counts = np.asarray(train_counts, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c, n_c in enumerate(train_counts):
+        idx = rng.permutation(np.flatnonzero(test_labels == c))
+        k = max(1, int(round(len(idx) * n_c / train_counts.max()))) if len(idx) else 0
+        keep.append(idx[:k])
+    return np.sort(np.concatenate(keep))
