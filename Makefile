@@ -1,0 +1,47 @@
+# The project's task runner.  `make` runs the main job, `make test` the tests; both set up the
+# environment first (a .venv with the pinned packages, the package in editable mode, and the
+# Jupyter kernel "longtail" that JupyterLab and papermill share).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+JOBS   ?= 2
+
+# Data and weights: a sibling ../shared copy when there is one, else <project>/data and weights.
+export LT_DATA_ROOT    ?= $(firstword $(wildcard $(CURDIR)/../shared/data) $(CURDIR)/data)
+export LT_WEIGHTS_DIR  ?= $(firstword $(wildcard $(CURDIR)/../shared/weights) $(CURDIR)/weights)
+export PYTHONUNBUFFERED = 1
+
+.PHONY: all setup test grid report lab bench clean
+all: grid report  ## the main job: default grid, then the report
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name longtail --display-name "Python (longtail)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+grid: $(STAMP)
+	$(PY) -m longtail.grid $(PARAMS) --jobs $(JOBS)
+
+report: $(STAMP)
+	$(PY) -m longtail.report $(PARAMS)
+	@echo "report: $(CURDIR)/report/index.html"
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) bench/main_job.py
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf runs report/*.html report/figures report/tables

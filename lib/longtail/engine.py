@@ -1,0 +1,225 @@
+"""The training engine: one loop for a whole model on images or a head on cached features.
+
+Data is an in-memory tensor (uint8 images NHWC, or float features) indexed by the sampler's
+indices, so no DataLoader worker ever decodes or collates: the batch is one gather, moved to the
+device, transformed there (see ``transforms``).  On CUDA the data set is put on the GPU when it
+fits; bf16 autocast and channels_last are used there.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the run stops and records why."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    lr_steps: list = field(default_factory=list)
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    precision: str = "auto"
+    device: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, p: dict) -> "TrainConfig":
+        return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for, but CUDA is not available here; use device='auto' or 'cpu'")
+    return dev
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak lr at an optimizer step: linear warm-up, then cosine/step/constant."""
+    epoch = step / max(1, steps_per_epoch)
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        t = (epoch - cfg.warmup_epochs) / max(1e-9, cfg.epochs - cfg.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if cfg.schedule == "step":
+        return cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+    return 1.0
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on biases and normalisation parameters (1-D tensors), the usual practice
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of sgd, adamw")
+
+
+def place(x: torch.Tensor, device: torch.device, budget_bytes: float = 0.5) -> torch.Tensor:
+    """Move the whole data tensor to an accelerator when it takes under ``budget_bytes`` of its free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if x.numel() * x.element_size() < budget_bytes * free:
+            return x.to(device, non_blocking=True)
+    return x
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: int = 512,
+            device: torch.device | str = "cpu", precision: str = "auto", features: bool = False) -> np.ndarray:
+    """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x."""
+    device = torch.device(device)
+    model.eval().to(device)
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        xb = transform(xb) if transform is not None else xb
+        with autocast(device, precision):
+            out = model.forward_head(model.forward_features(xb), pre_logits=True) if features else model(xb)
+        outs.append(out.float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
+def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn: nn.Module, sampler,
+        cfg: TrainConfig, *, transform=None, eval_transform=None, val_x=None, val_y=None, drw=None,
+        log=print, on_epoch=None):
+    """Train ``model``; returns (history rows, best state dict, best epoch).
+
+    Model selection: the epoch with the highest balanced accuracy (mean per-class recall) on the
+    validation split, which is carved from training data and long-tailed like it; never the test
+    set.  Without a validation split the last epoch is taken.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if cfg.channels_last and _has_conv(model):  # 1.6-2.9x faster for depthwise nets, on the CPU too
+        model.to(memory_format=torch.channels_last)
+    loss_fn.to(device)
+    train_x, train_y = place(train_x, device), train_y.to(device)
+    opt = make_optimizer(model, cfg)
+    n = len(sampler) if hasattr(sampler, "__len__") else len(train_y)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history, best_state, best_epoch, best_score, step = [], None, -1, -math.inf, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if drw is not None:
+            drw.apply(loss_fn, epoch)
+        order = torch.as_tensor(np.fromiter(iter(sampler), dtype=np.int64), device=train_x.device)
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if len(idx) < 2:  # a last batch of one breaks BatchNorm in train mode
+                continue
+            xb = train_x[idx].to(device, non_blocking=True)
+            yb = train_y[idx.to(train_y.device)]
+            if transform is not None:
+                xb = transform(xb)
+            xb, ya, yb2, lam = _mix(xb, yb, cfg, mix_gen)
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg)
+            with autocast(device, cfg.precision):
+                out = model(xb)
+            out = out.float()
+            loss = loss_fn(out, ya) if lam == 1.0 else lam * loss_fn(out, ya) + (1 - lam) * loss_fn(out, yb2)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, step {b} "
+                                         f"(lr {opt.param_groups[0]['lr']:.3g}); the run stopped")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            seen += len(yb)
+            loss_sum += loss.item() * len(yb)
+            correct += (out.argmax(1) == ya).sum().item()
+        elapsed = time.perf_counter() - t0
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, seen),
+               "train_acc": correct / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
+        if val_x is not None and len(val_y):
+            logits = torch.from_numpy(predict(model, val_x, eval_transform, batch_size=cfg.eval_batch_size,
+                                              device=device, precision=cfg.precision))
+            vy = val_y.cpu()
+            row["val_loss"] = F.cross_entropy(logits, vy).item()
+            row["val_acc"] = (logits.argmax(1) == vy).float().mean().item()
+            row["val_balanced_acc"] = _balanced_accuracy(logits.argmax(1), vy)
+            score = row["val_balanced_acc"]
+        else:
+            score = epoch  # no validation split: the last epoch
+        if score >= best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        row["best_epoch"] = best_epoch
+        history.append(row)
+        log(_epoch_line(row, cfg.epochs))
+        if on_epoch is not None:
+            on_epoch(epoch, model, row)
+    if best_state is None:  # zero epochs
+        best_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return history, best_state, best_epoch
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _mix(x, y, cfg: TrainConfig, gen):
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return x, y, y, 1.0
+    from .transforms import mix_batch
+    return mix_batch(x, y, cfg.mixup_alpha, cfg.cutmix_alpha, generator=gen)
+
+
+def _balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    classes = torch.unique(y)
+    return float(torch.stack([(pred[y == c] == c).float().mean() for c in classes]).mean())
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch'] + 1:>3}/{epochs}", f"lr {row['lr']:.3g}", f"loss {row['train_loss']:.4f}",
+             f"acc {row['train_acc']:.3f}"]
+    if "val_loss" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.3f}",
+                  f"val_bal_acc {row['val_balanced_acc']:.3f}"]
+    parts += [f"{row['images_per_s']:.0f} img/s"]
+    return " | ".join(parts)

@@ -1,0 +1,50 @@
+"""Frozen-backbone features, extracted once and cached on disk.
+
+The key covers everything that changes a feature: backbone, weights (file, size, mtime),
+the decoded images (their cache file), input size and normalisation.  Every run of a grid on
+the same backbone and data then trains its head on the cached array in seconds
+(the survey's decoupled-training idea; the CPU default ``mode="linear"``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from . import config
+from .engine import predict
+from .fileio import atomic_write_bytes
+
+
+def weights_id(pretrained, weights_dir=None) -> str:
+    from .models import LOCAL_WEIGHTS
+    if pretrained in (None, "none", "timm"):
+        return str(pretrained)
+    path = config.weights_dir(weights_dir) / LOCAL_WEIGHTS[pretrained]["file"] if pretrained in LOCAL_WEIGHTS \
+        else os.fspath(pretrained)
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def feature_key(**parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_features(model, images: torch.Tensor, transform, key: str, *, batch_size=512, device="cpu",
+                    precision="auto", log=print) -> np.ndarray:
+    """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there."""
+    folder = config.cache_dir() / "features"
+    path = folder / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    log(f"extracting features of {len(images)} images (cached as {path.name})")
+    feats = predict(model, images, transform, batch_size=batch_size, device=device, precision=precision,
+                    features=True).astype(np.float32)
+    import io
+    buf = io.BytesIO()
+    np.save(buf, feats)
+    atomic_write_bytes(path, buf.getvalue())
+    return feats

@@ -1,0 +1,189 @@
+"""Backbones: any timm model by name, the thesis's four under short aliases, a CIFAR ResNet-32,
+and a normalised (cosine) classifier head.
+
+``pretrained``:
+- ``None`` / ``"none"``: random initialisation;
+- ``"timm"``: timm's hub weights (needs internet the first time);
+- a key of :data:`LOCAL_WEIGHTS` (e.g. ``"inat_insects"``): a state dict file in the weights
+  folder (``LT_WEIGHTS_DIR``), with the model arguments and normalisation it needs;
+- a path to a state dict (``.pt``/``.pth``); its classifier is dropped and replaced.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import config
+
+ALIASES = {
+    "mobilenetv2": "mobilenetv2_100",
+    "resnet50v2": "resnetv2_50",
+    "vit_b16": "vit_base_patch16_224",
+    "convnext_base": "convnext_base",
+}
+
+# The offline MobileNetV2 state dicts (../shared/README.md): converted from TFLite, hence
+# TensorFlow "same" padding and inputs scaled to [-1, 1] (mean = std = 0.5).
+LOCAL_WEIGHTS = {
+    "inat_insects": dict(file="mobilenetv2_100.coral_inat_insects.pt", arch="mobilenetv2_100",
+                         kwargs={"pad_type": "same"}, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "imagenet_coral": dict(file="mobilenetv2_100.coral_imagenet.pt", arch="mobilenetv2_100",
+                           kwargs={"pad_type": "same"}, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
+PRETRAINED_CHOICES = ("none", "timm", *LOCAL_WEIGHTS, "<path to a state dict>")
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier: z_j = <x/|x|, w_j/|w_j|> in [-1, 1] (Cao et al. 2019, LDAM's head).
+    Pair it with a loss that scales logits (LDAM's s)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x):
+        x = x.flatten(1)  # timm's conv classifiers hand over [N, C, 1, 1]
+        return F.normalize(x.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+
+
+# --- CIFAR ResNet-32 (He et al. 2016, option-A shortcuts), as in the LDAM-DRW code -------------
+class _BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout - cin  # option A: subsample and zero-pad channels, no parameters
+        self.stride = stride
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x
+        if self.stride != 1 or self.pad:
+            short = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + short)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs; n=5 gives ResNet-32 (0.46 M parameters)."""
+
+    def __init__(self, num_classes: int = 10, n: int = 5, widths=(16, 32, 64)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(n):
+                layers.append(_BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.num_features = cin
+        self.fc = nn.Linear(cin, num_classes)
+        self.pretrained_cfg = {"classifier": "fc", "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616),
+                               "input_size": (3, 32, 32), "crop_pct": 1.0}
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward_features(self, x):
+        return self.layers(F.relu(self.bn1(self.conv1(x))))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self):
+        return self.fc
+
+    def reset_classifier(self, num_classes: int):
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+
+def resolve_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def is_known_backbone(name: str) -> bool:
+    import timm
+    arch = resolve_name(name)
+    return arch == "resnet32" or arch in timm.list_models() or timm.is_model(arch)
+
+
+def build_model(name: str, num_classes: int, pretrained=None, *, cosine_head: bool = False,
+                weights_dir=None, **params) -> nn.Module:
+    """A classifier for ``num_classes``; ``params`` go to ``timm.create_model`` (e.g. drop_rate).
+    The model carries ``model.data_config`` (mean, std, input_size, crop_pct) for the transforms."""
+    arch = resolve_name(name)
+    pretrained = None if pretrained in (None, False, "", "none") else pretrained
+    if arch == "resnet32":
+        if pretrained is not None:
+            raise ValueError("resnet32 has no pretrained weights; use pretrained=None")
+        model = CifarResNet(num_classes, **params)
+        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    else:
+        import timm
+        if not is_known_backbone(arch):
+            raise ValueError(f"unknown backbone {name!r}; use one of {', '.join(ALIASES)}, resnet32, "
+                             "or any name in timm.list_models()")
+        local = LOCAL_WEIGHTS.get(pretrained) if isinstance(pretrained, str) else None
+        if local is not None and local["arch"] != arch:
+            raise ValueError(f"pretrained={pretrained!r} holds {local['arch']} weights, not {arch}")
+        kwargs = {**(local["kwargs"] if local else {}), **params}
+        model = timm.create_model(arch, pretrained=(pretrained == "timm"), num_classes=num_classes, **kwargs)
+        mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
+        if pretrained not in (None, "timm"):
+            path = config.weights_dir(weights_dir) / local["file"] if local else Path(pretrained)
+            if not path.exists():
+                raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
+                                        f"{', '.join(PRETRAINED_CHOICES)}; set LT_WEIGHTS_DIR or weights_dir)")
+            _load_backbone_state(model, path)
+            if local:
+                mean, std = local["mean"], local["std"]
+    if cosine_head:
+        _set_classifier(model, NormedLinear(model.num_features, num_classes))
+    cfg = getattr(model, "pretrained_cfg", {})
+    model.data_config = {"mean": tuple(mean), "std": tuple(std), "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+                         "crop_pct": float(cfg.get("crop_pct", 0.875))}
+    return model
+
+
+def _load_backbone_state(model: nn.Module, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    head = _classifier_name(model)
+    state = {k: v for k, v in state.items() if not (head and k.startswith(head + "."))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (head and k.startswith(head + "."))]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    assert set(own) >= set(state)
+
+
+def _classifier_name(model) -> str | None:
+    return getattr(model, "pretrained_cfg", {}).get("classifier")
+
+
+def _set_classifier(model: nn.Module, module: nn.Module) -> None:
+    parent, _, attr = (_classifier_name(model) or "fc").rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    return model.get_classifier()
+
+
+def new_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """A fresh classifier of the same kind (linear or cosine) as ``model``'s, on its features."""
+    kind = NormedLinear if isinstance(model.get_classifier(), NormedLinear) else nn.Linear
+    return kind(model.num_features, num_classes)

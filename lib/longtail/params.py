@@ -1,0 +1,153 @@
+"""The parameters of one training run: defaults, documentation, and validation.
+
+``validate(params)`` checks every key and every named choice (data set, backbone, loss and its
+parameters, sampler and its parameters, mode, ...) and raises one error naming each bad value
+with the valid choices, before any data is loaded or any model is built.  The training notebook's
+``parameters`` cell and the grid's parameter files use exactly these names.
+"""
+from __future__ import annotations
+
+import copy
+
+# name: (default, description).  Order = the notebook's parameters cell.
+SCHEMA: dict[str, tuple[object, str]] = {
+    # data
+    "dataset": ("synthetic", "eu_moths | cifar10 | imagefolder | synthetic"),
+    "data_root": (None, "data root; None: $LT_DATA_ROOT, else <project>/data (imagefolder: the image tree)"),
+    "dataset_params": ({}, "extra loader arguments, e.g. {'num_classes': 6} for synthetic"),
+    "train_set": ("longtailed", "longtailed | balanced"),
+    "imbalance_factor": (100.0, "IF = n_max / n_min of the long-tailed training set"),
+    "profile": ("exp", "exp | step | zipf"),
+    "class_order": ("given", "given | random (seeded by subset_seed)"),
+    "n_max": (None, "images of the largest class; None: the smallest class size of the base set"),
+    "balanced_size": ("matched", "matched (same total as the long-tailed set, spread evenly) | full"),
+    "subset_seed": (0, "seed of the training subset and validation split"),
+    "val_fraction": (0.1, "fraction of each training class held out for model selection"),
+    "group_scheme": ("auto", "auto | thresholds | thirds (head/middle/tail)"),
+    "on_error": ("raise", "unreadable image: raise | skip"),
+    # model
+    "backbone": ("mobilenetv2", "mobilenetv2 | resnet50v2 | vit_b16 | convnext_base | resnet32 | any timm name"),
+    "pretrained": (None, "None | timm | inat_insects | imagenet_coral | path to a state dict"),
+    "weights_dir": (None, "folder of local weights; None: $LT_WEIGHTS_DIR, else <project>/weights"),
+    "cosine_head": (None, "normalised classifier; None: on for ldam, off otherwise"),
+    "image_size": (None, "input size; None: the backbone's default"),
+    "mode": ("linear", "linear (frozen backbone, cached features) | finetune | crt"),
+    # loss and sampling
+    "loss": ("ce", "ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted"),
+    "loss_params": ({}, "parameters of the loss, e.g. {'gamma': 2.0}"),
+    "drw_epoch": (None, "deferred re-weighting: epoch at which class-balanced weights switch on (None: off)"),
+    "drw_beta": (0.9999, "beta of the DRW class-balanced weights"),
+    "sampler": ("instance", "instance | class_balanced | square_root | power | progressive"),
+    "sampler_params": ({}, "parameters of the sampler, e.g. {'q': 0.5}"),
+    "posthoc": ("none", "evaluation-time adjustment: none | logit_adjust | tau_norm"),
+    "posthoc_tau": (1.0, "tau of the post-hoc adjustment"),
+    # optimisation
+    "epochs": (30, "training epochs"),
+    "crt_epochs": (10, "classifier re-training epochs (mode crt)"),
+    "batch_size": (128, "training batch size"),
+    "eval_batch_size": (512, "evaluation and feature-extraction batch size"),
+    "optimizer": ("sgd", "sgd | adamw"),
+    "lr": (0.1, "peak learning rate"),
+    "momentum": (0.9, "SGD momentum"),
+    "weight_decay": (5e-4, "weight decay"),
+    "schedule": ("cosine", "cosine | step | constant"),
+    "warmup_epochs": (0, "linear warm-up epochs"),
+    "lr_steps": ([], "epochs at which the step schedule multiplies the lr by lr_gamma"),
+    "lr_gamma": (0.1, "step schedule factor"),
+    "grad_clip": (None, "max gradient norm (None: off)"),
+    "augment": ("auto", "auto | rrc | light | cifar | flip | none (auto: cifar for 32 px, light otherwise)"),
+    "mixup_alpha": (0.0, "mixup alpha (0: off)"),
+    "cutmix_alpha": (0.0, "CutMix alpha (0: off)"),
+    # machine
+    "device": ("auto", "auto (cuda, mps, cpu) | cuda | cuda:N | mps | cpu"),
+    "precision": ("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32"),
+    "channels_last": (True, "channels_last memory format for conv nets"),
+    "compile": (False, "torch.compile the model"),
+    "seed": (0, "training seed (initialisation, sampling order, augmentation)"),
+    "save_checkpoints": (True, "write last.pt and best.pt"),
+    "output_dir": (None, "run folder; None: <runs>/<run id>"),
+}
+DEFAULTS = {k: v[0] for k, v in SCHEMA.items()}
+
+TRAIN_SETS = ("longtailed", "balanced")
+MODES = ("linear", "finetune", "crt")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+POSTHOC = ("none", "logit_adjust", "tau_norm")
+PRECISIONS = ("auto", "bf16", "fp32")
+BALANCED_SIZES = ("matched", "full")
+
+
+class ParameterError(ValueError):
+    """One or more bad parameters; the message lists each with its valid choices."""
+
+
+def _choice(errors, params, key, choices):
+    if params[key] not in choices:
+        errors.append(f"{key}={params[key]!r}: choose one of {', '.join(map(str, choices))}")
+
+
+def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict:
+    """Defaults filled in and every value checked; raises ParameterError listing all problems."""
+    from . import data, losses, samplers, subsets, transforms
+
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(SCHEMA))
+    errors = [f"unknown parameter {k!r}" for k in unknown]
+    if unknown:
+        errors.append("valid parameters: " + ", ".join(SCHEMA))
+    resolved = copy.deepcopy(DEFAULTS)
+    resolved.update({k: v for k, v in params.items() if k in SCHEMA})
+    p = resolved
+    _choice(errors, p, "dataset", tuple(data.DATASETS))
+    _choice(errors, p, "train_set", TRAIN_SETS)
+    _choice(errors, p, "profile", subsets.PROFILES)
+    _choice(errors, p, "class_order", subsets.CLASS_ORDERS)
+    _choice(errors, p, "balanced_size", BALANCED_SIZES)
+    _choice(errors, p, "group_scheme", subsets.GROUP_SCHEMES)
+    _choice(errors, p, "on_error", ("raise", "skip"))
+    _choice(errors, p, "mode", MODES)
+    _choice(errors, p, "optimizer", OPTIMIZERS)
+    _choice(errors, p, "schedule", SCHEDULES)
+    _choice(errors, p, "posthoc", POSTHOC)
+    _choice(errors, p, "precision", PRECISIONS)
+    _choice(errors, p, "augment", ("auto", *transforms.AUGMENTS))
+    if p["loss"] not in losses.LOSSES:
+        errors.append(f"loss={p['loss']!r}: choose one of {', '.join(losses.LOSSES)}")
+    else:
+        bad = sorted(set(p["loss_params"] or {}) - set(losses.loss_param_names(p["loss"])))
+        if bad:
+            errors.append(f"loss_params {bad} are not parameters of loss {p['loss']!r}; valid: "
+                          f"{', '.join(losses.loss_param_names(p['loss'])) or '(none)'}")
+    if p["sampler"] not in samplers.SAMPLERS:
+        errors.append(f"sampler={p['sampler']!r}: choose one of {', '.join(samplers.SAMPLERS)}")
+    else:
+        bad = sorted(set(p["sampler_params"] or {}) - set(samplers.sampler_param_names(p["sampler"])))
+        if bad:
+            errors.append(f"sampler_params {bad} are not parameters of sampler {p['sampler']!r}; valid: "
+                          f"{', '.join(samplers.sampler_param_names(p['sampler'])) or '(none)'}")
+    if check_backbone:
+        from .models import ALIASES, is_known_backbone
+        if not is_known_backbone(str(p["backbone"])):
+            errors.append(f"backbone={p['backbone']!r}: choose one of {', '.join(ALIASES)}, resnet32, "
+                          "or any name in timm.list_models()")
+    dev = str(p["device"])
+    if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
+        errors.append(f"device={dev!r}: choose one of auto, cpu, cuda, cuda:N, mps")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if not isinstance(p[key], int) or p[key] < (0 if key == "epochs" else 1):
+            errors.append(f"{key}={p[key]!r}: must be a positive integer")
+    if not (isinstance(p["imbalance_factor"], (int, float)) and p["imbalance_factor"] >= 1):
+        errors.append(f"imbalance_factor={p['imbalance_factor']!r}: must be a number >= 1")
+    if not 0 <= float(p["val_fraction"]) < 1:
+        errors.append(f"val_fraction={p['val_fraction']!r}: must be in [0, 1)")
+    if errors:
+        raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
+    p["imbalance_factor"] = float(p["imbalance_factor"])
+    return p
+
+
+def describe() -> str:
+    """The parameter table as markdown (README and notebook help)."""
+    rows = [f"| `{k}` | `{v[0]!r}` | {v[1]} |" for k, v in SCHEMA.items()]
+    return "| parameter | default | meaning |\n|---|---|---|\n" + "\n".join(rows)

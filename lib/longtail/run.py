@@ -1,0 +1,253 @@
+"""One training run, from parameters to a complete run folder.
+
+The run folder (``output_dir``) holds:
+
+| file                  | what                                                                 |
+|-----------------------|----------------------------------------------------------------------|
+| ``params.json``       | the resolved parameters (defaults filled in)                          |
+| ``classes.csv``       | per class: name, train count (realised), val and test counts, group  |
+| ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
+| ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids        |
+| ``environment.json``  | package versions, device, git commit, host, wall time                 |
+| ``last.pt``/``best.pt`` | checkpoints (``save_checkpoints``)                                 |
+| ``metrics.csv``       | the final metrics row (pandas reads it in one call)                   |
+| ``metrics.json``      | the same row; written last and atomically: its presence means *done*  |
+| ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import config, params as params_mod
+from .fileio import atomic_write_json, atomic_write_text
+
+RESULT_FILE = "metrics.json"
+#: parameters that say where things are or how fast they run, not what is computed
+_NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints")
+
+
+def run_id(params: dict) -> str:
+    """Stable id of a run: a hash of its resolved parameters (locations excluded)."""
+    resolved = params_mod.validate(params, check_backbone=False)
+    ident = {k: v for k, v in resolved.items() if k not in _NOT_IN_ID}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def is_done(output_dir) -> bool:
+    return (Path(output_dir) / RESULT_FILE).exists()
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    params: dict
+    metrics: dict
+    history: pd.DataFrame
+    classes: pd.DataFrame
+
+    @property
+    def groups_table(self) -> pd.DataFrame:
+        """Top-1 and macro F1 per split (rows) as a small table for the notebook."""
+        splits = ["balanced", "longtailed", "head", "middle", "tail"]
+        return pd.DataFrame({s: {m: self.metrics.get(f"{s}/{m}") for m in ("acc1", "macro_f1", "loss", "n")}
+                             for s in splits}).T
+
+
+def run_training(params: dict, log=print) -> RunResult:
+    """Validate, train, evaluate and write the run folder; see the module docstring."""
+    p = params_mod.validate(params)  # every bad value is reported before any work starts
+    out = Path(p["output_dir"]) if p["output_dir"] else config.runs_dir() / run_id(p)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "failure.json").unlink(missing_ok=True)
+    atomic_write_json(out / "params.json", p)
+    started = time.time()
+    try:
+        result = _train_and_evaluate(p, out, log)
+    except BaseException as exc:
+        atomic_write_json(out / "failure.json", {"error": type(exc).__name__, "message": str(exc),
+                                                 "traceback": traceback.format_exc()})
+        raise
+    env = environment()
+    env["wall_s"] = round(time.time() - started, 2)
+    atomic_write_json(out / "environment.json", env)
+    metrics = {**result["metrics"], "wall_s": env["wall_s"], "run_dir": str(out)}
+    pd.DataFrame([metrics]).to_csv(out / "metrics.csv", index=False)
+    atomic_write_json(out / RESULT_FILE, metrics)  # last: marks the run done
+    return RunResult(out, p, metrics, result["history"], result["classes"])
+
+
+def _train_and_evaluate(p: dict, out: Path, log) -> dict:
+    from . import data, engine, features, losses, metrics, models, samplers, subsets, transforms
+
+    device = engine.resolve_device(p["device"])
+    torch.manual_seed(p["seed"])
+    ds = data.load_dataset(p["dataset"], p["data_root"], **(p["dataset_params"] or {}))
+    C = ds.num_classes
+
+    # --- model, geometry ----------------------------------------------------------------------
+    cosine = p["cosine_head"] if p["cosine_head"] is not None else p["loss"] == "ldam"
+    model = models.build_model(p["backbone"], C, p["pretrained"], cosine_head=cosine, weights_dir=p["weights_dir"])
+    dc = model.data_config
+    image_size = int(p["image_size"] or dc["input_size"][-1])
+    cache_size = transforms.cache_size_for(image_size, dc["crop_pct"])
+    augment = p["augment"] if p["augment"] != "auto" else ("cifar" if image_size <= 32 else "light")
+
+    # --- images, decoded once (cache) ---------------------------------------------------------
+    train_imgs, train_kept = data.split_images(ds.train, cache_size, on_error=p["on_error"])
+    test_imgs, test_kept = data.split_images(ds.test, cache_size, on_error=p["on_error"])
+    base_train = ds.train.subset(train_kept)
+    test = ds.test.subset(test_kept)
+
+    # --- training subset, validation split, groups --------------------------------------------
+    if p["train_set"] == "longtailed":
+        idx = subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
+                                         n_max=p["n_max"], class_order=p["class_order"], seed=p["subset_seed"])
+    else:
+        total = None
+        if p["balanced_size"] == "matched":
+            total = len(subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
+                                                   n_max=p["n_max"], class_order=p["class_order"],
+                                                   seed=p["subset_seed"]))
+        idx = subsets.balanced_indices(base_train.labels, C, total, seed=p["subset_seed"])
+    fit_pos, val_pos = subsets.stratified_split(base_train.labels[idx], p["val_fraction"], seed=p["subset_seed"])
+    train_idx, val_idx = idx[fit_pos], idx[val_pos]
+    y_all = base_train.labels
+    train_counts = subsets.class_counts(y_all[train_idx], C)
+    groups = subsets.class_groups(train_counts, p["group_scheme"])
+    classes = pd.DataFrame({"class": np.arange(C), "name": ds.class_names, "train_count": train_counts,
+                            "val_count": subsets.class_counts(y_all[val_idx], C),
+                            "test_count": subsets.class_counts(test.labels, C), "group": groups})
+    classes.to_csv(out / "classes.csv", index=False)
+    log(f"{p['dataset']}: {C} classes; {p['train_set']} training set {len(train_idx)} images "
+        f"(max {train_counts.max()}, min {train_counts.min()}), validation {len(val_idx)}, test {len(test)}; "
+        f"{p['backbone']} {p['mode']} on {device}")
+
+    # --- loss, sampler, engine config ---------------------------------------------------------
+    loss_fn = losses.build_loss(p["loss"], train_counts.tolist(), **(p["loss_params"] or {}))
+    drw = losses.DRWSchedule(train_counts.tolist(), p["drw_epoch"], beta=p["drw_beta"]) if p["drw_epoch"] is not None else None
+    train_y = torch.as_tensor(y_all[train_idx])
+    sampler = samplers.build_sampler(p["sampler"], train_y.numpy(), p["seed"], **(p["sampler_params"] or {}))
+    cfg = engine.TrainConfig.from_params(p)
+    channels_last = p["channels_last"] and engine._has_conv(model)
+    eval_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], channels_last=channels_last)
+    train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
+                                         channels_last=channels_last, seed=p["seed"])
+    images_train = torch.from_numpy(np.ascontiguousarray(train_imgs))  # into memory: random access per batch
+    images_test = torch.from_numpy(np.ascontiguousarray(test_imgs))
+
+    if p["mode"] == "linear":
+        key_parts = dict(backbone=models.resolve_name(p["backbone"]), weights=features.weights_id(p["pretrained"], p["weights_dir"]),
+                         image_size=image_size, cache_size=cache_size, mean=dc["mean"], std=dc["std"])
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        feat = lambda imgs, split: torch.from_numpy(features.cached_features(  # noqa: E731
+            model, imgs, eval_tf, features.feature_key(images=_images_id(split, cache_size), **key_parts),
+            batch_size=p["eval_batch_size"], device=device, precision=p["precision"], log=log))
+        train_feats, test_feats = feat(images_train, base_train), feat(images_test, test)
+        head = models.new_head(model, C)
+        history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
+                                               val_x=train_feats[val_idx], val_y=torch.as_tensor(y_all[val_idx]),
+                                               drw=drw, log=log)
+        head.load_state_dict(best)
+        trained, test_x = head, test_feats
+    else:
+        history, best, best_epoch = engine.fit(model, images_train[train_idx], train_y, loss_fn, sampler, cfg,
+                                               transform=train_tf, eval_transform=eval_tf,
+                                               val_x=images_train[val_idx], val_y=torch.as_tensor(y_all[val_idx]),
+                                               drw=drw, log=log)
+        model.load_state_dict(best)
+        feats_of = lambda imgs: torch.from_numpy(engine.predict(  # noqa: E731
+            model, imgs, eval_tf, batch_size=p["eval_batch_size"], device=device, precision=p["precision"], features=True))
+        head = model.get_classifier()
+        if p["mode"] == "crt":  # Kang et al. 2020: re-train the classifier with class-balanced sampling
+            train_feats = feats_of(images_train[train_idx])
+            head = models.new_head(model, C)
+            crt_cfg = engine.TrainConfig.from_params({**p, "epochs": p["crt_epochs"], "warmup_epochs": 0})
+            crt_sampler = samplers.build_sampler("class_balanced", train_y.numpy(), p["seed"])
+            crt_loss = losses.build_loss("ce", train_counts.tolist())
+            val_feats = feats_of(images_train[val_idx])
+            more, best, _ = engine.fit(head, train_feats, train_y, crt_loss, crt_sampler, crt_cfg,
+                                       val_x=val_feats, val_y=torch.as_tensor(y_all[val_idx]), log=log)
+            history += [{**r, "stage": "crt"} for r in more]
+            head.load_state_dict(best)
+        trained, test_x = head, feats_of(images_test)
+        if p["save_checkpoints"]:
+            torch.save(model.state_dict(), out / "best.pt")
+
+    if p["mode"] == "linear" and p["save_checkpoints"]:
+        torch.save(head.state_dict(), out / "best.pt")
+    hist = pd.DataFrame(history)
+    hist.to_csv(out / "history.csv", index=False)
+
+    # --- evaluation ---------------------------------------------------------------------------
+    head_eval = _posthoc_head(trained, p) if p["posthoc"] == "tau_norm" else trained
+    logits = engine.predict(head_eval, test_x, batch_size=p["eval_batch_size"], device=device, precision="fp32")
+    if p["posthoc"] == "logit_adjust":
+        logits = losses.logit_adjust(logits, train_counts.tolist(), tau=p["posthoc_tau"])
+    results = metrics.evaluate(logits, test.labels, train_counts, groups)
+    lt_idx = subsets.longtailed_test_indices(test.labels, train_counts, seed=p["subset_seed"])
+    results["longtailed_sampled"] = metrics.split_metrics(logits[lt_idx], test.labels[lt_idx], C)
+    flat = metrics.flatten(results)
+    if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
+        raise FloatingPointError("non-finite test accuracy; see predictions.npz")
+    np.savez_compressed(out / "predictions.npz", logits=logits.astype(np.float32), labels=test.labels,
+                        lt_weight=subsets.longtailed_test_weights(test.labels, train_counts),
+                        ids=np.asarray(test.paths if test.paths is not None else np.arange(len(test)), dtype=str))
+    summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
+                                 "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs")}
+    summary["loss_params"] = json.dumps(p["loss_params"] or {}, sort_keys=True)
+    summary.update(best_epoch=best_epoch, train_images=int(len(train_idx)), num_classes=C,
+                   device=str(device), image_size=image_size)
+    return {"metrics": {**summary, **flat}, "history": hist, "classes": classes}
+
+
+def _images_id(split, cache_size: int) -> str:
+    if split.paths is not None:
+        from .imagecache import cache_key
+        return cache_key(split.paths, cache_size)
+    return hashlib.sha1(np.ascontiguousarray(split.images).tobytes()).hexdigest()[:16] + f"_{cache_size}"
+
+
+def _posthoc_head(head, p):
+    """τ-normalisation (Kang et al. 2020): w_j / |w_j|^τ, bias dropped."""
+    import copy
+    head = copy.deepcopy(head)
+    with torch.no_grad():
+        w = head.weight
+        head.weight.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) ** p["posthoc_tau"])
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    return head
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+    versions = {}
+    for pkg in ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "papermill", "longtail"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "packages": versions, "platform": platform.platform(),
+            "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "git_commit": commit,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

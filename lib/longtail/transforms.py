@@ -1,0 +1,133 @@
+"""Batch transforms on uint8 NHWC tensors, on whatever device the batch is on.
+
+Images come from the decoded-image cache as ``cache_size`` squares (shorter side resized,
+centre crop).  Evaluation takes the centre ``image_size`` crop (the backbone's crop_pct geometry);
+training draws a random resized crop and a horizontal flip per image in one ``grid_sample`` call,
+so augmentation is vectorised and runs on the GPU where the batch is.
+
+| augment  | training transform                                                   |
+|----------|----------------------------------------------------------------------|
+| ``rrc``  | random resized crop (scale 0.08–1, ratio 3/4–4/3) + flip (ImageNet)  |
+| ``light``| random resized crop (scale 0.35–1) + flip: for small fine-tuning sets |
+| ``cifar``| 4-pixel zero padding, random crop, flip (He et al. 2016; Cao et al.) |
+| ``flip`` | horizontal flip only                                                 |
+| ``none`` | the evaluation transform                                             |
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+AUGMENTS = ("rrc", "light", "cifar", "flip", "none")
+
+
+def cache_size_for(image_size: int, crop_pct: float) -> int:
+    """Size of the cached square from which an ``image_size`` centre crop keeps ``crop_pct``."""
+    return int(math.floor(image_size / crop_pct))
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).float().div_(255)
+
+
+def normalize(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
+    mean = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre crop of NCHW (or NHWC uint8 when ``nhwc``) to ``size``; resizes when larger than input."""
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def _affine_sample(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    grid = F.affine_grid(theta, (x.shape[0], x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random resized crop (Szegedy et al. 2015) + horizontal flip of NCHW floats."""
+    n, dev = x.shape[0], x.device
+    rand = lambda *s: torch.rand(*s, generator=generator, device="cpu").to(dev)  # noqa: E731
+    area = scale[0] + (scale[1] - scale[0]) * rand(n)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * rand(n)
+    r = torch.exp(log_r)
+    sw = torch.sqrt(area * r).clamp(max=1.0)  # crop width and height as fractions of the image
+    sh = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (1 - sw) * (2 * rand(n) - 1)  # centre, in [-1, 1] grid units, keeping the crop inside
+    cy = (1 - sh) * (2 * rand(n) - 1)
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0).to(dev)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = sw * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = sh, cy
+    return _affine_sample(x, theta, size)
+
+
+def pad_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """CIFAR augmentation: zero-pad by ``pad``, random crop back to the size, random flip."""
+    n, h = x.shape[0], x.shape[-1]
+    shifts = torch.randint(-pad, pad + 1, (n, 2), generator=generator).to(x.device)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(x.device)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = flip, 1.0
+    theta[:, :, 2] = shifts.float() * 2 / h  # integer pixel shifts: bilinear sampling stays exact
+    return _affine_sample(x, theta, h)
+
+
+class BatchTransform:
+    """uint8 NHWC batch -> normalised float NCHW batch for the model."""
+
+    def __init__(self, image_size: int, mean, std, *, augment: str = "none", channels_last: bool = False,
+                 seed: int = 0):
+        if augment not in AUGMENTS:
+            raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
+        self.image_size, self.mean, self.std = image_size, mean, std
+        self.augment, self.channels_last = augment, channels_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = _to_float(batch)
+        if self.augment == "rrc":
+            x = random_resized_crop_flip(x, self.image_size, generator=self.generator)
+        elif self.augment == "light":
+            x = random_resized_crop_flip(x, self.image_size, scale=(0.35, 1.0), generator=self.generator)
+        elif self.augment == "cifar":
+            x = pad_crop_flip(center_crop(x, self.image_size), generator=self.generator)
+        else:
+            x = center_crop(x, self.image_size)
+            if self.augment == "flip":
+                flip = torch.rand(x.shape[0], generator=self.generator).to(x.device) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return normalize(x, self.mean, self.std, self.channels_last)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+              generator: torch.Generator | None = None):
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019), chosen with equal odds when both are on.
+    Returns (x_mixed, y_a, y_b, lam); the loss is lam*L(x, y_a) + (1-lam)*L(x, y_b), which works
+    with every loss of the library since targets stay hard labels."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return x, y, y, 1.0
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(1, generator=generator).item() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    if not use_cutmix:
+        return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+    h, w = x.shape[-2:]
+    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, (1,), generator=generator)), int(torch.randint(w, (1,), generator=generator))
+    t, b, l, r = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[..., t:b, l:r] = x[perm][..., t:b, l:r]
+    lam = 1 - (b - t) * (r - l) / (h * w)  # the area actually pasted
+    return x, y, y[perm], lam

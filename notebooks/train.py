@@ -1,0 +1,97 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python (longtail)
+#     language: python
+#     name: longtail
+# ---
+
+# %% [markdown]
+# # Train one model on a long-tailed (or balanced) training set
+#
+# One run of the thesis grid: a backbone, a loss, a sampler and a training set.  The cell below
+# holds the parameters (papermill replaces them; `longtail.params.describe()` documents each).
+# Everything else is a call into `longtail`; the run folder holds the results
+# (`longtail.run` documents its files).
+
+# %% tags=["parameters"]
+dataset = 'synthetic'  # eu_moths | cifar10 | imagefolder | synthetic
+data_root = None  # data root; None: $LT_DATA_ROOT, else <project>/data (imagefolder: the image tree)
+dataset_params = {}  # extra loader arguments, e.g. {'num_classes': 6} for synthetic
+train_set = 'longtailed'  # longtailed | balanced
+imbalance_factor = 100.0  # IF = n_max / n_min of the long-tailed training set
+profile = 'exp'  # exp | step | zipf
+class_order = 'given'  # given | random (seeded by subset_seed)
+n_max = None  # images of the largest class; None: the smallest class size of the base set
+balanced_size = 'matched'  # matched (same total as the long-tailed set, spread evenly) | full
+subset_seed = 0  # seed of the training subset and validation split
+val_fraction = 0.1  # fraction of each training class held out for model selection
+group_scheme = 'auto'  # auto | thresholds | thirds (head/middle/tail)
+on_error = 'raise'  # unreadable image: raise | skip
+backbone = 'mobilenetv2'  # mobilenetv2 | resnet50v2 | vit_b16 | convnext_base | resnet32 | any timm name
+pretrained = None  # None | timm | inat_insects | imagenet_coral | path to a state dict
+weights_dir = None  # folder of local weights; None: $LT_WEIGHTS_DIR, else <project>/weights
+cosine_head = None  # normalised classifier; None: on for ldam, off otherwise
+image_size = None  # input size; None: the backbone's default
+mode = 'linear'  # linear (frozen backbone, cached features) | finetune | crt
+loss = 'ce'  # ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted
+loss_params = {}  # parameters of the loss, e.g. {'gamma': 2.0}
+drw_epoch = None  # deferred re-weighting: epoch at which class-balanced weights switch on (None: off)
+drw_beta = 0.9999  # beta of the DRW class-balanced weights
+sampler = 'instance'  # instance | class_balanced | square_root | power | progressive
+sampler_params = {}  # parameters of the sampler, e.g. {'q': 0.5}
+posthoc = 'none'  # evaluation-time adjustment: none | logit_adjust | tau_norm
+posthoc_tau = 1.0  # tau of the post-hoc adjustment
+epochs = 30  # training epochs
+crt_epochs = 10  # classifier re-training epochs (mode crt)
+batch_size = 128  # training batch size
+eval_batch_size = 512  # evaluation and feature-extraction batch size
+optimizer = 'sgd'  # sgd | adamw
+lr = 0.1  # peak learning rate
+momentum = 0.9  # SGD momentum
+weight_decay = 0.0005  # weight decay
+schedule = 'cosine'  # cosine | step | constant
+warmup_epochs = 0  # linear warm-up epochs
+lr_steps = []  # epochs at which the step schedule multiplies the lr by lr_gamma
+lr_gamma = 0.1  # step schedule factor
+grad_clip = None  # max gradient norm (None: off)
+augment = 'auto'  # auto | rrc | light | cifar | flip | none (auto: cifar for 32 px, light otherwise)
+mixup_alpha = 0.0  # mixup alpha (0: off)
+cutmix_alpha = 0.0  # CutMix alpha (0: off)
+device = 'auto'  # auto (cuda, mps, cpu) | cuda | cuda:N | mps | cpu
+precision = 'auto'  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+channels_last = True  # channels_last memory format for conv nets
+compile = False  # torch.compile the model
+seed = 0  # training seed (initialisation, sampling order, augmentation)
+save_checkpoints = True  # write last.pt and best.pt
+output_dir = None  # run folder; None: <runs>/<run id>
+# %%
+import matplotlib.pyplot as plt
+
+from longtail.params import SCHEMA
+from longtail.run import run_training
+
+result = run_training({name: globals()[name] for name in SCHEMA})
+print("run folder:", result.output_dir)
+result.groups_table
+
+# %% [markdown]
+# ## Learning curves
+
+# %%
+hist = result.history
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+hist.plot(x="epoch", y=[c for c in ("train_loss", "val_loss") if c in hist], ax=axes[0], title="loss")
+hist.plot(x="epoch", y=[c for c in ("train_acc", "val_acc", "val_balanced_acc") if c in hist], ax=axes[1],
+          title="accuracy")
+plt.tight_layout()
+
+# %% [markdown]
+# ## Top-1 accuracy per test split and class group
+
+# %%
+ax = result.groups_table["acc1"].astype(float).plot.bar(figsize=(6, 3), rot=0, ylim=(0, 1),
+                                                        title=f"{loss} on the {train_set} training set")
+ax.set_ylabel("top-1 accuracy");

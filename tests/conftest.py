@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from longtail import config
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data (EU Moths, CIFAR-10 archive) from LT_DATA_ROOT; tests that need it skip without it."""
+    root = config.data_root()
+    if not (root / "eu-moths" / "images.txt").exists():
+        pytest.skip(f"real data not found under LT_DATA_ROOT={os.environ.get('LT_DATA_ROOT')!r} "
+                    f"(looked for {root / 'eu-moths' / 'images.txt'})")
+    return root
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    folder = config.weights_dir()
+    if not (folder / "mobilenetv2_100.coral_inat_insects.pt").exists():
+        pytest.skip(f"pretrained weights not found under LT_WEIGHTS_DIR={os.environ.get('LT_WEIGHTS_DIR')!r}")
+    return folder
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """A private cache folder, so a test sees its own cache behaviour."""
+    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from longtail import data
+from longtail.imagecache import ImageDecodeError, decoded_images
+
+
+def test_eu_moths_real_layout(data_root):
+    ds = data.load_dataset("eu_moths", data_root)
+    assert ds.num_classes == 200
+    assert len(ds.train) + len(ds.test) == 2205
+    assert len(ds.test) == 552  # fold 0
+    assert set(np.unique(ds.test.labels)) == set(range(200))
+    assert ds.class_names[0] == "abrostola_tripartita"
+    assert all(p.endswith(".jpg") for p in ds.train.paths[:5])
+
+
+def test_eu_moths_images_decode_to_cache(data_root, tmp_cache):
+    ds = data.load_dataset("eu_moths", data_root)
+    first = ds.test.subset(np.arange(8))
+    images, kept = data.split_images(first, 64, progress=False)
+    assert images.shape == (8, 64, 64, 3) and images.dtype == np.uint8 and len(kept) == 8
+    assert images.std() > 10  # real pictures, not zeros
+    again, _ = data.split_images(first, 64, progress=False)
+    assert np.array_equal(np.asarray(images), np.asarray(again))
+    assert len(list((tmp_cache / "images").glob("*.npy"))) == 1  # decoded once
+
+
+def test_cifar10_from_archive(data_root, tmp_cache):
+    ds = data.load_dataset("cifar10", data_root)
+    assert ds.num_classes == 10 and len(ds.train) == 50000 and len(ds.test) == 10000
+    assert np.bincount(ds.train.labels).tolist() == [5000] * 10
+    assert ds.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert (tmp_cache / "extracted" / "cifar10-jpg" / ".complete").exists()
+
+
+def test_archive_with_wrong_checksum_is_refused(tmp_path, tmp_cache):
+    import tarfile
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    archive = tmp_path / "x.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(tmp_path / "train", arcname="train")
+    with pytest.raises(ValueError, match="sha256"):
+        data.extract_archive(archive, "0" * 64)
+
+
+def _make_tree(root, classes=("a", "b"), per_class=5, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+
+
+def test_imagefolder_with_seeded_split(tmp_path):
+    _make_tree(tmp_path / "photos")
+    ds = data.load_dataset("imagefolder", tmp_path / "photos", test_fraction=0.4, split_seed=1)
+    assert ds.class_names == ["a", "b"]
+    assert np.bincount(ds.test.labels).tolist() == [2, 2] and np.bincount(ds.train.labels).tolist() == [3, 3]
+    again = data.load_dataset("imagefolder", tmp_path / "photos", test_fraction=0.4, split_seed=1)
+    assert again.test.paths == ds.test.paths
+
+
+def test_imagefolder_with_train_test_folders(tmp_path):
+    _make_tree(tmp_path / "set" / "train", per_class=3)
+    _make_tree(tmp_path / "set" / "test", per_class=2)
+    ds = data.load_dataset("imagefolder", tmp_path / "set")
+    assert len(ds.train) == 6 and len(ds.test) == 4
+
+
+def test_corrupt_jpeg_is_named_or_skipped(tmp_path, tmp_cache):
+    _make_tree(tmp_path / "photos", per_class=3)
+    bad = tmp_path / "photos" / "b" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    paths = sorted(str(p) for p in (tmp_path / "photos").rglob("*.jpg"))
+    with pytest.raises(ImageDecodeError, match=str(bad)):
+        decoded_images(paths, 16, progress=False)
+    with pytest.warns(UserWarning, match=str(bad)):
+        images, kept = decoded_images(paths, 16, on_error="skip", progress=False)
+    assert len(kept) == 5 and paths.index(str(bad)) not in kept and images.shape[0] == 5
+
+
+def test_decode_geometry_short_side_then_centre_crop(tmp_path, tmp_cache):
+    img = np.zeros((20, 60, 3), np.uint8)  # wide image: left third red, middle green
+    img[:, :20, 0] = 255
+    img[:, 20:40, 1] = 255
+    Image.fromarray(img).save(tmp_path / "w.png")
+    out, _ = decoded_images([tmp_path / "w.png"], 10, progress=False)
+    assert out.shape == (1, 10, 10, 3)
+    assert out[0, :, :, 1].mean() > 200 and out[0, :, :, 0].mean() < 30  # the centre crop is green
+
+
+def test_synthetic_is_deterministic():
+    a, b = data.load_dataset("synthetic", seed=1), data.load_dataset("synthetic", seed=1)
+    assert np.array_equal(a.train.images, b.train.images)
+    assert a.train.images.dtype == np.uint8 and a.num_classes == 6
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(ValueError, match="eu_moths, cifar10, imagefolder, synthetic"):
+        data.load_dataset("mnist")
+
+
+def test_missing_eu_moths_says_where_it_looked(tmp_path, tmp_cache, monkeypatch):
+    monkeypatch.setattr(data, "EU_MOTHS_URL", "file:///nonexistent/eu-moths.zip")
+    with pytest.raises(FileNotFoundError, match="LT_DATA_ROOT"):
+        data.load_dataset("eu_moths", tmp_path)

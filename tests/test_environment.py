@@ -1,0 +1,40 @@
+"""The environment's one source of truth: requirements.txt; environment.yml repeats it for conda."""
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirements():
+    return [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.strip().startswith("#")]
+
+
+def test_environment_yml_equals_requirements():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pip == _requirements()
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_torch_pins_stay_on_the_served_versions():
+    reqs = _requirements()
+    assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"
+
+
+def test_notebook_parameters_cell_matches_the_schema():
+    import jupytext
+    from longtail.params import DEFAULTS
+    nb = jupytext.read(ROOT / "notebooks" / "train.py")
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    ns: dict = {}
+    exec(cell.source, ns)
+    assert {k: ns[k] for k in DEFAULTS} == DEFAULTS
+    assert set(k for k in ns if not k.startswith("__")) == set(DEFAULTS)

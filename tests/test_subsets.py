@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from longtail.subsets import (balanced_indices, class_counts, class_groups, longtail_counts,
+                              longtailed_indices, longtailed_test_indices, longtailed_test_weights,
+                              stratified_split)
+
+
+def test_cifar10_lt_published_sizes():
+    # Cao et al. 2019 / Cui et al. 2019: CIFAR-10-LT sizes
+    assert sum(longtail_counts(5000, 10, 100)) == 12406
+    assert sum(longtail_counts(5000, 10, 10)) == 20431
+    assert longtail_counts(5000, 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+@given(n_max=st.integers(1, 5000), C=st.integers(2, 300), IF=st.floats(1, 500), profile=st.sampled_from(["exp", "step", "zipf"]))
+def test_profiles_are_monotone_and_bounded(n_max, C, IF, profile):
+    counts = longtail_counts(n_max, C, IF, profile)
+    assert len(counts) == C and counts[0] == n_max
+    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert min(counts) >= max(1, int(n_max / IF) - 1)
+
+
+def test_bad_profile_names_choices():
+    with pytest.raises(ValueError, match="exp, step, zipf"):
+        longtail_counts(10, 3, 2, "linear")
+
+
+def _labels(per_class=(50, 40, 60, 55, 45)):
+    return np.repeat(np.arange(len(per_class)), per_class)
+
+
+def test_longtailed_subset_realises_profile_and_is_deterministic():
+    y = _labels()
+    idx = longtailed_indices(y, 5, 10, seed=3)
+    assert class_counts(y[idx], 5).tolist() == longtail_counts(40, 5, 10)  # n_max = smallest class (40)
+    assert np.array_equal(idx, longtailed_indices(y, 5, 10, seed=3))
+    assert not np.array_equal(idx, longtailed_indices(y, 5, 10, seed=4))
+    shuffled = longtailed_indices(y, 5, 10, seed=3, class_order="random")
+    assert sorted(class_counts(y[shuffled], 5).tolist()) == sorted(longtail_counts(40, 5, 10))
+
+
+def test_balanced_subset_matches_total():
+    y = _labels()
+    lt = longtailed_indices(y, 5, 10)
+    bal = balanced_indices(y, 5, len(lt), seed=0)
+    counts = class_counts(y[bal], 5)
+    assert counts.sum() == len(lt) and counts.max() - counts.min() <= 1
+    assert len(balanced_indices(y, 5, None)) == len(y)
+
+
+def test_stratified_split_keeps_every_class():
+    y = np.repeat(np.arange(4), [10, 3, 1, 20])
+    rest, held = stratified_split(y, 0.2, seed=0)
+    assert len(np.intersect1d(rest, held)) == 0 and len(rest) + len(held) == len(y)
+    assert class_counts(y[held], 4).tolist() == [2, 1, 0, 4]
+    assert set(y[rest]) == {0, 1, 2, 3}
+
+
+def test_groups_thresholds_thirds_auto():
+    survey = np.array([500, 150, 101, 100, 50, 20, 19, 5])
+    assert list(class_groups(survey, "thresholds")) == ["head"] * 3 + ["middle"] * 3 + ["tail"] * 2
+    assert list(class_groups(survey, "auto")) == list(class_groups(survey, "thresholds"))
+    cifar_lt = np.array(longtail_counts(5000, 10, 100))  # no "middle" by thresholds: thirds
+    assert list(class_groups(cifar_lt, "auto")) == ["head"] * 4 + ["middle"] * 3 + ["tail"] * 3
+    shuffled = np.array([3, 9, 1, 7, 5, 8])
+    assert list(class_groups(shuffled, "thirds")) == ["tail", "head", "tail", "middle", "middle", "head"]
+
+
+def test_weighted_longtailed_accuracy_equals_replicated_test_set():
+    rng = np.random.default_rng(0)
+    train_counts = np.array([40, 20, 9, 4, 2])
+    y = np.repeat(np.arange(5), 10)
+    pred = np.where(rng.random(len(y)) < 0.7, y, (y + 1) % 5)
+    w = longtailed_test_weights(y, train_counts)
+    weighted = np.average(pred == y, weights=w)
+    replicated = np.concatenate([np.repeat(pred[i] == y[i], train_counts[y[i]]) for i in range(len(y))]).mean()
+    assert weighted == pytest.approx(replicated, abs=1e-12)
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_physically_subsampled_longtailed_test():
+    y = np.repeat(np.arange(3), 10)
+    idx = longtailed_test_indices(y, [100, 50, 1], seed=0)
+    assert class_counts(y[idx], 3).tolist() == [10, 5, 1]
