@@ -144,8 +144,8 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     eval_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], channels_last=channels_last)
     train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
                                          channels_last=channels_last, seed=p["seed"])
-    images_train = torch.from_numpy(np.ascontiguousarray(train_imgs))  # into memory: random access per batch
-    images_test = torch.from_numpy(np.ascontiguousarray(test_imgs))
+    images_train = torch.from_numpy(np.array(train_imgs))  # copied into memory: random access per batch
+    images_test = torch.from_numpy(np.array(test_imgs))
 
     if p["mode"] == "linear":
         key_parts = dict(backbone=models.resolve_name(p["backbone"]), weights=features.weights_id(p["pretrained"], p["weights_dir"]),

@@ -1,0 +1,166 @@
+"""Classification metrics on numpy arrays (``logits`` [N, C] float, ``labels`` [N] int), and the
+thesis's evaluation splits of one balanced test set.
+
+| split        | what is measured                                                                |
+|--------------|---------------------------------------------------------------------------------|
+| ``balanced`` | the plain (balanced) test set                                                   |
+| ``longtailed`` | the same test set weighted by the training prior, w ∝ n_train[y]: the exact  |
+|              | expectation of every metric under a test set drawn like the training set        |
+| ``head`` / ``middle`` / ``tail`` | the test samples whose true class is in the group; a         |
+|              | prediction outside the group counts as wrong                                    |
+
+Metrics of a split (``METRIC_NAMES``): ``n`` (samples), ``loss`` (mean cross-entropy), ``acc1``,
+``macro_f1``, ``weighted_f1``, ``balanced_acc`` (mean per-class recall), ``ece`` (15 bins).
+Every weighted metric equals the unweighted one on the test set with each sample replicated
+w times (for integer w), which the tests check.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+from sklearn.metrics import confusion_matrix, f1_score
+
+from .subsets import GROUP_NAMES, longtailed_test_weights
+
+METRIC_NAMES = ("n", "loss", "acc1", "macro_f1", "weighted_f1", "balanced_acc", "ece")
+SPLITS = ("balanced", "longtailed", *GROUP_NAMES)
+ECE_BINS = 15
+
+
+def _weights(sample_weight, n: int) -> np.ndarray:
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), got {w.shape}")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be non-negative")
+    return w
+
+
+def _preds(logits_or_preds) -> np.ndarray:
+    x = np.asarray(logits_or_preds)
+    return x.argmax(axis=1) if x.ndim == 2 else x.astype(np.int64)
+
+
+def log_softmax(logits) -> np.ndarray:
+    """Row-wise log-probabilities, stable for large logits (logsumexp subtracts the row maximum)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return logits - logsumexp(logits, axis=1, keepdims=True)
+
+
+def reliability_bins(probs, labels, n_bins: int = ECE_BINS, sample_weight=None) -> pd.DataFrame:
+    """Equal-width confidence bins ((m−1)/M, m/M] of the top-1 confidence, for reliability diagrams.
+
+    Columns: ``bin``, ``lower``, ``upper``, ``confidence`` and ``accuracy`` (weighted means in the
+    bin; NaN for an empty bin), ``count`` (samples), ``mass`` (the bin's share of the total weight).
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    w = _weights(sample_weight, len(labels))
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # side="left" puts a confidence equal to an edge m/M into the bin it closes, as (·, m/M] says.
+    bins = np.searchsorted(edges[1:-1], conf, side="left")
+    weight = np.bincount(bins, weights=w, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(bins, weights=w * conf, minlength=n_bins) / weight
+        accuracy = np.bincount(bins, weights=w * correct, minlength=n_bins) / weight
+    nonempty = weight > 0
+    return pd.DataFrame({
+        "bin": np.arange(n_bins), "lower": edges[:-1], "upper": edges[1:],
+        "confidence": np.where(nonempty, confidence, np.nan),
+        "accuracy": np.where(nonempty, accuracy, np.nan),
+        "count": np.bincount(bins, minlength=n_bins),
+        "mass": weight / weight.sum() if weight.sum() > 0 else np.full(n_bins, np.nan),
+    })
+
+
+def expected_calibration_error(probs, labels, n_bins: int = ECE_BINS, sample_weight=None) -> float:
+    """ECE (Guo et al. 2017): Σ_bins mass · |accuracy − confidence| over equal-width bins of (0, 1]."""
+    if len(labels) == 0:
+        return float("nan")
+    b = reliability_bins(probs, labels, n_bins, sample_weight)
+    b = b[b["mass"] > 0]
+    return float((b["mass"] * (b["accuracy"] - b["confidence"]).abs()).sum()) if len(b) else float("nan")
+
+
+def per_class_accuracy(logits_or_preds, labels, num_classes: int, sample_weight=None) -> np.ndarray:
+    """Recall of every class (top-1 accuracy on its test samples); NaN for a class with none."""
+    preds, labels = _preds(logits_or_preds), np.asarray(labels, dtype=np.int64)
+    w = _weights(sample_weight, len(labels))
+    total = np.bincount(labels, weights=w, minlength=num_classes)
+    hits = np.bincount(labels, weights=w * (preds == labels), minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, hits / total, np.nan)
+
+
+def confusion(preds, labels, num_classes: int) -> np.ndarray:
+    """Confusion matrix [C, C]: rows true class, columns predicted class (sklearn's convention).
+    Takes predictions or logits."""
+    return confusion_matrix(np.asarray(labels), _preds(preds), labels=np.arange(num_classes))
+
+
+def _empty_metrics() -> dict:
+    return {name: (0 if name == "n" else float("nan")) for name in METRIC_NAMES}
+
+
+def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=None) -> dict:
+    """All metrics of one split (keys ``METRIC_NAMES``), weighted by ``sample_weight``.
+
+    ``classes`` restricts macro / weighted F1 and balanced accuracy to those label values (a
+    head / middle / tail group); predictions outside them still count as wrong (they are false
+    negatives of the true class and false positives of none).  By default, and always, only
+    classes with test weight are averaged over: a class without test sample has no recall.
+
+    Balanced accuracy is the mean per-class recall.  Weights enter it, but for the long-tailed
+    split they are constant within a class, so they cancel and it equals the balanced split's.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    w = _weights(sample_weight, len(labels))
+    if len(labels) == 0 or w.sum() <= 0:
+        return _empty_metrics() | {"n": len(labels)}
+    log_p = log_softmax(logits)
+    if log_p.shape != (len(labels), num_classes):
+        raise ValueError(f"logits must have shape ({len(labels)}, {num_classes}), got {log_p.shape}")
+    preds = log_p.argmax(axis=1)
+    present = np.unique(labels[w > 0])
+    classes = present if classes is None else np.intersect1d(np.asarray(classes, dtype=np.int64), present)
+    if len(classes) == 0:  # no test sample of the asked classes: nothing to average over
+        return _empty_metrics() | {"n": len(labels)}
+    nll = -log_p[np.arange(len(labels)), labels]
+    f1 = lambda average: float(f1_score(labels, preds, labels=classes, average=average,  # noqa: E731
+                                        sample_weight=w, zero_division=0))
+    return {
+        "n": len(labels),
+        "loss": float(np.average(nll, weights=w)),
+        "acc1": float(np.average(preds == labels, weights=w)),
+        "macro_f1": f1("macro"),
+        "weighted_f1": f1("weighted"),
+        "balanced_acc": float(per_class_accuracy(preds, labels, num_classes, w)[classes].mean()),
+        "ece": expected_calibration_error(np.exp(log_p), labels, ECE_BINS, w),
+    }
+
+
+def evaluate(logits, labels, train_counts, groups) -> dict[str, dict]:
+    """Metrics of every split in ``SPLITS`` of one balanced test set.
+
+    ``train_counts``: training images per class (the long-tailed prior); ``groups``: 'head' /
+    'middle' / 'tail' per class (``subsets.class_groups``).  A group with no class, or no test
+    sample, gives NaN metrics with n = 0.
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    num_classes, groups = len(train_counts), np.asarray(groups)
+    results = {
+        "balanced": split_metrics(logits, labels, num_classes),
+        "longtailed": split_metrics(logits, labels, num_classes,
+                                    sample_weight=longtailed_test_weights(labels, train_counts)),
+    }
+    for group in GROUP_NAMES:
+        classes = np.flatnonzero(groups == group)
+        keep = np.isin(labels, classes)
+        results[group] = split_metrics(logits[keep], labels[keep], num_classes, classes=classes)
+    return results
+
+
+def flatten(results: dict[str, dict]) -> dict[str, float]:
+    """``{"balanced": {"acc1": …}, …}`` → ``{"balanced/acc1": …, …}``: one row for a JSON / DataFrame."""
+    return {f"{split}/{name}": value for split, metrics in results.items() for name, value in metrics.items()}
