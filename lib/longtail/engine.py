@@ -41,6 +41,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     channels_last: bool = True
+    compile: bool = False
     seed: int = 0
 
     @classmethod
@@ -134,6 +135,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
     loss_fn.to(device)
     train_x, train_y = place(train_x, device), train_y.to(device)
     opt = make_optimizer(model, cfg)
+    forward = torch.compile(model) if cfg.compile else model  # state dicts stay those of `model`
     n = len(sampler) if hasattr(sampler, "__len__") else len(train_y)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -158,7 +160,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg)
             with autocast(device, cfg.precision):
-                out = model(xb)
+                out = forward(xb)
             out = out.float()
             loss = loss_fn(out, ya) if lam == 1.0 else lam * loss_fn(out, ya) + (1 - lam) * loss_fn(out, yb2)
             if not torch.isfinite(loss):

@@ -119,6 +119,10 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
         if bad:
             errors.append(f"loss_params {bad} are not parameters of loss {p['loss']!r}; valid: "
                           f"{', '.join(losses.loss_param_names(p['loss'])) or '(none)'}")
+        if p["drw_epoch"] is not None and "weight" not in losses.loss_param_names(p["loss"]):
+            takes = [n for n in losses.LOSSES if "weight" in losses.loss_param_names(n)]
+            errors.append(f"drw_epoch={p['drw_epoch']!r} with loss {p['loss']!r}: DRW re-weights a loss that takes "
+                          f"class weights; use one of {', '.join(takes)} (or drw_epoch None)")
     if p["sampler"] not in samplers.SAMPLERS:
         errors.append(f"sampler={p['sampler']!r}: choose one of {', '.join(samplers.SAMPLERS)}")
     else:
