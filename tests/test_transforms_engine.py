@@ -1,0 +1,118 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from longtail import engine, losses, samplers, transforms
+
+
+def test_cache_size_follows_crop_pct():
+    assert transforms.cache_size_for(224, 0.875) == 256
+    assert transforms.cache_size_for(32, 1.0) == 32
+
+
+def test_eval_transform_is_centre_crop_and_normalisation():
+    x = torch.arange(6 * 6 * 3, dtype=torch.uint8).view(1, 6, 6, 3)
+    out = transforms.BatchTransform(4, (0.5,) * 3, (0.25,) * 3)(x)
+    expected = (x.permute(0, 3, 1, 2).float() / 255)[..., 1:5, 1:5]
+    assert torch.allclose(out, (expected - 0.5) / 0.25)
+
+
+def test_cifar_augmentation_shifts_by_whole_pixels():
+    x = torch.rand(64, 3, 8, 8)
+    out = transforms.pad_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(0))
+    # every output pixel is an input pixel or zero padding: bilinear sampling at integer offsets
+    values = set(np.round(x.numpy().ravel(), 6)) | {0.0}
+    assert set(np.round(out.numpy().ravel(), 6)) <= values
+
+
+def test_random_resized_crop_with_full_scale_and_no_flip_is_identity():
+    x = torch.rand(3, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    out = transforms.random_resized_crop_flip(x, 16, scale=(1, 1), ratio=(1, 1), generator=gen)
+    flipped = out.flip(-1)
+    for i in range(3):  # each image is either itself or its mirror image
+        assert torch.allclose(out[i], x[i], atol=1e-5) or torch.allclose(flipped[i], x[i], atol=1e-5)
+
+
+def test_mixup_keeps_hard_labels_and_mixes():
+    x, y = torch.rand(8, 3, 4, 4), torch.arange(8)
+    xm, ya, yb, lam = transforms.mix_batch(x, y, mixup_alpha=0.4, generator=torch.Generator().manual_seed(1))
+    assert 0 <= lam <= 1 and torch.equal(ya, y) and sorted(yb.tolist()) == list(range(8))
+    assert torch.allclose(xm, lam * x + (1 - lam) * x[yb])  # y = arange, so y_b is the permutation itself
+    assert lam < 1 and not torch.allclose(xm, x)
+
+
+def test_lr_schedule_warmup_cosine_step():
+    cfg = engine.TrainConfig(epochs=10, warmup_epochs=2, schedule="cosine")
+    assert engine.lr_factor(0, 10, cfg) == pytest.approx(1 / 20)
+    assert engine.lr_factor(19, 10, cfg) == pytest.approx(1.0)
+    assert engine.lr_factor(60, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    step = engine.TrainConfig(epochs=200, warmup_epochs=5, schedule="step", lr_steps=[160, 180], lr_gamma=0.1)
+    assert engine.lr_factor(100 * 10, 10, step) == 1.0
+    assert engine.lr_factor(170 * 10, 10, step) == pytest.approx(0.1)
+    assert engine.lr_factor(190 * 10, 10, step) == pytest.approx(0.01)
+
+
+def _blobs(n_per_class=(60, 30, 10), dim=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(len(n_per_class), dim, generator=g) * 3
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
+    return centres[y] + torch.randn(len(y), dim, generator=g), y
+
+
+def test_fit_learns_and_selects_on_validation():
+    x, y = _blobs()
+    head = nn.Linear(5, 3)
+    cfg = engine.TrainConfig(epochs=15, batch_size=16, lr=0.1)
+    sampler = samplers.build_sampler("instance", y.numpy(), 0)
+    history, best, best_epoch = engine.fit(head, x, y, losses.build_loss("ce", [60, 30, 10]), sampler, cfg,
+                                           val_x=x, val_y=y, log=lambda s: None)
+    assert len(history) == 15 and history[-1]["train_acc"] > 0.9
+    assert best_epoch == max(range(15), key=lambda e: (history[e]["val_balanced_acc"], e))
+    head.load_state_dict(best)
+    assert (head(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_fit_is_deterministic_under_a_seed():
+    x, y = _blobs()
+    runs = []
+    for _ in range(2):
+        head = nn.Linear(5, 3)
+        torch.manual_seed(123)
+        head.reset_parameters()
+        cfg = engine.TrainConfig(epochs=3, batch_size=16, lr=0.1, seed=7)
+        _, best, _ = engine.fit(head, x, y, losses.build_loss("ce", [60, 30, 10]),
+                                samplers.build_sampler("class_balanced", y.numpy(), 7), cfg, log=lambda s: None)
+        runs.append(best["weight"])
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    x, y = _blobs()
+    x[0] = float("nan")
+    cfg = engine.TrainConfig(epochs=2, batch_size=200)
+    with pytest.raises(engine.NonFiniteLossError, match="epoch 0"):
+        engine.fit(nn.Linear(5, 3), x, y, losses.build_loss("ce", [60, 30, 10]),
+                   samplers.build_sampler("instance", y.numpy(), 0), cfg, log=lambda s: None)
+
+
+def test_drw_switches_weights_on_at_its_epoch():
+    x, y = _blobs()
+    loss = losses.build_loss("ldam", [60, 30, 10])
+    drw = losses.DRWSchedule([60, 30, 10], start_epoch=2)
+    seen = []
+    engine.fit(nn.Linear(5, 3), x, y, loss, samplers.build_sampler("instance", y.numpy(), 0),
+               engine.TrainConfig(epochs=4, batch_size=50), drw=drw, log=lambda s: None,
+               on_epoch=lambda e, m, r: seen.append(loss.class_weights is not None))
+    assert seen == [False, False, True, True]
+
+
+def test_device_resolution_errors_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    assert engine.resolve_device("auto").type in ("cpu", "mps")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        engine.resolve_device("cuda")
