@@ -12,7 +12,7 @@ from longtail.params import ParameterError
 from longtail.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = {"params.json", "classes.csv", "history.csv", "predictions.npz", "environment.json",
+RUN_FILES = {"params.json", "classes.csv", "history.csv", "predictions.npz", "environment.json", "last.pt",
              "metrics.csv", "metrics.json", "best.pt"}
 TINY = dict(dataset="synthetic", backbone="resnet32", mode="finetune", epochs=2, batch_size=32, image_size=16,
             imbalance_factor=5, lr=0.05)

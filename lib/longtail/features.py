@@ -33,13 +33,16 @@ def feature_key(**parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached_features(model, images: torch.Tensor, transform, key: str, *, batch_size=512, device="cpu",
+def cached_features(model, images, transform, key: str, *, batch_size=512, device="cpu",
                     precision="auto", log=print) -> np.ndarray:
-    """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there."""
+    """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there.
+    ``model`` and ``images`` may be callables, called only when the features must be extracted."""
     folder = config.cache_dir() / "features"
     path = folder / f"{key}.npy"
     if path.exists():
         return np.load(path)
+    model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+    images = images() if callable(images) else images
     log(f"extracting features of {len(images)} images (cached as {path.name})")
     feats = predict(model, images, transform, batch_size=batch_size, device=device, precision=precision,
                     features=True).astype(np.float32)

@@ -9,7 +9,7 @@ The run folder (``output_dir``) holds:
 | ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
 | ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids        |
 | ``environment.json``  | package versions, device, git commit, host, wall time                 |
-| ``last.pt``/``best.pt`` | checkpoints (``save_checkpoints``)                                 |
+| ``last.pt``/``best.pt`` | checkpoints of the head (linear) or model (``save_checkpoints``)   |
 | ``metrics.csv``       | the final metrics row (pandas reads it in one call)                   |
 | ``metrics.json``      | the same row; written last and atomically: its presence means *done*  |
 | ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from . import config, params as params_mod
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json
 
 RESULT_FILE = "metrics.json"
 #: parameters that say where things are or how fast they run, not what is computed
@@ -98,17 +98,24 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
 
     # --- model, geometry ----------------------------------------------------------------------
     cosine = p["cosine_head"] if p["cosine_head"] is not None else p["loss"] == "ldam"
-    model = models.build_model(p["backbone"], C, p["pretrained"], cosine_head=cosine, weights_dir=p["weights_dir"])
-    dc = model.data_config
+    build = lambda: models.build_model(p["backbone"], C, p["pretrained"], cosine_head=cosine,  # noqa: E731
+                                       weights_dir=p["weights_dir"])
+    if p["mode"] == "linear":  # the backbone is built only if its features are not cached yet
+        card = models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
+        model, dc = None, card["data_config"]
+    else:
+        model = build()
+        dc = model.data_config
     image_size = int(p["image_size"] or dc["input_size"][-1])
     cache_size = transforms.cache_size_for(image_size, dc["crop_pct"])
     augment = p["augment"] if p["augment"] != "auto" else ("cifar" if image_size <= 32 else "light")
 
-    # --- images, decoded once (cache) ---------------------------------------------------------
+    # --- images, decoded once (a memory-mapped cache) -----------------------------------------
     train_imgs, train_kept = data.split_images(ds.train, cache_size, on_error=p["on_error"])
     test_imgs, test_kept = data.split_images(ds.test, cache_size, on_error=p["on_error"])
     base_train = ds.train.subset(train_kept)
     test = ds.test.subset(test_kept)
+    in_memory = lambda imgs: torch.from_numpy(np.array(imgs))  # noqa: E731  (random access per batch)
 
     # --- training subset, validation split, groups --------------------------------------------
     if p["train_set"] == "longtailed":
@@ -140,35 +147,34 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     train_y = torch.as_tensor(y_all[train_idx])
     sampler = samplers.build_sampler(p["sampler"], train_y.numpy(), p["seed"], **(p["sampler_params"] or {}))
     cfg = engine.TrainConfig.from_params(p)
-    channels_last = p["channels_last"] and engine._has_conv(model)
+    channels_last = p["channels_last"]
     eval_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], channels_last=channels_last)
     train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
                                          channels_last=channels_last, seed=p["seed"])
-    images_train = torch.from_numpy(np.array(train_imgs))  # copied into memory: random access per batch
-    images_test = torch.from_numpy(np.array(test_imgs))
 
     if p["mode"] == "linear":
-        key_parts = dict(backbone=models.resolve_name(p["backbone"]), weights=features.weights_id(p["pretrained"], p["weights_dir"]),
-                         image_size=image_size, cache_size=cache_size, mean=dc["mean"], std=dc["std"])
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        def backbone():
+            m = build().to(device)
+            return m.to(memory_format=torch.channels_last) if channels_last else m
+        key_parts = dict(backbone=models.resolve_name(p["backbone"]), image_size=image_size, cache_size=cache_size,
+                         weights=features.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
         feat = lambda imgs, split: torch.from_numpy(features.cached_features(  # noqa: E731
-            model, imgs, eval_tf, features.feature_key(images=_images_id(split, cache_size), **key_parts),
+            backbone, lambda: in_memory(imgs), eval_tf, features.feature_key(images=_images_id(split, cache_size), **key_parts),
             batch_size=p["eval_batch_size"], device=device, precision=p["precision"], log=log))
-        train_feats, test_feats = feat(images_train, base_train), feat(images_test, test)
-        head = models.new_head(model, C)
+        train_feats, test_feats = feat(train_imgs, base_train), feat(test_imgs, test)
+        head = models.make_head(card["num_features"], C, cosine)
         history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
                                                val_x=train_feats[val_idx], val_y=torch.as_tensor(y_all[val_idx]),
                                                drw=drw, log=log)
-        head.load_state_dict(best)
+        _keep_checkpoints(head, best, out, p["save_checkpoints"])
         trained, test_x = head, test_feats
     else:
+        images_train, images_test = in_memory(train_imgs), in_memory(test_imgs)
         history, best, best_epoch = engine.fit(model, images_train[train_idx], train_y, loss_fn, sampler, cfg,
                                                transform=train_tf, eval_transform=eval_tf,
                                                val_x=images_train[val_idx], val_y=torch.as_tensor(y_all[val_idx]),
                                                drw=drw, log=log)
-        model.load_state_dict(best)
+        _keep_checkpoints(model, best, out, p["save_checkpoints"])
         feats_of = lambda imgs: torch.from_numpy(engine.predict(  # noqa: E731
             model, imgs, eval_tf, batch_size=p["eval_batch_size"], device=device, precision=p["precision"], features=True))
         head = model.get_classifier()
@@ -183,12 +189,10 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
                                        val_x=val_feats, val_y=torch.as_tensor(y_all[val_idx]), log=log)
             history += [{**r, "stage": "crt"} for r in more]
             head.load_state_dict(best)
+            if p["save_checkpoints"]:
+                torch.save(head.state_dict(), out / "crt_head.pt")
         trained, test_x = head, feats_of(images_test)
-        if p["save_checkpoints"]:
-            torch.save(model.state_dict(), out / "best.pt")
 
-    if p["mode"] == "linear" and p["save_checkpoints"]:
-        torch.save(head.state_dict(), out / "best.pt")
     hist = pd.DataFrame(history)
     hist.to_csv(out / "history.csv", index=False)
 
@@ -212,6 +216,14 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     summary.update(best_epoch=best_epoch, train_images=int(len(train_idx)), num_classes=C,
                    device=str(device), image_size=image_size)
     return {"metrics": {**summary, **flat}, "history": hist, "classes": classes}
+
+
+def _keep_checkpoints(module, best_state, out: Path, save: bool) -> None:
+    """Write last.pt (the module as trained) and best.pt, then load the best state into the module."""
+    if save:
+        torch.save(module.state_dict(), out / "last.pt")
+        torch.save(best_state, out / "best.pt")
+    module.load_state_dict(best_state)
 
 
 def _images_id(split, cache_size: int) -> str:
