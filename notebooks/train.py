@@ -21,7 +21,7 @@ dataset = 'synthetic'  # eu_moths | cifar10 | imagefolder | synthetic
 data_root = None  # data root; None: $LT_DATA_ROOT, else <project>/data (imagefolder: the image tree)
 dataset_params = {}  # extra loader arguments, e.g. {'num_classes': 6} for synthetic
 train_set = 'longtailed'  # longtailed | balanced
-imbalance_factor = 100.0  # IF = n_max / n_min of the long-tailed training set
+imbalance_factor = 100.0  # IF: n_max / n_min of the long-tailed training set
 profile = 'exp'  # exp | step | zipf
 class_order = 'given'  # given | random (seeded by subset_seed)
 n_max = None  # images of the largest class; None: the smallest class size of the base set

@@ -16,7 +16,7 @@ import torch
 
 from . import config
 from .engine import predict
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, file_lock
 
 
 def weights_id(pretrained, weights_dir=None) -> str:
@@ -37,10 +37,16 @@ def cached_features(model, images, transform, key: str, *, batch_size=512, devic
                     precision="auto", log=print) -> np.ndarray:
     """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there.
     ``model`` and ``images`` may be callables, called only when the features must be extracted."""
-    folder = config.cache_dir() / "features"
-    path = folder / f"{key}.npy"
+    path = config.cache_dir() / "features" / f"{key}.npy"
     if path.exists():
         return np.load(path)
+    with file_lock(path):
+        if path.exists():  # another worker extracted them while this one waited
+            return np.load(path)
+        return _extract_and_save(model, images, transform, path, batch_size, device, precision, log)
+
+
+def _extract_and_save(model, images, transform, path, batch_size, device, precision, log) -> np.ndarray:
     model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
     images = images() if callable(images) else images
     log(f"extracting features of {len(images)} images (cached as {path.name})")

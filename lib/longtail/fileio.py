@@ -1,6 +1,8 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -61,3 +63,17 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = No
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """An exclusive lock on ``path`` + ".lock" (fcntl): parallel grid workers that need the same
+    cache entry wait for the first one to write it instead of computing it twice."""
+    lock = Path(str(path) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from . import config
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, file_lock
 
 ON_ERROR = ("raise", "skip")
 
@@ -63,10 +63,16 @@ def decoded_images(paths, size: int, *, on_error: str = "raise", cache: str | os
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{cache_key(paths, size)}_{size}px"
     array_file, meta_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
-    if array_file.exists() and meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        _warn_skipped(meta["skipped"])
-        return np.load(array_file, mmap_mode="r"), np.asarray(meta["kept"], dtype=np.int64)
+    if not meta_file.exists():
+        with file_lock(stem):  # parallel workers: one decodes, the others wait and read
+            if not meta_file.exists():
+                _decode_all(paths, size, array_file, meta_file, on_error, workers, progress)
+    meta = json.loads(meta_file.read_text())
+    _warn_skipped(meta["skipped"])
+    return np.load(array_file, mmap_mode="r"), np.asarray(meta["kept"], dtype=np.int64)
+
+
+def _decode_all(paths, size, array_file, meta_file, on_error, workers, progress) -> None:
 
     def load(i):
         try:
@@ -108,9 +114,8 @@ def decoded_images(paths, size: int, *, on_error: str = "raise", cache: str | os
         out.flush()
         del out
     os.replace(tmp, array_file)
+    # the meta file is written last: its presence says the array is complete
     atomic_write_text(meta_file, json.dumps({"size": size, "kept": kept.tolist(), "skipped": skipped}))
-    _warn_skipped(skipped)
-    return np.load(array_file, mmap_mode="r"), kept
 
 
 def _warn_skipped(skipped):
