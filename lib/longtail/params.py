@@ -87,6 +87,23 @@ def _choice(errors, params, key, choices):
         errors.append(f"{key}={params[key]!r}: choose one of {', '.join(map(str, choices))}")
 
 
+def _named_with_params(errors, kind, name, params, table, param_names, build) -> None:
+    """A name from ``table`` and its parameters: unknown ones listed with the valid ones, then a
+    trial construction (tiny dummy data) that catches missing or out-of-range values."""
+    if name not in table:
+        errors.append(f"{kind}={name!r}: choose one of {', '.join(table)}")
+        return
+    valid = param_names(name)
+    bad = sorted(set(params or {}) - set(valid))
+    if bad:
+        errors.append(f"{kind}_params {bad} are not parameters of {kind} {name!r}; valid: {', '.join(valid) or '(none)'}")
+        return
+    try:
+        build()
+    except (TypeError, ValueError) as exc:
+        errors.append(f"{kind} {name!r} with {kind}_params {params or {}}: {exc}")
+
+
 def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict:
     """Defaults filled in and every value checked; raises ParameterError listing all problems."""
     from . import data, losses, samplers, subsets, transforms
@@ -112,24 +129,15 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "posthoc", POSTHOC)
     _choice(errors, p, "precision", PRECISIONS)
     _choice(errors, p, "augment", ("auto", *transforms.AUGMENTS))
-    if p["loss"] not in losses.LOSSES:
-        errors.append(f"loss={p['loss']!r}: choose one of {', '.join(losses.LOSSES)}")
-    else:
-        bad = sorted(set(p["loss_params"] or {}) - set(losses.loss_param_names(p["loss"])))
-        if bad:
-            errors.append(f"loss_params {bad} are not parameters of loss {p['loss']!r}; valid: "
-                          f"{', '.join(losses.loss_param_names(p['loss'])) or '(none)'}")
-        if p["drw_epoch"] is not None and "weight" not in losses.loss_param_names(p["loss"]):
-            takes = [n for n in losses.LOSSES if "weight" in losses.loss_param_names(n)]
-            errors.append(f"drw_epoch={p['drw_epoch']!r} with loss {p['loss']!r}: DRW re-weights a loss that takes "
-                          f"class weights; use one of {', '.join(takes)} (or drw_epoch None)")
-    if p["sampler"] not in samplers.SAMPLERS:
-        errors.append(f"sampler={p['sampler']!r}: choose one of {', '.join(samplers.SAMPLERS)}")
-    else:
-        bad = sorted(set(p["sampler_params"] or {}) - set(samplers.sampler_param_names(p["sampler"])))
-        if bad:
-            errors.append(f"sampler_params {bad} are not parameters of sampler {p['sampler']!r}; valid: "
-                          f"{', '.join(samplers.sampler_param_names(p['sampler'])) or '(none)'}")
+    _named_with_params(errors, "loss", p["loss"], p["loss_params"], losses.LOSSES, losses.loss_param_names,
+                       lambda: losses.build_loss(p["loss"], [2, 1], **(p["loss_params"] or {})))
+    if p["loss"] in losses.LOSSES and p["drw_epoch"] is not None and "weight" not in losses.loss_param_names(p["loss"]):
+        takes = [n for n in losses.LOSSES if "weight" in losses.loss_param_names(n)]
+        errors.append(f"drw_epoch={p['drw_epoch']!r} with loss {p['loss']!r}: DRW re-weights a loss that takes "
+                      f"class weights; use one of {', '.join(takes)} (or drw_epoch None)")
+    _named_with_params(errors, "sampler", p["sampler"], p["sampler_params"], samplers.SAMPLERS,
+                       samplers.sampler_param_names,
+                       lambda: samplers.build_sampler(p["sampler"], [0, 1], 0, **(p["sampler_params"] or {})))
     if check_backbone:
         from .models import ALIASES, is_known_backbone
         if not is_known_backbone(str(p["backbone"])):

@@ -1,0 +1,37 @@
+import pytest
+
+from longtail.params import DEFAULTS, ParameterError, describe, validate
+
+
+def test_defaults_validate():
+    assert validate({}) == DEFAULTS
+
+
+@pytest.mark.parametrize("bad,expected", [
+    ({"sampler": "power"}, "needs parameter(s) q"),
+    ({"loss": "weighted_ce", "loss_params": {"scheme": "foo"}}, "inverse, inverse_sqrt, log"),
+    ({"loss": "focal", "loss_params": {"gama": 1}}, "valid: gamma, weight"),
+    ({"loss": "class_balanced", "drw_epoch": 2}, "use one of ce, focal"),
+    ({"dataset": "imagenet"}, "eu_moths, cifar10, imagefolder, synthetic"),
+    ({"mode": "full"}, "linear, finetune, crt"),
+    ({"backbone": "resnet9000"}, "mobilenetv2, resnet50v2, vit_b16, convnext_base"),
+    ({"device": "tpu"}, "auto, cpu, cuda, cuda:N, mps"),
+    ({"epochs": -1}, "positive integer"),
+    ({"imbalance_factor": 0.5}, ">= 1"),
+    ({"lr_rate": 0.1}, "unknown parameter 'lr_rate'"),
+])
+def test_each_bad_value_is_named_with_its_choices(bad, expected):
+    with pytest.raises(ParameterError) as err:
+        validate(bad)
+    assert expected in str(err.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ParameterError) as err:
+        validate({"loss": "focall", "sampler": "x", "mode": "y"})
+    assert str(err.value).count("choose one of") == 3
+
+
+def test_describe_lists_every_parameter():
+    table = describe()
+    assert all(f"`{k}`" in table for k in DEFAULTS)
