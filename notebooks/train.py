@@ -58,6 +58,7 @@ lr_steps = []  # epochs at which the step schedule multiplies the lr by lr_gamma
 lr_gamma = 0.1  # step schedule factor
 grad_clip = None  # max gradient norm (None: off)
 augment = 'auto'  # auto | rrc | light | cifar | flip | none (auto: cifar for 32 px, light otherwise)
+randaugment = False  # RandAugment (2 ops, magnitude 9) on training images
 mixup_alpha = 0.0  # mixup alpha (0: off)
 cutmix_alpha = 0.0  # CutMix alpha (0: off)
 device = 'auto'  # auto (cuda, mps, cpu) | cuda | cuda:N | mps | cpu

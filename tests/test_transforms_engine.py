@@ -116,3 +116,12 @@ def test_device_resolution_errors_without_cuda():
     assert engine.resolve_device("auto").type in ("cpu", "mps")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         engine.resolve_device("cuda")
+
+
+def test_randaugment_option_changes_training_images_only():
+    x = torch.randint(0, 256, (4, 20, 20, 3), dtype=torch.uint8)
+    torch.manual_seed(0)
+    tf = transforms.BatchTransform(16, (0.5,) * 3, (0.5,) * 3, augment="none", randaugment=True)
+    plain = transforms.BatchTransform(16, (0.5,) * 3, (0.5,) * 3, augment="none")
+    out = tf(x)
+    assert out.shape == (4, 3, 16, 16) and not torch.allclose(out, plain(x))

@@ -56,6 +56,7 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "lr_gamma": (0.1, "step schedule factor"),
     "grad_clip": (None, "max gradient norm (None: off)"),
     "augment": ("auto", "auto | rrc | light | cifar | flip | none (auto: cifar for 32 px, light otherwise)"),
+    "randaugment": (False, "RandAugment (2 ops, magnitude 9) on training images"),
     "mixup_alpha": (0.0, "mixup alpha (0: off)"),
     "cutmix_alpha": (0.0, "CutMix alpha (0: off)"),
     # machine

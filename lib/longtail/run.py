@@ -150,7 +150,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     channels_last = p["channels_last"]
     eval_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], channels_last=channels_last)
     train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
-                                         channels_last=channels_last, seed=p["seed"])
+                                         channels_last=channels_last, seed=p["seed"], randaugment=p["randaugment"])
 
     if p["mode"] == "linear":
         def backbone():

@@ -12,6 +12,9 @@ so augmentation is vectorised and runs on the GPU where the batch is.
 | ``cifar``| 4-pixel zero padding, random crop, flip (He et al. 2016; Cao et al.) |
 | ``flip`` | horizontal flip only                                                 |
 | ``none`` | the evaluation transform                                             |
+
+``randaugment=True`` adds RandAugment (Cubuk et al. 2020; torchvision's, 2 ops of magnitude 9)
+before the crop: per image, on uint8, so it costs CPU time where the batch is on the CPU.
 """
 from __future__ import annotations
 
@@ -87,14 +90,20 @@ class BatchTransform:
     """uint8 NHWC batch -> normalised float NCHW batch for the model."""
 
     def __init__(self, image_size: int, mean, std, *, augment: str = "none", channels_last: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, randaugment: bool = False):
         if augment not in AUGMENTS:
             raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
         self.image_size, self.mean, self.std = image_size, mean, std
         self.augment, self.channels_last = augment, channels_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.randaugment = None
+        if randaugment:
+            from torchvision.transforms import v2
+            self.randaugment = v2.RandAugment(num_ops=2, magnitude=9)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.randaugment is not None:  # per image: RandAugment draws its ops per call
+            batch = torch.stack([self.randaugment(img) for img in batch.permute(0, 3, 1, 2)]).permute(0, 2, 3, 1)
         x = _to_float(batch)
         if self.augment == "rrc":
             x = random_resized_crop_flip(x, self.image_size, generator=self.generator)
