@@ -5,7 +5,8 @@ The run folder (``output_dir``) holds:
 | file                  | what                                                                 |
 |-----------------------|----------------------------------------------------------------------|
 | ``params.json``       | the resolved parameters (defaults filled in)                          |
-| ``classes.csv``       | per class: name, train count (realised), val and test counts, group  |
+| ``classes.csv``       | per class: name, train count (realised), long-tailed profile count,   |
+|                       | val and test counts, group (from the long-tailed profile)             |
 | ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
 | ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids        |
 | ``environment.json``  | package versions, device, git commit, host, wall time                 |
@@ -118,22 +119,24 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     in_memory = lambda imgs: torch.from_numpy(np.array(imgs))  # noqa: E731  (random access per batch)
 
     # --- training subset, validation split, groups --------------------------------------------
+    # The long-tailed profile defines, for both training sets, the head/middle/tail groups and the
+    # long-tailed test distribution, so that those columns name the same classes and the same test
+    # weighting whichever set a model was trained on.
+    lt_idx = subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
+                                        n_max=p["n_max"], class_order=p["class_order"], seed=p["subset_seed"])
+    lt_counts = subsets.class_counts(base_train.labels[lt_idx], C)
     if p["train_set"] == "longtailed":
-        idx = subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
-                                         n_max=p["n_max"], class_order=p["class_order"], seed=p["subset_seed"])
+        idx = lt_idx
     else:
-        total = None
-        if p["balanced_size"] == "matched":
-            total = len(subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
-                                                   n_max=p["n_max"], class_order=p["class_order"],
-                                                   seed=p["subset_seed"]))
-        idx = subsets.balanced_indices(base_train.labels, C, total, seed=p["subset_seed"])
+        idx = subsets.balanced_indices(base_train.labels, C, len(lt_idx) if p["balanced_size"] == "matched" else None,
+                                       seed=p["subset_seed"])
     fit_pos, val_pos = subsets.stratified_split(base_train.labels[idx], p["val_fraction"], seed=p["subset_seed"])
     train_idx, val_idx = idx[fit_pos], idx[val_pos]
     y_all = base_train.labels
     train_counts = subsets.class_counts(y_all[train_idx], C)
-    groups = subsets.class_groups(train_counts, p["group_scheme"])
+    groups = subsets.class_groups(lt_counts, p["group_scheme"])
     classes = pd.DataFrame({"class": np.arange(C), "name": ds.class_names, "train_count": train_counts,
+                            "longtailed_count": lt_counts,
                             "val_count": subsets.class_counts(y_all[val_idx], C),
                             "test_count": subsets.class_counts(test.labels, C), "group": groups})
     classes.to_csv(out / "classes.csv", index=False)
@@ -201,14 +204,14 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     logits = engine.predict(head_eval, test_x, batch_size=p["eval_batch_size"], device=device, precision="fp32")
     if p["posthoc"] == "logit_adjust":
         logits = losses.logit_adjust(logits, train_counts.tolist(), tau=p["posthoc_tau"])
-    results = metrics.evaluate(logits, test.labels, train_counts, groups)
-    lt_idx = subsets.longtailed_test_indices(test.labels, train_counts, seed=p["subset_seed"])
-    results["longtailed_sampled"] = metrics.split_metrics(logits[lt_idx], test.labels[lt_idx], C)
+    results = metrics.evaluate(logits, test.labels, lt_counts, groups)
+    sampled = subsets.longtailed_test_indices(test.labels, lt_counts, seed=p["subset_seed"])
+    results["longtailed_sampled"] = metrics.split_metrics(logits[sampled], test.labels[sampled], C)
     flat = metrics.flatten(results)
     if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
         raise FloatingPointError("non-finite test accuracy; see predictions.npz")
     np.savez_compressed(out / "predictions.npz", logits=logits.astype(np.float32), labels=test.labels,
-                        lt_weight=subsets.longtailed_test_weights(test.labels, train_counts),
+                        lt_weight=subsets.longtailed_test_weights(test.labels, lt_counts),
                         ids=np.asarray(test.paths if test.paths is not None else np.arange(len(test)), dtype=str))
     summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
                                  "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs")}

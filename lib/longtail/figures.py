@@ -1,0 +1,267 @@
+"""The report's figures (matplotlib / seaborn); each function returns a ``Figure`` and computes
+nothing beyond what it plots (the numbers come from ``longtail.report``).
+
+Head / middle / tail have one colour throughout (``GROUP_COLORS``).
+"""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+GROUPS = ("head", "middle", "tail")
+GROUP_COLORS = {"head": "#4C72B0", "middle": "#DD8452", "tail": "#C44E52"}
+TRAIN_SET_COLORS = {"balanced": "#55A868", "longtailed": "#8172B3"}
+TRAIN_SET_LABELS = {"balanced": "balanced", "longtailed": "long-tailed"}
+
+
+def setup() -> None:
+    """The report's look: seaborn's white grid, compact fonts, PNG output at a readable size."""
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titlesize": "medium",
+                         "figure.max_open_warning": 0})
+
+
+def _wrap(labels, width: int = 14) -> list[str]:
+    import textwrap
+    return ["\n".join(textwrap.wrap(str(s), width)) or str(s) for s in labels]
+
+
+# ------------------------------------------------------------------------------------ data set
+
+def class_distribution(classes: pd.DataFrame, log: bool = True, title: str | None = None):
+    """Training images per class of the long-tailed and balanced sets, classes sorted by their
+    long-tailed count, the head / middle / tail spans shaded."""
+    c = classes.sort_values(["longtailed", "class"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    x = np.arange(len(c))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for g in GROUPS:
+        pos = np.flatnonzero(c["group"].to_numpy() == g)
+        if len(pos):
+            ax.axvspan(pos.min() - 0.5, pos.max() + 0.5, color=GROUP_COLORS[g], alpha=0.12, lw=0)
+            ax.text((pos.min() + pos.max()) / 2, 1.0, f"{g} ({len(pos)})", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", color=GROUP_COLORS[g], fontsize="small", fontweight="bold")
+    width = 1.0 if len(c) > 40 else 0.8
+    ax.bar(x, c["longtailed"], width=width, color=[GROUP_COLORS[g] for g in c["group"]], label="long-tailed")
+    ax.step(np.r_[x - 0.5, x[-1] + 0.5], np.r_[c["balanced"], c["balanced"].iloc[-1]], where="post",
+            color=TRAIN_SET_COLORS["balanced"], lw=1.8, label="balanced")
+    if log:
+        ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if c["longtailed"].max() / max(c["longtailed"].min(), 1) < 30
+                                     else matplotlib.ticker.NullFormatter())
+    ax.set_xlim(-0.5, len(c) - 0.5)
+    ax.set_xlabel("class (sorted by long-tailed training count)")
+    ax.set_ylabel("training images" + (" (log scale)" if log else ""))
+    if len(c) <= 12:
+        ax.set_xticks(x, _wrap(c["name"], 14), rotation=30, ha="right", fontsize="small")
+    elif len(c) <= 30:
+        ax.set_xticks(x, _wrap(c["name"], 10), rotation=90, fontsize="x-small")
+    else:
+        ax.set_xticks([])
+    ax.legend(loc="upper right", frameon=True)
+    if title:
+        ax.set_title(title, pad=16)
+    fig.tight_layout()
+    return fig
+
+
+def test_counts(classes: pd.DataFrame):
+    """Test images per class: the balanced test set and the sampled long-tailed one (bars), and the
+    effective images of the weighted long-tailed split (line), classes in the same order."""
+    c = classes.sort_values(["longtailed", "class"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    x = np.arange(len(c))
+    fig, ax = plt.subplots(figsize=(10, 3.0))
+    ax.bar(x, c["test_balanced"], width=0.9, color="#BBBBBB", label="balanced test")
+    ax.bar(x, c["test_longtailed_sampled"], width=0.9, color=[GROUP_COLORS[g] for g in c["group"]],
+           label="long-tailed test (sampled)")
+    ax.plot(x, c["test_longtailed_weighted"], color="black", lw=1.2, label="long-tailed test (weighted, Σw)")
+    ax.set_xlim(-0.5, len(c) - 0.5)
+    if len(c) <= 12:
+        ax.set_xticks(x, _wrap(c["name"], 14), rotation=30, ha="right", fontsize="small")
+    else:
+        ax.set_xticks([] if len(c) > 30 else x, [] if len(c) > 30 else _wrap(c["name"], 10), rotation=90,
+                      fontsize="x-small")
+    ax.set_xlabel("class (sorted by long-tailed training count)")
+    ax.set_ylabel("test images")
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles, colors=None, ncols: int = 6, size: float = 1.7, suptitle: str | None = None):
+    """Images in a grid, a (wrapped) title above each, in ``colors`` when given."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.45)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            ax.set_title("\n".join(_wrap([titles[i]], 22)), fontsize="x-small",
+                         color=(colors[i] if colors is not None else "black"))
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(images, table: pd.DataFrame, ncols: int = 6):
+    """``report.sample_images``: one row of images per group."""
+    titles = [f"{r['group']}: {r['name']} ({r['train_count']})" for _, r in table.iterrows()]
+    return image_grid(images, titles, [GROUP_COLORS[g] for g in table["group"]], ncols=ncols)
+
+
+def image_sizes(sizes: pd.DataFrame):
+    """Width against height of the original images (one point per image), and the histogram of
+    the shorter side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    sns.scatterplot(data=sizes, x="width", y="height", hue="split", s=12, alpha=0.5, ax=axes[0], linewidth=0)
+    axes[0].set_title("original image size (px)")
+    short = np.minimum(sizes["width"], sizes["height"])
+    sns.histplot(x=short, bins=40, ax=axes[1], color="#4C72B0")
+    axes[1].set_xlabel("shorter side (px)")
+    axes[1].set_title("shorter side")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ results
+
+def group_accuracy(runs: pd.DataFrame, methods: list[str], title: str | None = None):
+    """Grouped bars: head / middle / tail top-1 (%) per loss, a panel per training set; error bars:
+    the standard deviation over seeds."""
+    long = runs.melt(id_vars=["method", "train_set"], value_vars=[f"{g}/acc1" for g in GROUPS],
+                     var_name="group", value_name="acc1")
+    long["group"] = long["group"].str.split("/").str[0]
+    long["acc1"] = long["acc1"] * 100
+    sets = [s for s in ("balanced", "longtailed") if s in set(long["train_set"])]
+    fig, axes = plt.subplots(1, len(sets), figsize=(max(6, 0.9 * len(methods) * len(sets) + 2), 3.8),
+                             squeeze=False, sharey=True)
+    for ax, s in zip(axes.flat, sets):
+        sns.barplot(data=long[long["train_set"] == s], x="method", y="acc1", hue="group", order=methods,
+                    hue_order=list(GROUPS), palette=GROUP_COLORS, errorbar="sd", ax=ax, err_kws={"linewidth": 1})
+        ax.set_title(f"{TRAIN_SET_LABELS[s]} training set")
+        ax.set_xlabel("")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_xticks(range(len(methods)), _wrap(methods, 13), fontsize="small")
+        ax.set_ylim(0, 100)
+        if ax is not axes.flat[-1]:
+            ax.get_legend().remove()
+    axes.flat[-1].legend(title="class group", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_vs_count(per_class: pd.DataFrame, methods: list[str], title: str | None = None):
+    """Per-class top-1 (%) against the class's training images (long-tailed training set): the
+    mean over the classes of one size and the seeds, a line per loss."""
+    d = per_class[per_class["train_set"] == "longtailed"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if not len(d):
+        ax.text(0.5, 0.5, "no run on the long-tailed training set", ha="center", transform=ax.transAxes)
+        return fig
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    sns.lineplot(data=d, x="train_count", y="acc1", hue="method", hue_order=methods, palette=palette,
+                 errorbar=None, marker="o", markersize=4, ax=ax)
+    if d["train_count"].max() / max(d["train_count"].min(), 1) >= 8:
+        ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (long-tailed training set)")
+    ax.set_ylabel("top-1 accuracy of the class (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(title="loss", fontsize="small", ncols=2 if len(methods) > 4 else 1)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def balanced_vs_longtailed(runs: pd.DataFrame, methods: list[str], title: str | None = None):
+    """Per loss: balanced-test and tail top-1 (%) after training on the balanced and on the
+    long-tailed set (bars: mean, error bars: standard deviation over seeds)."""
+    long = runs.melt(id_vars=["method", "train_set"], value_vars=["balanced/acc1", "tail/acc1"],
+                     var_name="split", value_name="acc1")
+    long["acc1"] *= 100
+    sets = [s for s in ("balanced", "longtailed") if s in set(long["train_set"])]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.0 * len(methods) * 2 + 2), 3.8), sharey=True)
+    for ax, (split, name) in zip(axes, (("balanced/acc1", "balanced test set"), ("tail/acc1", "tail classes"))):
+        sns.barplot(data=long[long["split"] == split], x="method", y="acc1", hue="train_set", order=methods,
+                    hue_order=sets, palette=TRAIN_SET_COLORS, errorbar="sd", ax=ax, err_kws={"linewidth": 1})
+        ax.set_title(name)
+        ax.set_xlabel("")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_xticks(range(len(methods)), _wrap(methods, 13), fontsize="small")
+        ax.set_ylim(0, 100)
+        handles, _ = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    axes[-1].legend(handles, [f"{TRAIN_SET_LABELS[s]} training set" for s in sets], fontsize="small",
+                    loc="upper left", bbox_to_anchor=(1.01, 1))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_panels(panels: list[tuple[str, np.ndarray, list[str]]], ncols: int = 2):
+    """Row-normalised confusion matrices (true class in rows), one panel per (title, matrix, names)."""
+    n = len(panels)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    k = max(m.shape[0] for _, m, _ in panels)
+    side = min(7.5, max(3.6, 0.32 * k + 2))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, side * nrows * 0.92), squeeze=False)
+    for ax, (title, m, names) in zip(axes.flat, panels):
+        with np.errstate(invalid="ignore"):
+            norm = m / m.sum(axis=1, keepdims=True)
+        sns.heatmap(norm * 100, ax=ax, vmin=0, vmax=100, cmap="Blues", square=True, cbar=False,
+                    annot=k <= 8, fmt=".0f", annot_kws={"fontsize": 7},
+                    xticklabels=_wrap(names, 16), yticklabels=_wrap(names, 22))
+        ax.set_title(title, fontsize="small")
+        ax.grid(False)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def reliability(bins: dict[str, pd.DataFrame], ece: dict[str, float], ncols: int = 4):
+    """Reliability diagrams (``metrics.reliability_bins``), one panel per loss: the accuracy of each
+    confidence bin against its confidence, the diagonal is perfect calibration; the bar shading
+    shows the share of test images in the bin; ECE in the title."""
+    n = len(bins)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.9 * nrows), squeeze=False, sharex=True,
+                             sharey=True)
+    for ax, (name, b) in zip(axes.flat, bins.items()):
+        width = (b["upper"] - b["lower"]).to_numpy()
+        mass = b["mass"].fillna(0).to_numpy()
+        ax.bar(b["lower"], b["accuracy"].fillna(0), width=width, align="edge", edgecolor="white",
+               color=plt.cm.Blues(0.35 + 0.65 * mass / max(mass.max(), 1e-12)))
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.set_title(f"{name}\nECE {100 * ece[name]:.1f} %", fontsize="small")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def examples(table: pd.DataFrame, images, ncols: int = 6):
+    """Tail-class test images, correct (green) and wrong (red) predictions, true and predicted name."""
+    titles = [f"true: {r['true']}" + ("" if r["correct"] else f"\npred: {r['predicted']}")
+              for _, r in table.iterrows()]
+    colors = ["#2E7D32" if c else "#C62828" for c in table["correct"]]
+    return image_grid(images, titles, colors, ncols=ncols, size=1.9)

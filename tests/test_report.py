@@ -1,0 +1,216 @@
+"""The analysis tables on hand-made runs (exact strings), and the rendered report end to end: a tiny
+grid through ``python -m longtail.grid``, ``python -m longtail.report``, and the page opened in
+headless Chromium (no console error; a screenshot is kept)."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from longtail import config, report
+
+SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
+
+
+# ------------------------------------------------------------------------------- hand-made runs
+
+def make_run(root: Path, rid: str, *, done: bool = True, acc: dict | None = None, **params) -> Path:
+    """A run folder with params.json and (when done) metrics.json; acc: split -> top-1."""
+    p = {"dataset": "eu_moths", "backbone": "mobilenetv2", "train_set": "longtailed", "imbalance_factor": 8.0,
+         "loss": "ce", "loss_params": {}, "drw_epoch": None, "sampler": "instance", "posthoc": "none",
+         "seed": 0, "subset_seed": 0, "epochs": 30, "lr": 0.1, **params}
+    d = root / rid
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps({**p, "output_dir": str(d)}))
+    if done:
+        acc = acc or {}
+        m = {k: p[k] for k in ("dataset", "backbone", "train_set", "imbalance_factor", "loss", "seed", "drw_epoch")}
+        m["loss_params"] = json.dumps(p["loss_params"], sort_keys=True)
+        for s in SPLITS:
+            m.update({f"{s}/acc1": acc.get(s, 0.5), f"{s}/macro_f1": acc.get(s, 0.5) - 0.1,
+                      f"{s}/loss": 1.0 + acc.get(s, 0.5), f"{s}/n": 10})
+        (d / "metrics.json").write_text(json.dumps(m))
+    return d
+
+
+def test_format_mean_std_exact():
+    assert report.format_mean_std([0.831, 0.835, 0.827]) == "83.1 ± 0.4"  # std (ddof 1) of .827 .831 .835 = .004
+    assert report.format_mean_std([0.8314]) == "83.1"
+    assert report.format_mean_std([1.2345, 1.2345], scale=1, decimals=2) == "1.23 ± 0.00"
+    assert report.format_mean_std([0.5, float("nan")]) == "50.0"
+    assert report.format_mean_std([]) == "–"
+
+
+def test_collect_runs_and_method_labels(tmp_path):
+    root = tmp_path / "grid"
+    make_run(root, "a", loss="ce")
+    make_run(root, "b", loss="focal", loss_params={"gamma": 1.0})
+    make_run(root, "c", loss="focal", loss_params={"gamma": 2.0})
+    make_run(root, "d", loss="ldam", drw_epoch=20, loss_params={"max_m": 0.5, "s": 30})
+    make_run(root, "e", loss="class_balanced", loss_params={"base": "focal", "beta": 0.9999})
+    make_run(root, "f", loss="ce", sampler="class_balanced", seed=1)
+    make_run(root, "g", loss="ce", done=False)
+    runs = report.collect_runs([root])
+    assert len(runs) == 6 and runs.attrs["unfinished"] == [str(root / "g")]
+    assert list(runs["run_id"]) == ["a", "b", "c", "d", "e", "f"]
+    assert set(runs["grid"]) == {"grid"}
+    assert dict(zip(runs["run_id"], runs["method"])) == {
+        "a": "CE", "b": "Focal (gamma=1)", "c": "Focal (gamma=2)", "d": "LDAM-DRW",
+        "e": "Class-balanced focal", "f": "CE + class-balanced sampling"}
+    assert runs.loc[runs["run_id"] == "b", "loss_params"].item() == '{"gamma": 1.0}'
+    assert runs["tail/acc1"].dtype == float and runs["notebook"].isna().all()
+    # one run folder, and a folder of runs, are sources too
+    assert len(report.collect_runs(root / "a")) == 1
+
+
+def test_appendix_tables_mean_std_exact(tmp_path):
+    root = tmp_path / "g"
+    for seed, (bal, tail) in enumerate([(0.80, 0.40), (0.82, 0.44)]):
+        make_run(root, f"ce{seed}", seed=seed, acc={"balanced": bal, "tail": tail, "head": 0.9})
+        make_run(root, f"bs{seed}", seed=seed, loss="balanced_softmax",
+                 acc={"balanced": bal + 0.03, "tail": tail + 0.2, "head": 0.85})
+    make_run(root, "ceb", train_set="balanced", acc={"balanced": 0.9})
+    runs = report.collect_runs(root)
+    tables = report.appendix_tables(runs)
+    assert [t.name for t in tables] == ["top1_mobilenetv2_balanced", "splits_mobilenetv2_balanced",
+                                        "top1_mobilenetv2_longtailed", "splits_mobilenetv2_longtailed"]
+    assert tables[0].caption.startswith("Table A.1: Top-1 accuracy (%)") and "one seed" in tables[0].caption
+    assert tables[2].caption.startswith("Table A.3:") and "over 2 seeds" in tables[2].caption
+    top1 = tables[2].frame
+    assert list(top1.columns) == ["Balanced", "Long-tailed", "Head", "Middle", "Tail", "Seeds"]
+    assert list(top1.index) == ["CE", "Balanced softmax"]
+    assert top1.loc["CE", "Balanced"] == "81.0 ± 1.4"  # mean .81, std .01414
+    assert top1.loc["CE", "Tail"] == "42.0 ± 2.8"
+    assert top1.loc["Balanced softmax", "Tail"] == "62.0 ± 2.8"
+    assert top1.loc["CE", "Head"] == "90.0 ± 0.0"
+    assert top1.loc["CE", "Seeds"] == 2
+    assert tables[0].frame.loc["CE", "Balanced"] == "90.0"
+    splits = tables[3].frame
+    assert splits.loc["CE", ("Balanced", "Loss")] == "1.81 ± 0.01"
+    assert splits.loc["CE", ("Tail", "F1")] == "32.0 ± 2.8"
+    assert splits.loc["Balanced softmax", ("Tail", "Acc1")] == "62.0 ± 2.8"
+
+    tradeoff = report.tail_tradeoff(runs)
+    assert list(tradeoff["Loss"]) == ["Balanced softmax", "CE"]
+    assert tradeoff.loc[0, "Δ tail (pp)"] == 20.0 and tradeoff.loc[0, "Δ head (pp)"] == -5.0
+    assert report.tail_summary(tradeoff) == (
+        "eu_moths, mobilenetv2, long-tailed training set: Balanced softmax helps the tail most, +20.0 points of "
+        "tail top-1 over CE (62.0 % vs 42.0 %), at a cost of 5.0 points on the head (85.0 % vs 90.0 %); "
+        "balanced test top-1 +3.0 points.")
+
+    files = report.save_table(tables[2], tmp_path / "out")
+    tex = files[0].read_text()
+    assert r"\label{tab:top1_mobilenetv2_longtailed}" in tex and r"81.0 $\pm$ 1.4" in tex
+    assert r"\caption{Top-1 accuracy (\%) per test split" in tex and "Method & Balanced" in tex
+    assert pd.read_csv(files[1], index_col=0).loc["CE", "Balanced"] == "81.0 ± 1.4"
+    assert report.published_comparison(runs).empty  # no CIFAR-10 / ResNet-32 run
+
+
+def test_published_comparison_matches_the_protocol(tmp_path):
+    base = dict(dataset="cifar10", backbone="resnet32", imbalance_factor=100.0)
+    make_run(tmp_path, "ce", **base, acc={"balanced": 0.70})
+    make_run(tmp_path, "ldam", **base, loss="ldam", drw_epoch=160, acc={"balanced": 0.77})
+    make_run(tmp_path, "ldam_nodrw", **base, loss="ldam", acc={"balanced": 0.10})  # not LDAM-DRW
+    make_run(tmp_path, "bal", **base, train_set="balanced", acc={"balanced": 0.10})  # not long-tailed
+    table = report.published_comparison(report.collect_runs(tmp_path)).set_index(["Imbalance factor", "Method"])
+    assert table.loc[(100, "CE"), "Published top-1 (%)"] == "70.36"  # Cao et al. 2019: error 29.64
+    assert table.loc[(100, "CE"), "Ours top-1 (%)"] == "70.00"
+    assert table.loc[(100, "LDAM-DRW"), "Ours − published"] == "-0.03"
+    assert table.loc[(100, "LDAM-DRW"), "Seeds"] == 1
+    assert table.loc[(10, "CE"), "Ours top-1 (%)"] == "–"
+    assert table["Source"].str.startswith("Cao et al. 2019").all()
+
+
+# ------------------------------------------------------------------------------- the rendered report
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """The tiny grid (2 losses x 2 training sets, synthetic data) run and reported, once."""
+    tmp = tmp_path_factory.mktemp("report")
+    env = {**os.environ, "LT_RUNS_DIR": str(tmp / "runs"), "LT_CACHE_DIR": str(tmp / "cache"),
+           "PYTHONUNBUFFERED": "1"}
+    py = [sys.executable, "-m"]
+    grid = subprocess.run(py + ["longtail.grid", "params/tiny.yaml", "--jobs", "2"], cwd=config.PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert grid.returncode == 0, grid.stdout + grid.stderr
+    out = tmp / "report"
+    rep = subprocess.run(py + ["longtail.report", "params/tiny.yaml", "--out", str(out)], cwd=config.PROJECT_ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "report: 4 finished runs" in rep.stdout, grid.stdout + rep.stdout + rep.stderr
+    return out, rep.stdout
+
+
+@pytest.mark.slow
+def test_report_files_tables_and_figures(rendered):
+    out, log = rendered
+    assert "report:" in log and (out / "index.html").exists()
+    html = (out / "index.html").read_text()
+    for name in ("top1_resnet32_balanced", "top1_resnet32_longtailed", "splits_resnet32_longtailed",
+                 "tail_tradeoff", "sets_synthetic", "classes_synthetic"):
+        assert (out / "tables" / f"{name}.tex").stat().st_size > 0 and (out / "tables" / f"{name}.csv").exists()
+    for name in ("class_distribution_synthetic", "test_counts_synthetic", "samples_synthetic",
+                 "image_sizes_synthetic", "groups_resnet32", "balanced_vs_longtailed_resnet32",
+                 "per_class_resnet32_longtailed", "confusion", "reliability"):
+        for ext in ("pdf", "png"):
+            assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
+    assert len(pd.read_csv(out / "tables" / "runs.csv")) == 4
+    # the page: provenance, the tables' headers, figures inline, the run links, no code
+    for text in ("Git commit", "Parameter files", "params/tiny.yaml", "Packages", "Report wall time",
+                 "Table A.1: Top-1 accuracy", "Table A.4", ">Long-tailed<", ">Middle<", ">Tail<", ">Acc1<",
+                 "What helps the tail", "Reliability", "held in memory"):
+        assert text in html, text
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) >= 9  # 4 data-set and 5 result figures
+    assert "import matplotlib" not in html and "report.collect_runs" not in html  # code hidden
+    assert "Traceback" not in html and "An Exception was encountered" not in html
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no warning printed by a cell
+    # self-contained: no script, style or image from the network
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="https?://', html)
+    links = re.findall(r'href="(runs/[^"]+)"', html)
+    assert len(links) == 4
+    for link in links:
+        page = out / link
+        assert page.exists() and "run_training" in page.read_text()  # the run's notebook, code shown
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["runs"]["finished"] == 4 and "explore.py" in prov["report_timings_s"]
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium_without_errors(rendered, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    out, _ = rendered
+    url = (out / "index.html").as_uri()
+    shot = tmp_path / "report.png"
+    run = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+                          "--v=0", f"--screenshot={shot}", "--window-size=1280,2000", url],
+                         capture_output=True, text=True, timeout=120)
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, "the page logged to the console:\n" + "\n".join(console)
+    assert shot.exists() and shot.stat().st_size > 20_000, run.stderr[-2000:]
+    shutil.copy(shot, out / "screenshot.png")
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "Table A.1: Top-1 accuracy" in dom and dom.count("<img") >= 9
+    from PIL import Image
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2000)
+        assert np.asarray(im.convert("L")).std() > 10  # not a blank page
