@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from longtail import grid as grid_mod
-from longtail.report import PUBLISHED, published_comparison
+from longtail.results import PUBLISHED, published_comparison
 from longtail.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]

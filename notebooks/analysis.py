@@ -16,8 +16,8 @@
 # F1 table per split; then figures, published numbers for the same protocol where they exist, and
 # a summary of what helps the tail.  With several seeds a cell is the mean ± standard deviation.
 # Tables are written to `tables/` (LaTeX and CSV), figures to `figures/` (PDF and PNG), for `\input`
-# and `\includegraphics` in the thesis.  All computation is in `longtail.report` and
-# `longtail.figures`.
+# and `\includegraphics` in the thesis.  All computation is in `longtail.results`, the plots in
+# `longtail.figures`, the files in `longtail.report`.
 
 # %% tags=["parameters"]
 grids = ['params/default.yaml']  # parameter files (YAML) or folders of run folders
@@ -30,14 +30,14 @@ examples_per_kind = 6  # tail-class test images shown, correct and wrong each
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from longtail import figures, report
+from longtail import figures, report, results
 
 figures.setup()
-out_dir = report.project_path(out_dir)
-runs = report.collect_runs(grids)
+out_dir = results.project_path(out_dir)
+runs = results.collect_runs(grids)
 print(f"{len(runs)} finished runs from {', '.join(map(str, grids))}"
       + (f"; {len(runs.attrs['unfinished'])} without results" if runs.attrs["unfinished"] else ""))
-report.save_runs(runs, out_dir);
+results.save_runs(runs, out_dir);
 
 # %% [markdown]
 # ## What helps the tail, at what cost to the head
@@ -47,8 +47,8 @@ report.save_runs(runs, out_dir);
 # first.
 
 # %%
-tradeoff = report.tail_tradeoff(runs, baseline)
-display(Markdown(report.tail_summary(tradeoff, baseline).replace("\n", "\n\n")))
+tradeoff = results.tail_tradeoff(runs, baseline)
+display(Markdown(results.tail_summary(tradeoff, baseline).replace("\n", "\n\n")))
 if len(tradeoff):
     display(report.show_table(tradeoff.set_index(["Setting", "Loss"]), out_dir, "tail_tradeoff",
                               f"Tail gain and head cost against {baseline} (long-tailed training set)"))
@@ -57,7 +57,7 @@ if len(tradeoff):
 # ## Tables (the thesis's appendix layout)
 
 # %%
-for table in report.appendix_tables(runs):
+for table in results.appendix_tables(runs):
     display(report.show_table(table, out_dir))
 
 # %% [markdown]
@@ -67,11 +67,11 @@ for table in report.appendix_tables(runs):
 # its papers report; the source of each number is in its row.
 
 # %%
-published = report.published_comparison(runs)
+published = results.published_comparison(runs)
 if len(published):
     display(report.show_table(published.set_index(["Imbalance factor", "Method"]), out_dir, "published",
                               "Top-1 (%) on the balanced CIFAR-10 test set: published and ours"))
-    for source, ref in report.PUBLISHED_REFERENCES.items():
+    for source, ref in results.PUBLISHED_REFERENCES.items():
         display(Markdown(f"*{source}*: {ref}"))
 else:
     print("No run matches a published protocol (CIFAR-10-LT, ResNet-32 from scratch, long-tailed training set);\n"
@@ -81,8 +81,8 @@ else:
 # ## Head, middle and tail accuracy per loss and training set
 
 # %%
-for s in report.settings(runs, by_train_set=False):
-    fig = figures.group_accuracy(s.runs, report.method_order(s.runs["method"]), title=s.text)
+for s in results.settings(runs, by_train_set=False):
+    fig = figures.group_accuracy(s.runs, results.method_order(s.runs["method"]), title=s.text)
     report.save_figure(fig, out_dir, f"groups_{s.slug}")
     plt.show()
 
@@ -93,8 +93,8 @@ for s in report.settings(runs, by_train_set=False):
 # of the balanced-test and the tail accuracy the imbalance costs.
 
 # %%
-for s in report.settings(runs, by_train_set=False):
-    fig = figures.balanced_vs_longtailed(s.runs, report.method_order(s.runs["method"]), title=s.text)
+for s in results.settings(runs, by_train_set=False):
+    fig = figures.balanced_vs_longtailed(s.runs, results.method_order(s.runs["method"]), title=s.text)
     report.save_figure(fig, out_dir, f"balanced_vs_longtailed_{s.slug}")
     plt.show()
 
@@ -105,9 +105,9 @@ for s in report.settings(runs, by_train_set=False):
 # training set); lines: the mean over classes of one size and the seeds.
 
 # %%
-for s in report.settings(runs):
+for s in results.settings(runs):
     if s.key["train_set"] == "longtailed":
-        fig = figures.per_class_vs_count(report.per_class_frame(s.runs), report.method_order(s.runs["method"]),
+        fig = figures.per_class_vs_count(results.per_class_frame(s.runs), results.method_order(s.runs["method"]),
                                          title=s.text)
         report.save_figure(fig, out_dir, f"per_class_{s.slug}")
     plt.show()
@@ -120,11 +120,11 @@ for s in report.settings(runs):
 # to the largest and to the smallest training classes.
 
 # %%
-focus = report.focus_runs(runs, baseline)
+focus = results.focus_runs(runs, baseline)
 if focus:
     key, fruns, shown = focus
-    print(f"{report.setting_text(key)}; shown: {', '.join(shown)}")
-    fig = figures.confusion_panels(report.confusion_subsets(fruns, shown, confusion_classes))
+    print(f"{results.setting_text(key)}; shown: {', '.join(shown)}")
+    fig = figures.confusion_panels(results.confusion_subsets(fruns, shown, confusion_classes))
     report.save_figure(fig, out_dir, "confusion")
     plt.show()
 
@@ -135,7 +135,7 @@ if focus:
 
 # %%
 if focus:
-    bins, ece = report.reliability_by_method(fruns)
+    bins, ece = results.reliability_by_method(fruns)
     fig = figures.reliability(bins, ece)
     report.save_figure(fig, out_dir, "reliability")
     plt.show()
@@ -147,7 +147,7 @@ if focus:
 # %%
 if focus:
     best = fruns[fruns["method"] == shown[-1]]
-    table, note = report.qualitative_examples(best, examples_per_kind)
+    table, note = results.qualitative_examples(best, examples_per_kind)
     if note:
         print(note)
     elif not len(table):

@@ -13,7 +13,7 @@
 #
 # The training sets the runs train on (after the validation split, as in a run's `classes.csv`),
 # their head / middle / tail groups, the test splits, sample images of each group and the sizes of
-# the original images.  All computation is in `longtail.report` and `longtail.figures`.
+# the original images.  All computation is in `longtail.datasummary` and `longtail.figures`.
 
 # %% tags=["parameters"]
 dataset = 'eu_moths'  # eu_moths | cifar10 | imagefolder | synthetic
@@ -37,17 +37,17 @@ out_dir = 'report'  # tables/ and figures/ are written below it
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from longtail import data, figures, report
+from longtail import data, datasummary, figures, report, results
 
 figures.setup()
-out_dir = report.project_path(out_dir)
+out_dir = results.project_path(out_dir)
 ds = data.load_dataset(dataset, data_root, **(dataset_params or {}))
-classes = report.class_table(ds, imbalance_factor=imbalance_factor, profile=profile, n_max=n_max,
-                             class_order=class_order, subset_seed=subset_seed, val_fraction=val_fraction,
-                             group_scheme=group_scheme, balanced_size=balanced_size)
+classes = datasummary.class_table(ds, imbalance_factor=imbalance_factor, profile=profile, n_max=n_max,
+                                  class_order=class_order, subset_seed=subset_seed, val_fraction=val_fraction,
+                                  group_scheme=group_scheme, balanced_size=balanced_size)
 print(f"{ds.name}: {ds.num_classes} classes, {len(ds.train)} training and {len(ds.test)} test images; "
       f"source: {ds.info.get('source')}" + (f"; cite: {ds.info['citation']}" if ds.info.get("citation") else ""))
-display(report.show_table(report.set_summary(classes), out_dir, f"sets_{ds.name}",
+display(report.show_table(datasummary.set_summary(classes), out_dir, f"sets_{ds.name}",
                           f"Training and test sets of {ds.name} (imbalance factor {imbalance_factor:g}, {profile} profile)"))
 
 # %% [markdown]
@@ -79,7 +79,7 @@ report.save_table(classes.set_index("class"), out_dir, f"classes_{ds.name}", f"C
 # One training image each of classes spread over each group (title: group, class, training images).
 
 # %%
-images, picked = report.sample_images(ds, classes, samples_per_group, sample_size, seed=subset_seed)
+images, picked = datasummary.sample_images(ds, classes, samples_per_group, sample_size, seed=subset_seed)
 fig = figures.sample_grid(images, picked, ncols=samples_per_group)
 report.save_figure(fig, out_dir, f"samples_{ds.name}")
 plt.show()
@@ -90,8 +90,8 @@ plt.show()
 # Width and height of the original files (read from the header only).
 
 # %%
-sizes = report.image_sizes(ds, max_files=max_size_files, seed=subset_seed)
-display(report.show_table(report.size_summary(sizes), out_dir, f"image_sizes_{ds.name}",
+sizes = datasummary.image_sizes(ds, max_files=max_size_files, seed=subset_seed)
+display(report.show_table(datasummary.size_summary(sizes), out_dir, f"image_sizes_{ds.name}",
                           f"Original image sizes of {ds.name} ({len(sizes)} images)"))
 fig = figures.image_sizes(sizes)
 report.save_figure(fig, out_dir, f"image_sizes_{ds.name}")

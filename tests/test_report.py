@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail import config, report
+from longtail import config, report, results
 
 SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
 
@@ -40,11 +40,11 @@ def make_run(root: Path, rid: str, *, done: bool = True, acc: dict | None = None
 
 
 def test_format_mean_std_exact():
-    assert report.format_mean_std([0.831, 0.835, 0.827]) == "83.1 ± 0.4"  # std (ddof 1) of .827 .831 .835 = .004
-    assert report.format_mean_std([0.8314]) == "83.1"
-    assert report.format_mean_std([1.2345, 1.2345], scale=1, decimals=2) == "1.23 ± 0.00"
-    assert report.format_mean_std([0.5, float("nan")]) == "50.0"
-    assert report.format_mean_std([]) == "–"
+    assert results.format_mean_std([0.831, 0.835, 0.827]) == "83.1 ± 0.4"  # std (ddof 1) of .827 .831 .835 = .004
+    assert results.format_mean_std([0.8314]) == "83.1"
+    assert results.format_mean_std([1.2345, 1.2345], scale=1, decimals=2) == "1.23 ± 0.00"
+    assert results.format_mean_std([0.5, float("nan")]) == "50.0"
+    assert results.format_mean_std([]) == "–"
 
 
 def test_collect_runs_and_method_labels(tmp_path):
@@ -56,7 +56,7 @@ def test_collect_runs_and_method_labels(tmp_path):
     make_run(root, "e", loss="class_balanced", loss_params={"base": "focal", "beta": 0.9999})
     make_run(root, "f", loss="ce", sampler="class_balanced", seed=1)
     make_run(root, "g", loss="ce", done=False)
-    runs = report.collect_runs([root])
+    runs = results.collect_runs([root])
     assert len(runs) == 6 and runs.attrs["unfinished"] == [str(root / "g")]
     assert list(runs["run_id"]) == ["a", "b", "c", "d", "e", "f"]
     assert set(runs["grid"]) == {"grid"}
@@ -66,7 +66,7 @@ def test_collect_runs_and_method_labels(tmp_path):
     assert runs.loc[runs["run_id"] == "b", "loss_params"].item() == '{"gamma": 1.0}'
     assert runs["tail/acc1"].dtype == float and runs["notebook"].isna().all()
     # one run folder, and a folder of runs, are sources too
-    assert len(report.collect_runs(root / "a")) == 1
+    assert len(results.collect_runs(root / "a")) == 1
 
 
 def test_appendix_tables_mean_std_exact(tmp_path):
@@ -76,8 +76,8 @@ def test_appendix_tables_mean_std_exact(tmp_path):
         make_run(root, f"bs{seed}", seed=seed, loss="balanced_softmax",
                  acc={"balanced": bal + 0.03, "tail": tail + 0.2, "head": 0.85})
     make_run(root, "ceb", train_set="balanced", acc={"balanced": 0.9})
-    runs = report.collect_runs(root)
-    tables = report.appendix_tables(runs)
+    runs = results.collect_runs(root)
+    tables = results.appendix_tables(runs)
     assert [t.name for t in tables] == ["top1_mobilenetv2_balanced", "splits_mobilenetv2_balanced",
                                         "top1_mobilenetv2_longtailed", "splits_mobilenetv2_longtailed"]
     assert tables[0].caption.startswith("Table A.1: Top-1 accuracy (%)") and "one seed" in tables[0].caption
@@ -96,10 +96,10 @@ def test_appendix_tables_mean_std_exact(tmp_path):
     assert splits.loc["CE", ("Tail", "F1")] == "32.0 ± 2.8"
     assert splits.loc["Balanced softmax", ("Tail", "Acc1")] == "62.0 ± 2.8"
 
-    tradeoff = report.tail_tradeoff(runs)
+    tradeoff = results.tail_tradeoff(runs)
     assert list(tradeoff["Loss"]) == ["Balanced softmax", "CE"]
     assert tradeoff.loc[0, "Δ tail (pp)"] == 20.0 and tradeoff.loc[0, "Δ head (pp)"] == -5.0
-    assert report.tail_summary(tradeoff) == (
+    assert results.tail_summary(tradeoff) == (
         "eu_moths, mobilenetv2, long-tailed training set: Balanced softmax helps the tail most, +20.0 points of "
         "tail top-1 over CE (62.0 % vs 42.0 %), at a cost of 5.0 points on the head (85.0 % vs 90.0 %); "
         "balanced test top-1 +3.0 points.")
@@ -109,7 +109,7 @@ def test_appendix_tables_mean_std_exact(tmp_path):
     assert r"\label{tab:top1_mobilenetv2_longtailed}" in tex and r"81.0 $\pm$ 1.4" in tex
     assert r"\caption{Top-1 accuracy (\%) per test split" in tex and "Method & Balanced" in tex
     assert pd.read_csv(files[1], index_col=0).loc["CE", "Balanced"] == "81.0 ± 1.4"
-    assert report.published_comparison(runs).empty  # no CIFAR-10 / ResNet-32 run
+    assert results.published_comparison(runs).empty  # no CIFAR-10 / ResNet-32 run
 
 
 def test_published_comparison_matches_the_protocol(tmp_path):
@@ -118,7 +118,7 @@ def test_published_comparison_matches_the_protocol(tmp_path):
     make_run(tmp_path, "ldam", **base, loss="ldam", drw_epoch=160, acc={"balanced": 0.77})
     make_run(tmp_path, "ldam_nodrw", **base, loss="ldam", acc={"balanced": 0.10})  # not LDAM-DRW
     make_run(tmp_path, "bal", **base, train_set="balanced", acc={"balanced": 0.10})  # not long-tailed
-    table = report.published_comparison(report.collect_runs(tmp_path)).set_index(["Imbalance factor", "Method"])
+    table = results.published_comparison(results.collect_runs(tmp_path)).set_index(["Imbalance factor", "Method"])
     assert table.loc[(100, "CE"), "Published top-1 (%)"] == "70.36"  # Cao et al. 2019: error 29.64
     assert table.loc[(100, "CE"), "Ours top-1 (%)"] == "70.00"
     assert table.loc[(100, "LDAM-DRW"), "Ours − published"] == "-0.03"
@@ -178,7 +178,7 @@ def test_report_files_tables_and_figures(rendered):
                  "What helps the tail", "Reliability", "held in memory"):
         assert text in html, text
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) >= 9  # 4 data-set and 5 result figures
-    assert "import matplotlib" not in html and "report.collect_runs" not in html  # code hidden
+    assert "import matplotlib" not in html and "results.collect_runs" not in html  # code hidden
     assert "Traceback" not in html and "An Exception was encountered" not in html
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no warning printed by a cell
     # self-contained: no script, style or image from the network

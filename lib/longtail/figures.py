@@ -1,5 +1,5 @@
 """The report's figures (matplotlib / seaborn); each function returns a ``Figure`` and computes
-nothing beyond what it plots (the numbers come from ``longtail.report``).
+nothing beyond what it plots (the numbers come from ``longtail.results`` and ``longtail.datasummary``).
 
 Head / middle / tail have one colour throughout (``GROUP_COLORS``).
 """
@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-GROUPS = ("head", "middle", "tail")
+from .results import TRAIN_SET_LABELS
+from .subsets import GROUP_NAMES as GROUPS
+
 GROUP_COLORS = {"head": "#4C72B0", "middle": "#DD8452", "tail": "#C44E52"}
 TRAIN_SET_COLORS = {"balanced": "#55A868", "longtailed": "#8172B3"}
-TRAIN_SET_LABELS = {"balanced": "balanced", "longtailed": "long-tailed"}
 
 
 def setup() -> None:
@@ -111,7 +112,7 @@ def image_grid(images, titles, colors=None, ncols: int = 6, size: float = 1.7, s
 
 
 def sample_grid(images, table: pd.DataFrame, ncols: int = 6):
-    """``report.sample_images``: one row of images per group."""
+    """``datasummary.sample_images``: one row of images per group."""
     titles = [f"{r['group']}: {r['name']} ({r['train_count']})" for _, r in table.iterrows()]
     return image_grid(images, titles, [GROUP_COLORS[g] for g in table["group"]], ncols=ncols)
 

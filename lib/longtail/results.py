@@ -1,0 +1,541 @@
+"""Finished runs and everything computed from them: the analysis behind the report's tables.
+
+``collect_runs(sources)`` reads one row per finished run (``metrics.json`` present) of one or more
+grids (a grid's parameter file, a folder of run folders, or one run folder; relative paths against
+the project root, ``project_path``) and names each run's method (``method_labels``, ordered by
+``method_order``).  From these rows: the thesis appendix
+tables (``appendix_tables``: top-1 per split, and loss / top-1 / F1 per split, a row per method,
+mean ± std over seeds, one pair per setting of ``settings``), the comparison with published numbers
+(``PUBLISHED``, ``published_comparison``), what helps the tail at what cost to the head
+(``tail_tradeoff``, ``tail_summary``), and, from each run's ``predictions.npz``, per-class accuracy,
+confusion matrices, reliability and qualitative examples.  Nothing here renders or plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config
+
+SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
+SPLIT_LABELS = {"balanced": "Balanced", "longtailed": "Long-tailed", "head": "Head", "middle": "Middle",
+                "tail": "Tail"}
+TRAIN_SET_LABELS = {"balanced": "balanced", "longtailed": "long-tailed"}
+LOSS_LABELS = {"ce": "CE", "focal": "Focal", "weighted_ce": "Weighted CE", "class_balanced": "Class-balanced",
+               "balanced_softmax": "Balanced softmax", "equalization": "Equalization", "ldam": "LDAM",
+               "logit_adjusted": "Logit-adjusted"}
+LOSS_ORDER = tuple(LOSS_LABELS)
+#: a table per value of these (the file name names them: ``top1_<backbone>_<train_set>``) ...
+TABLE_KEYS = ("dataset", "backbone", "train_set")
+#: ... and per value of these where they differ between the collected runs
+EXTRA_TABLE_KEYS = ("imbalance_factor", "profile", "n_max", "class_order", "balanced_size", "group_scheme",
+                    "pretrained", "mode", "image_size", "dataset_params", "val_fraction")
+#: repetitions: averaged over (mean ± standard deviation)
+REPLICATE_KEYS = ("seed", "subset_seed")
+#: where and how fast, not what: never distinguishes two methods
+_NOT_A_VARIANT = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "device", "precision",
+                  "eval_batch_size", "channels_last", "compile", "on_error")
+RESULT_FILE = "metrics.json"
+RUN_NOTEBOOK = "train.ipynb"
+
+#: Published top-1 accuracy (%) for the same protocol (CIFAR-10-LT, exponential profile, ResNet-32 from
+#: scratch; ``params/cifar10_lt.yaml``), one row per number, with its source.  Cao et al. report top-1
+#: *error*; accuracy = 100 - error.  CE, focal and class-balanced focal in their Table 2 are the values of
+#: Cui et al. 2019 (Table 2), which Cao et al. list as baselines.  Only numbers checked against the papers
+#: are here.  Balanced softmax (Ren et al. 2020, NeurIPS, Table 2) is left out on purpose: its CIFAR-10-LT
+#: numbers come from a different training recipe (their own softmax baseline is about 7 points above Cao
+#: et al.'s), so they are not the same protocol.
+PUBLISHED = pd.DataFrame([
+    # source, imbalance factor, method, loss, DRW, class_balanced base, published top-1 error (%)
+    ("Cao et al. 2019, NeurIPS, Table 2", 100, "CE", "ce", False, None, 29.64),
+    ("Cao et al. 2019, NeurIPS, Table 2", 100, "Focal", "focal", False, None, 29.62),
+    ("Cao et al. 2019, NeurIPS, Table 2", 100, "Class-balanced focal", "class_balanced", False, "focal", 25.43),
+    ("Cao et al. 2019, NeurIPS, Table 2", 100, "LDAM-DRW", "ldam", True, None, 22.97),
+    ("Cao et al. 2019, NeurIPS, Table 2", 10, "CE", "ce", False, None, 13.61),
+    ("Cao et al. 2019, NeurIPS, Table 2", 10, "LDAM-DRW", "ldam", True, None, 11.84),
+], columns=["source", "imbalance_factor", "method", "loss", "drw", "cb_base", "error"]).assign(
+    dataset="cifar10", backbone="resnet32", top1=lambda d: (100 - d["error"]).round(2))
+PUBLISHED_REFERENCES = {
+    "Cao et al. 2019, NeurIPS, Table 2": "K. Cao, C. Wei, A. Gaidon, N. Arechiga, T. Ma. Learning Imbalanced "
+    "Datasets with Label-Distribution-Aware Margin Loss. NeurIPS 2019 (Table 2: top-1 validation error, "
+    "ResNet-32, long-tailed CIFAR-10).",
+}
+
+
+# ============================================================================ collection of runs
+
+def project_path(path) -> Path:
+    """``path`` as given when absolute or present, else relative to the project root (so that a
+    notebook opened from ``notebooks/`` finds ``params/...`` and writes to ``<project>/report``)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else config.PROJECT_ROOT / p
+
+
+def source_runs(source) -> tuple[str, list[Path]]:
+    """(grid name, run folders) of a parameter file, a folder of run folders, or one run folder."""
+    p = project_path(source)
+    if p.suffix in (".yaml", ".yml"):
+        from .grid import load_grid
+        grid = load_grid(p, check_backbone=False)
+        return grid.name, [Path(r["output_dir"]) for r in grid.runs]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: neither a parameter file (.yaml) nor a folder of runs")
+    if (p / "params.json").exists():
+        return p.parent.name, [p]
+    return p.name, sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _cell(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def collect_runs(sources) -> pd.DataFrame:
+    """One row per finished run (``metrics.json`` present) of every source, in the sources' order.
+
+    Columns: every metric of ``metrics.json`` (``balanced/acc1``, ``tail/macro_f1``, ...), every
+    parameter of ``params.json`` (dicts and lists as JSON text), and ``grid``, ``run_id``,
+    ``run_dir``, ``notebook`` (the executed ``train.ipynb`` or None), ``method`` (a readable name
+    of the loss and whatever else tells two runs of one table apart, see ``method_labels``).
+    ``df.attrs["unfinished"]`` lists the run folders without results.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    rows, unfinished = [], []
+    for source in sources:
+        grid, dirs = source_runs(source)
+        for d in dirs:
+            if not (d / RESULT_FILE).exists():  # not run yet, running, or failed
+                unfinished.append(str(d))
+                continue
+            params = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
+            metrics = json.loads((d / RESULT_FILE).read_text())
+            row = {k: _cell(v) for k, v in params.items()}
+            row.update({k: _cell(v) for k, v in metrics.items()})
+            nb = d / RUN_NOTEBOOK
+            row.update(grid=grid, run_id=d.name, run_dir=str(d), notebook=str(nb) if nb.exists() else None)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["method"] = method_labels(df)
+    df.attrs["unfinished"] = unfinished
+    return df
+
+
+def base_method(row) -> str:
+    """The loss's readable name, with DRW, a non-instance sampler and a post-hoc adjustment."""
+    loss = row.get("loss")
+    name = LOSS_LABELS.get(loss, str(loss))
+    params = _json(row.get("loss_params"))
+    if loss == "class_balanced" and params.get("base") not in (None, "softmax"):
+        name = f"Class-balanced {params['base']}"
+    if _given(row.get("drw_epoch")):
+        name += "-DRW"
+    if row.get("sampler") not in (None, "instance") and not _isnan(row.get("sampler")):
+        name += f" + {str(row['sampler']).replace('_', '-')} sampling"
+    if row.get("posthoc") not in (None, "none") and not _isnan(row.get("posthoc")):
+        name += {"tau_norm": " + τ-norm", "logit_adjust": " + logit adjustment"}.get(row["posthoc"],
+                                                                                    f" + {row['posthoc']}")
+    return name
+
+
+def method_labels(df: pd.DataFrame) -> pd.Series:
+    """``base_method`` of every run, plus ``key=value`` of each parameter that differs between runs
+    of one table with the same base name (e.g. two focal runs with gamma 1 and 2)."""
+    base = df.apply(base_method, axis=1)
+    keys = table_keys(df)
+    fixed = set(keys) | set(REPLICATE_KEYS) | set(_NOT_A_VARIANT) | {
+        "loss", "grid", "run_id", "run_dir", "notebook", "method"}
+    params = [c for c in df.columns if "/" not in c and c not in fixed and not _is_metric_col(c)]
+    labels = base.copy()
+    for _, idx in df.groupby([df[k].astype(str) for k in keys] + [base], sort=False).groups.items():
+        sub = df.loc[idx]
+        varying = [c for c in params if sub[c].astype(str).nunique() > 1]
+        for i in idx:
+            extra = []
+            for c in varying:
+                v = _json(sub.at[i, c]) if c.endswith("_params") else sub.at[i, c]
+                extra += ([f"{k}={_short(x)}" for k, x in v.items()] if isinstance(v, dict)
+                          else [f"{c}={_short(v)}"])
+            if extra:
+                labels.at[i] = f"{base.at[i]} ({', '.join(extra)})"
+    return labels
+
+
+# Metric-like columns of metrics.json that are not parameters (they never tell two methods apart)
+_METRIC_COLS = ("best_epoch", "train_images", "num_classes", "wall_s", "image_size")
+
+
+def _is_metric_col(c: str) -> bool:
+    return c in _METRIC_COLS
+
+
+def table_keys(df: pd.DataFrame) -> list[str]:
+    """``TABLE_KEYS`` plus the ``EXTRA_TABLE_KEYS`` whose value differs between runs of one
+    (dataset, backbone, training set), e.g. two imbalance factors of CIFAR-10-LT."""
+    base = [k for k in TABLE_KEYS if k in df.columns]
+    if not len(df):
+        return base
+    groups = df.groupby([df[k].astype(str) for k in base], sort=False) if base else [(None, df)]
+    extra = [k for k in EXTRA_TABLE_KEYS if k in df.columns
+             and any(sub[k].astype(str).nunique() > 1 for _, sub in groups)]
+    return base + extra
+
+
+def method_order(methods) -> list[str]:
+    """CE first, then the losses in ``LOSS_ORDER``; variants after their base name."""
+    def key(m):
+        for i, name in enumerate(LOSS_LABELS.values()):
+            if m == name or m.startswith(name + " ") or m.startswith(name + "-") or (
+                    name == "Class-balanced" and m.startswith("Class-balanced")):
+                return (i, m)
+        return (len(LOSS_LABELS), m)
+    return sorted(set(methods), key=key)
+
+
+# ============================================================================ formatting
+
+def format_mean_std(values, scale: float = 100.0, decimals: int = 1) -> str:
+    """``"83.1 ± 0.4"``: mean ± sample standard deviation (ddof 1) of the finite values times
+    ``scale``; the mean alone for one value; ``"–"`` for none."""
+    v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float) * scale
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{decimals}f}"
+    return f"{v.mean():.{decimals}f} ± {v.std(ddof=1):.{decimals}f}"
+
+
+def _setting_slug(key: dict, keys: list[str], df: pd.DataFrame) -> str:
+    """``mobilenetv2_longtailed``; the dataset joins in where the runs have several, and the
+    extra table keys (``if100``) where they are table keys."""
+    parts = [f"{_abbrev(k)}{_short(key[k])}" if k not in TABLE_KEYS else _short(key[k]) for k in keys
+             if k != "dataset" or df[k].astype(str).nunique() > 1]
+    return "_".join(re.sub(r"[^A-Za-z0-9._]+", "-", p).strip("-") for p in parts)
+
+
+def _abbrev(k: str) -> str:
+    return {"imbalance_factor": "if", "pretrained": "pt", "mode": "", "image_size": "px", "n_max": "nmax",
+            "profile": "", "class_order": "", "balanced_size": "", "group_scheme": "", "val_fraction": "val",
+            "dataset_params": "dp"}.get(k, k)
+
+
+def setting_text(key: dict) -> str:
+    """``eu_moths, mobilenetv2, long-tailed training set`` (+ the extra keys)."""
+    parts = [str(key.get("dataset")), str(key.get("backbone"))]
+    if "train_set" in key:
+        parts.append(f"{TRAIN_SET_LABELS.get(key['train_set'], key['train_set'])} training set")
+    parts += [f"{k} {_short(v)}" for k, v in key.items() if k not in TABLE_KEYS]
+    return ", ".join(parts)
+
+
+# ============================================================================ the appendix tables
+
+@dataclass
+class Table:
+    """A formatted table: ``name`` is the file stem (``top1_mobilenetv2_longtailed``)."""
+    name: str
+    caption: str
+    frame: pd.DataFrame
+    setting: dict | None = None
+
+
+@dataclass
+class Setting:
+    """The runs of one table: ``key`` (table key values), ``slug`` (for file names), ``text``."""
+    key: dict
+    runs: pd.DataFrame
+    slug: str
+    text: str
+
+
+def settings(df: pd.DataFrame, by_train_set: bool = True) -> list[Setting]:
+    """The settings of the collected runs (one per value of ``table_keys``), in a stable order
+    (dataset, backbone, ..., the balanced before the long-tailed training set).  With
+    ``by_train_set=False`` both training sets of a backbone form one setting (for figures that
+    compare them)."""
+    if not len(df):
+        return []
+    keys = [k for k in table_keys(df) if by_train_set or k != "train_set"]
+    out = []
+    for _, sub in df.groupby([df[k].astype(str) for k in keys], sort=False):
+        key = {k: sub.iloc[0][k] for k in keys}
+        out.append(Setting(key, sub, _setting_slug(key, keys, df), setting_text(key)))
+    order = {"balanced": 0, "longtailed": 1}
+    out.sort(key=lambda s: tuple((order.get(s.key[k], 9), "") if k == "train_set" else (0, str(s.key[k]))
+                                 for k in keys))
+    return out
+
+
+def save_runs(runs: pd.DataFrame, out_dir) -> Path:
+    """``<out_dir>/tables/runs.csv``: the collected runs, one row each (all metrics and parameters)."""
+    path = Path(out_dir) / "tables" / "runs.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(path, index=False)
+    return path
+
+
+def top1_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows: methods; columns: Balanced, Long-tailed, Head, Middle, Tail; cells: top-1 (%)
+    mean ± std over the seeds (the thesis's Tables A.1, A.3, ...)."""
+    rows = {}
+    for m in method_order(runs["method"]):
+        sub = runs[runs["method"] == m]
+        rows[m] = {SPLIT_LABELS[s]: format_mean_std(sub.get(f"{s}/acc1", pd.Series(dtype=float))) for s in SPLITS}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "Method"
+    frame["Seeds"] = [int((runs["method"] == m).sum()) for m in frame.index]
+    return frame
+
+
+def split_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows: methods; columns: (split, Loss / Acc1 / F1); loss to 2 decimals, top-1 and macro F1 in %
+    (the thesis's Tables A.2, A.4, ...)."""
+    rows = {}
+    for m in method_order(runs["method"]):
+        sub = runs[runs["method"] == m]
+        row = {}
+        for s in SPLITS:
+            get = lambda name: sub.get(f"{s}/{name}", pd.Series(dtype=float))  # noqa: E731
+            row[(SPLIT_LABELS[s], "Loss")] = format_mean_std(get("loss"), scale=1.0, decimals=2)
+            row[(SPLIT_LABELS[s], "Acc1")] = format_mean_std(get("acc1"))
+            row[(SPLIT_LABELS[s], "F1")] = format_mean_std(get("macro_f1"))
+        rows[m] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    frame.index.name = "Method"
+    return frame
+
+
+def appendix_tables(df: pd.DataFrame, first_number: int = 1) -> list[Table]:
+    """For every setting (backbone, training set, ...): the top-1 table and the loss / top-1 / F1
+    table, numbered A.1, A.2, A.3, ... in that order."""
+    tables, n = [], first_number
+    for st in settings(df):
+        key, runs, slug = st.key, st.runs, st.slug
+        seeds = runs.groupby("method").size()
+        over = (f"mean ± standard deviation over {seeds.min()}–{seeds.max()} seeds" if seeds.max() > 1 and
+                seeds.min() != seeds.max() else f"mean ± standard deviation over {seeds.max()} seeds"
+                if seeds.max() > 1 else "one seed")
+        tables.append(Table(f"top1_{slug}", f"Table A.{n}: Top-1 accuracy (%) per test split and class group; "
+                            f"{setting_text(key)}; {over}.", top1_table(runs), key))
+        tables.append(Table(f"splits_{slug}", f"Table A.{n + 1}: Loss (cross-entropy), top-1 accuracy (%) and "
+                            f"macro F1 (%) per test split; {setting_text(key)}; {over}.", split_table(runs), key))
+        n += 2
+    return tables
+
+
+# ============================================================================ published numbers
+
+def published_comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """``PUBLISHED`` beside our top-1 (balanced test, %) of the runs with the same protocol:
+    dataset cifar10, backbone resnet32, long-tailed training set, the same imbalance factor, loss,
+    DRW on/off (and the class-balanced loss's base).  Empty when no run matches."""
+    need = ("dataset", "backbone", "train_set", "loss", "imbalance_factor", "balanced/acc1")
+    if not len(df) or any(c not in df for c in need):
+        return pd.DataFrame()
+    df = df.assign(drw_epoch=df["drw_epoch"] if "drw_epoch" in df else None,
+                   loss_params=df["loss_params"] if "loss_params" in df else "{}")
+    rows = []
+    for _, pub in PUBLISHED.iterrows():
+        m = df[(df["dataset"] == pub["dataset"]) & (df["backbone"] == pub["backbone"])
+               & (df["train_set"] == "longtailed") & (df["loss"] == pub["loss"])
+               & (pd.to_numeric(df["imbalance_factor"], errors="coerce") == pub["imbalance_factor"])]
+        m = m[m["drw_epoch"].apply(_given) == pub["drw"]]
+        if isinstance(pub["cb_base"], str):
+            m = m[m["loss_params"].apply(lambda s: _json(s).get("base")) == pub["cb_base"]]
+        ours = m["balanced/acc1"] * 100 if len(m) else pd.Series(dtype=float)
+        rows.append({"Imbalance factor": int(pub["imbalance_factor"]), "Method": pub["method"],
+                     "Published top-1 (%)": f"{pub['top1']:.2f}", "Ours top-1 (%)": format_mean_std(ours, 1.0, 2),
+                     "Ours − published": f"{ours.mean() - pub['top1']:+.2f}" if len(ours) else "–",
+                     "Seeds": len(ours), "Source": pub["source"]})
+    out = pd.DataFrame(rows)
+    return out if (out["Seeds"] > 0).any() else pd.DataFrame()
+
+
+# ============================================================================ what helps the tail
+
+def tail_tradeoff(df: pd.DataFrame, baseline: str = "CE") -> pd.DataFrame:
+    """For every setting with the long-tailed training set and a ``baseline`` run: per method the
+    mean top-1 (%) of the tail, head and balanced test set and their change against the baseline
+    (percentage points), sorted by tail gain."""
+    rows = []
+    for st in settings(df):
+        key, runs = st.key, st.runs
+        if key.get("train_set") != "longtailed" or baseline not in set(runs["method"]):
+            continue
+        mean = runs.groupby("method")[[f"{s}/acc1" for s in ("tail", "head", "balanced")]].mean() * 100
+        b = mean.loc[baseline]
+        for m, r in mean.iterrows():
+            rows.append({"Setting": setting_text(key), "Loss": m,
+                         "Tail (%)": r["tail/acc1"], "Δ tail (pp)": r["tail/acc1"] - b["tail/acc1"],
+                         "Head (%)": r["head/acc1"], "Δ head (pp)": r["head/acc1"] - b["head/acc1"],
+                         "Balanced (%)": r["balanced/acc1"],
+                         "Δ balanced (pp)": r["balanced/acc1"] - b["balanced/acc1"],
+                         "Seeds": int((runs["method"] == m).sum())})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out = out.sort_values(["Setting", "Δ tail (pp)"], ascending=[True, False], kind="stable")
+        out = out.reset_index(drop=True).round(1)
+    return out
+
+
+def tail_summary(tradeoff: pd.DataFrame, baseline: str = "CE") -> str:
+    """One sentence per setting: which loss helps the tail most, by how much, at what cost to the
+    head and to the balanced test set."""
+    if not len(tradeoff):
+        return (f"No long-tailed training set with a {baseline} baseline among the finished runs, so no loss "
+                f"can be compared against {baseline}.")
+    lines = []
+    for setting, t in tradeoff.groupby("Setting", sort=False):
+        others = t[t["Loss"] != baseline]
+        if not len(others):
+            lines.append(f"{setting}: only {baseline} ran, nothing to compare.")
+            continue
+        best = others.iloc[0]
+        base = t[t["Loss"] == baseline].iloc[0]
+        if best["Δ tail (pp)"] <= 0:
+            lines.append(f"{setting}: no loss improves the tail over {baseline} (tail top-1 "
+                         f"{base['Tail (%)']:.1f} %; the best, {best['Loss']}, changes it by "
+                         f"{best['Δ tail (pp)']:+.1f} points).")
+            continue
+        head = best["Δ head (pp)"]
+        vs = f"{best['Head (%)']:.1f} % vs {base['Head (%)']:.1f} %"
+        head_txt = (f"and gains on the head too ({head:+.1f} points, {vs})" if head > 0 else
+                    f"at no cost to the head ({vs})" if head == 0 else
+                    f"at a cost of {-head:.1f} points on the head ({vs})")
+        lines.append(f"{setting}: {best['Loss']} helps the tail most, {best['Δ tail (pp)']:+.1f} points of tail "
+                     f"top-1 over {baseline} ({best['Tail (%)']:.1f} % vs {base['Tail (%)']:.1f} %), {head_txt}; "
+                     f"balanced test top-1 {best['Δ balanced (pp)']:+.1f} points.")
+    return "\n".join(lines)
+
+
+# ============================================================================ per class (predictions.npz)
+
+def load_predictions(run_dir) -> dict:
+    """``logits``, ``labels``, ``lt_weight``, ``ids`` of a run's test set, and ``classes`` (classes.csv)."""
+    d = Path(run_dir)
+    with np.load(d / "predictions.npz") as z:
+        out = {k: z[k] for k in z.files}
+    out["classes"] = pd.read_csv(d / "classes.csv")
+    return out
+
+
+def per_class_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, class): its training count, group, test count and top-1 accuracy (%)."""
+    from .metrics import per_class_accuracy
+    parts = []
+    for _, run in df.iterrows():
+        p = load_predictions(run["run_dir"])
+        cls = p["classes"].copy()
+        cls["acc1"] = per_class_accuracy(p["logits"], p["labels"], len(cls)) * 100
+        for k in ("run_id", "method", "train_set", "backbone", "dataset", "seed"):
+            cls[k] = run[k]
+        parts.append(cls)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def pooled_predictions(runs: pd.DataFrame) -> dict:
+    """``logits`` and ``labels`` of several runs (e.g. the seeds of one method) stacked, and the
+    ``classes`` table of the first."""
+    preds = [load_predictions(d) for d in runs["run_dir"]]
+    return {"logits": np.concatenate([p["logits"] for p in preds]), "labels": np.concatenate([p["labels"] for p in preds]),
+            "classes": preds[0]["classes"], "ids": preds[0]["ids"], "first": preds[0]}
+
+
+def focus_runs(df: pd.DataFrame, baseline: str = "CE") -> tuple[dict, pd.DataFrame, list[str]] | None:
+    """The setting the figures of single runs look at (the first with a long-tailed training set),
+    its runs, and the methods to show: the baseline and the one with the best tail top-1."""
+    cands = [s for s in settings(df) if s.key.get("train_set") == "longtailed"] or settings(df)
+    if not cands:
+        return None
+    key, runs = cands[0].key, cands[0].runs
+    tail = runs.groupby("method")["tail/acc1"].mean().sort_values(ascending=False)
+    methods = [m for m in ([baseline] if baseline in tail.index else []) + [tail.index[0]]]
+    return key, runs, list(dict.fromkeys(methods))
+
+
+def confusion_subsets(runs: pd.DataFrame, methods: list[str], k: int = 12) -> list[tuple[str, np.ndarray, list[str]]]:
+    """Confusion matrices (counts, summed over the seeds) of each method restricted to the ``k``
+    largest and the ``k`` smallest training classes: (title, matrix [k, k], class names)."""
+    from .metrics import confusion
+    panels = []
+    for m in methods:
+        p = pooled_predictions(runs[runs["method"] == m])
+        cls = p["classes"].sort_values(["train_count", "class"], ascending=[False, True], kind="stable")
+        cm = confusion(p["logits"], p["labels"], len(cls))
+        parts = ((("all classes", cls),) if len(cls) <= 2 * k else
+                 (("largest classes", cls.head(k)), ("tail (smallest classes)", cls.tail(k))))
+        for part, sel in parts:
+            idx = sel["class"].to_numpy()
+            panels.append((f"{m}: {part}", cm[np.ix_(idx, idx)], sel["name"].tolist()))
+    return panels
+
+
+def reliability_by_method(runs: pd.DataFrame, methods: list[str] | None = None, split: str = "balanced"):
+    """Reliability bins and ECE of each method's test predictions (seeds pooled) on the balanced
+    test set (``split="longtailed"``: weighted by the long-tailed test weights)."""
+    from .metrics import expected_calibration_error, log_softmax, reliability_bins
+    bins, ece = {}, {}
+    for m in methods or method_order(runs["method"]):
+        preds = [load_predictions(d) for d in runs.loc[runs["method"] == m, "run_dir"]]
+        probs = np.exp(log_softmax(np.concatenate([p["logits"] for p in preds])))
+        labels = np.concatenate([p["labels"] for p in preds])
+        w = np.concatenate([p["lt_weight"] for p in preds]) if split == "longtailed" else None
+        bins[m] = reliability_bins(probs, labels, sample_weight=w)
+        ece[m] = expected_calibration_error(probs, labels, sample_weight=w)
+    return bins, ece
+
+
+def qualitative_examples(runs: pd.DataFrame, n: int = 6, seed: int = 0) -> tuple[pd.DataFrame, str | None]:
+    """Up to ``n`` correctly and ``n`` wrongly classified tail-class test images of the first run:
+    columns path, true, predicted, correct.  When the test images are not files (in-memory data
+    sets such as synthetic) the table is empty and the note says so."""
+    run = runs.iloc[0]
+    p = load_predictions(run["run_dir"])
+    ids = p["ids"].astype(str)
+    if not len(ids) or not os.path.isfile(ids[0]):
+        return pd.DataFrame(), (f"The test images of {run['dataset']} are held in memory, not read from files "
+                                "(predictions.npz stores their indices), so no examples are shown.")
+    names = p["classes"]["name"].to_numpy()
+    tail = set(p["classes"].loc[p["classes"]["group"] == "tail", "class"])
+    pred = p["logits"].argmax(1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for correct in (True, False):
+        idx = np.flatnonzero(np.isin(p["labels"], list(tail)) & ((pred == p["labels"]) == correct))
+        for i in rng.permutation(idx)[:n]:
+            rows.append({"path": ids[i], "true": names[p["labels"][i]], "predicted": names[pred[i]],
+                         "correct": correct})
+    return pd.DataFrame(rows), None
+
+
+# ============================================================================ small helpers
+
+def _json(v) -> dict:
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, str) and v.strip().startswith("{"):
+        return json.loads(v)
+    return {}
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and np.isnan(v)
+
+
+def _given(v) -> bool:
+    return v is not None and not _isnan(v)
+
+
+def _short(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+
