@@ -1,6 +1,8 @@
 # The project's task runner.  `make` runs the main job, `make test` the tests; both set up the
 # environment first (a .venv with the pinned packages, the package in editable mode, and the
 # Jupyter kernel "longtail" that JupyterLab and papermill share).
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -39,9 +41,11 @@ report: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP)
-	$(PY) bench/main_job.py
-	$(PY) bench/throughput.py
+bench: $(STAMP)  ## speed benchmarks; tables land in bench/results/ and in the next report
+	mkdir -p bench/results
+	$(PY) bench/main_job.py | tee bench/results/main_job.md
+	$(PY) bench/throughput.py | tee bench/results/throughput.md
+	$(PY) bench/scaling.py | tee bench/results/scaling.md
 
 clean:
 	rm -rf runs report/*.html report/figures report/tables

@@ -157,3 +157,15 @@ if focus:
         fig = figures.examples(table, [decode_image(p, 128) for p in table["path"]])
         report.save_figure(fig, out_dir, "tail_examples")
         plt.show()
+
+# %% [markdown]
+# ## Benchmarks
+#
+# The tables `make bench` wrote to `bench/results/` (speed of the main job, training throughput
+# against a bare PyTorch loop, scaling, CIFAR-10-LT against published numbers), where they exist.
+
+# %%
+from IPython.display import Markdown, display
+
+for name, text in results.benchmark_tables():
+    display(Markdown(f"### `{name}`\n\n{text}"))

@@ -214,3 +214,11 @@ def test_report_opens_in_chromium_without_errors(rendered, tmp_path):
     with Image.open(shot) as im:
         assert im.size == (1280, 2000)
         assert np.asarray(im.convert("L")).std() > 10  # not a blank page
+
+
+def test_benchmark_tables_are_read_in_name_order(tmp_path):
+    (tmp_path / "b.md").write_text("| x |\n|---|\n| 2 |\n")
+    (tmp_path / "a.md").write_text("ratio: 0.97\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert results.benchmark_tables(tmp_path) == [("a.md", "ratio: 0.97\n"), ("b.md", "| x |\n|---|\n| 2 |\n")]
+    assert results.benchmark_tables(tmp_path / "missing") == []

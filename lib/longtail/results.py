@@ -539,3 +539,9 @@ def _short(v) -> str:
         return str(int(v))
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
+
+
+def benchmark_tables(folder=None) -> list[tuple[str, str]]:
+    """``(file name, markdown)`` of every ``bench/results/*.md`` that ``make bench`` wrote."""
+    folder = Path(folder) if folder is not None else config.PROJECT_ROOT / "bench" / "results"
+    return [(p.name, p.read_text()) for p in sorted(folder.glob("*.md"))] if folder.is_dir() else []
