@@ -103,3 +103,16 @@ def test_cifar10_lt_short_finetune_learns(data_root, tmp_path):
                                val_fraction=0.0, warmup_epochs=1, output_dir=str(tmp_path / "run")), log=_quiet)
     assert result.metrics["train_images"] == 12406
     assert result.metrics["balanced/acc1"] > 0.2  # chance: 0.1
+
+
+def test_cosine_head_logits_carry_the_ldam_scale(tmp_path, tmp_cache):
+    result = run_training({**TINY, "loss": "ldam", "loss_params": {"s": 10.0}, "epochs": 1,
+                           "output_dir": str(tmp_path / "run")}, log=_quiet)
+    logits = np.load(tmp_path / "run" / "predictions.npz")["logits"]
+    # cosines lie in [-1, 1]; the stored logits are s * cosine, which exceed 1
+    assert np.abs(logits).max() <= 10.0 + 1e-4 and np.abs(logits).max() > 1.0
+    assert result.metrics["balanced/acc1"] == pytest.approx((logits.argmax(1) == result_labels(tmp_path)).mean())
+
+
+def result_labels(tmp_path):
+    return np.load(tmp_path / "run" / "predictions.npz")["labels"]

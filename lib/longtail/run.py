@@ -202,6 +202,8 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     # --- evaluation ---------------------------------------------------------------------------
     head_eval = _posthoc_head(trained, p) if p["posthoc"] == "tau_norm" else trained
     logits = engine.predict(head_eval, test_x, batch_size=p["eval_batch_size"], device=device, precision="fp32")
+    if cosine:  # a cosine head outputs cosines in [-1, 1]; the loss's scale s (LDAM) makes them logits,
+        logits = logits * getattr(loss_fn, "s", 1.0)  # so test loss and calibration mean what they say
     if p["posthoc"] == "logit_adjust":
         logits = losses.logit_adjust(logits, train_counts.tolist(), tau=p["posthoc_tau"])
     results = metrics.evaluate(logits, test.labels, lt_counts, groups)
