@@ -278,7 +278,8 @@ def _execute(name: str, parameters: dict, out_dir: Path, kernel_name: str):
                                    cwd=str(config.PROJECT_ROOT), progress_bar=False, log_output=False,
                                    # CRITICAL: jupyter_client interrupts the kernel before shutting it down,
                                    # which ipykernel logs at ERROR ("KeyboardInterrupt caught in kernel")
-                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                                   shutdown_kernel="immediate")  # outputs are in: skip ~1 s of teardown
     except Exception as exc:  # a failed cell: the executed notebook (with the error) is still rendered
         error = exc
     if not target.exists():
