@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from longtail.subsets import (balanced_indices, class_counts, class_groups, longtail_counts,
                               longtailed_indices, longtailed_test_indices, longtailed_test_weights,

@@ -73,7 +73,6 @@ def decoded_images(paths, size: int, *, on_error: str = "raise", cache: str | os
 
 
 def _decode_all(paths, size, array_file, meta_file, on_error, workers, progress) -> None:
-
     def load(i):
         try:
             return i, decode_image(paths[i], size), None
@@ -97,8 +96,7 @@ def _decode_all(paths, size, array_file, meta_file, on_error, workers, progress)
                 out[i] = img
                 ok[i] = True
     except BaseException:
-        del out
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # never leave a partial array behind
         raise
     finally:
         bar.close()
