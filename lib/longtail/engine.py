@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .metrics import per_class_accuracy
+from .transforms import mix_batch
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the run stops and records why."""
@@ -156,7 +159,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             yb = train_y[idx.to(train_y.device)]
             if transform is not None:
                 xb = transform(xb)
-            xb, ya, yb2, lam = _mix(xb, yb, cfg, mix_gen)
+            xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup_alpha, cfg.cutmix_alpha, generator=mix_gen)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg)
             with autocast(device, cfg.precision):
@@ -184,7 +187,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             vy = val_y.cpu()
             row["val_loss"] = F.cross_entropy(logits, vy).item()
             row["val_acc"] = (logits.argmax(1) == vy).float().mean().item()
-            row["val_balanced_acc"] = _balanced_accuracy(logits.argmax(1), vy)
+            row["val_balanced_acc"] = float(np.nanmean(per_class_accuracy(logits.numpy(), vy.numpy(), logits.shape[1])))
             score = row["val_balanced_acc"]
         else:
             score = epoch  # no validation split: the last epoch
@@ -203,18 +206,6 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
 
 def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def _mix(x, y, cfg: TrainConfig, gen):
-    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
-        return x, y, y, 1.0
-    from .transforms import mix_batch
-    return mix_batch(x, y, cfg.mixup_alpha, cfg.cutmix_alpha, generator=gen)
-
-
-def _balanced_accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
-    classes = torch.unique(y)
-    return float(torch.stack([(pred[y == c] == c).float().mean() for c in classes]).mean())
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

@@ -147,7 +147,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     # --- loss, sampler, engine config ---------------------------------------------------------
     loss_fn = losses.build_loss(p["loss"], train_counts.tolist(), **(p["loss_params"] or {}))
     drw = losses.DRWSchedule(train_counts.tolist(), p["drw_epoch"], beta=p["drw_beta"]) if p["drw_epoch"] is not None else None
-    train_y = torch.as_tensor(y_all[train_idx])
+    train_y, val_y = torch.as_tensor(y_all[train_idx]), torch.as_tensor(y_all[val_idx])
     sampler = samplers.build_sampler(p["sampler"], train_y.numpy(), p["seed"], **(p["sampler_params"] or {}))
     cfg = engine.TrainConfig.from_params(p)
     channels_last = p["channels_last"]
@@ -167,7 +167,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         train_feats, test_feats = feat(train_imgs, base_train), feat(test_imgs, test)
         head = models.make_head(card["num_features"], C, cosine)
         history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
-                                               val_x=train_feats[val_idx], val_y=torch.as_tensor(y_all[val_idx]),
+                                               val_x=train_feats[val_idx], val_y=val_y,
                                                drw=drw, log=log)
         _keep_checkpoints(head, best, out, p["save_checkpoints"])
         trained, test_x = head, test_feats
@@ -175,7 +175,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         images_train, images_test = in_memory(train_imgs), in_memory(test_imgs)
         history, best, best_epoch = engine.fit(model, images_train[train_idx], train_y, loss_fn, sampler, cfg,
                                                transform=train_tf, eval_transform=eval_tf,
-                                               val_x=images_train[val_idx], val_y=torch.as_tensor(y_all[val_idx]),
+                                               val_x=images_train[val_idx], val_y=val_y,
                                                drw=drw, log=log)
         _keep_checkpoints(model, best, out, p["save_checkpoints"])
         feats_of = lambda imgs: torch.from_numpy(engine.predict(  # noqa: E731
@@ -189,7 +189,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
             crt_loss = losses.build_loss("ce", train_counts.tolist())
             val_feats = feats_of(images_train[val_idx])
             more, best, _ = engine.fit(head, train_feats, train_y, crt_loss, crt_sampler, crt_cfg,
-                                       val_x=val_feats, val_y=torch.as_tensor(y_all[val_idx]), log=log)
+                                       val_x=val_feats, val_y=val_y, log=log)
             history += [{**r, "stage": "crt"} for r in more]
             head.load_state_dict(best)
             if p["save_checkpoints"]:
