@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from longtail import subsets
 from longtail.subsets import (balanced_indices, class_counts, class_groups, longtail_counts,
                               longtailed_indices, longtailed_test_indices, longtailed_test_weights,
                               stratified_split)
@@ -84,3 +85,22 @@ def test_physically_subsampled_longtailed_test():
     y = np.repeat(np.arange(3), 10)
     idx = longtailed_test_indices(y, [100, 50, 1], seed=0)
     assert class_counts(y[idx], 3).tolist() == [10, 5, 1]
+
+
+def test_reference_subset_is_cao_et_al_draw():
+    # IMBALANCECIFAR10.gen_imbalanced_data: np.random.seed(0); per class in order, shuffle its
+    # indices (legacy generator) and keep the first n_c; re-implemented here with the global state
+    labels = np.repeat(np.arange(4), 50)[np.random.default_rng(1).permutation(200)]
+    counts = subsets.longtail_counts(50, 4, 10.0)
+    np.random.seed(0)
+    expected = []
+    for c in range(4):
+        idx = np.where(labels == c)[0]
+        np.random.shuffle(idx)
+        expected.append(idx[:counts[c]])
+    got = subsets.longtailed_indices(labels, 4, 10.0, n_max=50, seed=0, method="reference")
+    assert np.array_equal(got, np.sort(np.concatenate(expected)))
+    ours = subsets.longtailed_indices(labels, 4, 10.0, n_max=50, seed=0)
+    assert np.array_equal(np.bincount(labels[ours]), np.bincount(labels[got])) and not np.array_equal(ours, got)
+    with pytest.raises(ValueError, match="choose one of permutation, reference"):
+        subsets.longtailed_indices(labels, 4, 10.0, method="first")

@@ -125,3 +125,61 @@ def test_randaugment_option_changes_training_images_only():
     plain = transforms.BatchTransform(16, (0.5,) * 3, (0.5,) * 3, augment="none")
     out = tf(x)
     assert out.shape == (4, 3, 16, 16) and not torch.allclose(out, plain(x))
+
+
+def test_warmup_per_epoch_follows_the_ldam_drw_code():
+    # Cao et al.'s adjust_learning_rate: lr * (e + 1) / 5 in epochs e = 0..4, held for the whole epoch
+    cfg = engine.TrainConfig(epochs=200, warmup_epochs=5, warmup_unit="epoch", schedule="step",
+                             lr_steps=[160, 180], lr_gamma=0.01)
+    per_epoch = [engine.lr_factor(e * 10 + s, 10, cfg) for e in range(6) for s in (0, 9)]
+    assert per_epoch == pytest.approx([0.2, 0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0, 1.0, 1.0, 1.0])
+    assert engine.lr_factor(160 * 10, 10, cfg) == pytest.approx(1e-2)  # 0.1 -> 1e-3, as theirs
+    assert engine.lr_factor(180 * 10, 10, cfg) == pytest.approx(1e-4)  # -> 1e-5
+
+
+def _net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+
+
+def test_optimizer_reference_switches():
+    ours = engine.make_optimizer(_net(), engine.TrainConfig(weight_decay=2e-4))
+    decayed = [p.ndim for g in ours.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    exempt = [p.ndim for g in ours.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert decayed == [4, 2] and exempt == [1, 1, 1, 1]  # conv bias, BN weight and bias, linear bias
+    assert all(g["nesterov"] for g in ours.param_groups)
+    ref = engine.make_optimizer(_net(), engine.TrainConfig(weight_decay=2e-4, nesterov=False, decay_norm_and_bias=True))
+    assert len(ref.param_groups) == 1 and ref.param_groups[0]["weight_decay"] == 2e-4
+    assert len(ref.param_groups[0]["params"]) == 6 and not ref.param_groups[0]["nesterov"]
+
+
+def test_weight_decay_on_norm_layers_shrinks_them_only_when_asked():
+    # one SGD step with zero gradient: decayed parameters shrink by lr * wd, exempt ones stay
+    for decay_all, expected in ((False, 1.0), (True, 1 - 0.1 * 0.5)):
+        net = _net()
+        opt = engine.make_optimizer(net, engine.TrainConfig(lr=0.1, momentum=0.0, weight_decay=0.5,
+                                                            decay_norm_and_bias=decay_all))
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        assert torch.allclose(net[1].weight, torch.full((4,), expected))
+
+
+def test_monitor_records_test_accuracy_without_changing_selection():
+    x, y = _blobs()
+    runs = {}
+    for monitored in (False, True):
+        head = nn.Linear(5, 3)
+        torch.manual_seed(0)
+        head.reset_parameters()
+        cfg = engine.TrainConfig(epochs=4, batch_size=16, lr=0.1, seed=3)
+        extra = {"monitor_x": x, "monitor_y": y.numpy()} if monitored else {}
+        history, best, best_epoch = engine.fit(head, x, y, losses.build_loss("ce", [60, 30, 10]),
+                                               samplers.build_sampler("instance", y.numpy(), 3), cfg,
+                                               log=lambda s: None, **extra)
+        runs[monitored] = (history, best, best_epoch)
+    history, best, best_epoch = runs[True]
+    assert best_epoch == runs[False][2] == 3 and torch.equal(best["weight"], runs[False][1]["weight"])
+    last = nn.Linear(5, 3)
+    last.load_state_dict(best)
+    assert history[-1]["monitor_acc"] == pytest.approx((last(x).argmax(1) == y).float().mean().item())
+    assert "monitor_acc" not in runs[False][0][-1]

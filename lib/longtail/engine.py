@@ -33,9 +33,12 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True
     weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False
     schedule: str = "cosine"
     warmup_epochs: int = 0
+    warmup_unit: str = "step"
     lr_steps: list = field(default_factory=list)
     lr_gamma: float = 0.1
     grad_clip: float | None = None
@@ -71,9 +74,15 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Multiplier of the peak lr at an optimizer step: linear warm-up, then cosine/step/constant."""
+    """Multiplier of the peak lr at an optimizer step: linear warm-up, then cosine/step/constant.
+
+    Warm-up ``warmup_unit="step"`` raises the lr at every step, (step + 1) / (warmup_epochs * steps
+    per epoch); ``"epoch"`` holds it for a whole epoch, (e + 1) / warmup_epochs in epoch e, as Cao et
+    al.'s LDAM-DRW code does (0.02, 0.04, ..., 0.1 over 5 epochs)."""
     epoch = step / max(1, steps_per_epoch)
     if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        if cfg.warmup_unit == "epoch":
+            return (step // max(1, steps_per_epoch) + 1) / cfg.warmup_epochs
         return (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "cosine":
         t = (epoch - cfg.warmup_epochs) / max(1e-9, cfg.epochs - cfg.warmup_epochs)
@@ -84,13 +93,17 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # no weight decay on biases and normalisation parameters (1-D tensors), the usual practice
+    """SGD or AdamW.  ``decay_norm_and_bias=False`` exempts biases and normalisation parameters
+    (1-D tensors) from weight decay, the usual practice since Goyal et al. 2017; True decays every
+    parameter, as the LDAM-DRW reference code does.  ``nesterov`` applies to SGD with momentum."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.decay_norm_and_bias:
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of sgd, adamw")
@@ -123,12 +136,20 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
 
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn: nn.Module, sampler,
         cfg: TrainConfig, *, transform=None, eval_transform=None, val_x=None, val_y=None, drw=None,
-        log=print, on_epoch=None):
+        log=print, on_epoch=None, monitor_x=None, monitor_y=None):
     """Train ``model``; returns (history rows, best state dict, best epoch).
 
     Model selection: the epoch with the highest balanced accuracy (mean per-class recall) on the
     validation split, which is carved from training data and long-tailed like it; never the test
     set.  Without a validation split the last epoch is taken.
+
+    ``monitor_x``/``monitor_y`` (e.g. the test set) are evaluated after every epoch and recorded as
+    ``monitor_acc`` in the history, only to compare with papers that report their best test epoch;
+    they never take part in model selection.
+
+    The loop does not synchronise with the device inside an epoch (loss and accuracy are summed on
+    the device), so a GPU is never left waiting for the host; a non-finite loss is detected at the
+    end of the epoch in which it appeared.
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -150,7 +171,10 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
         if drw is not None:
             drw.apply(loss_fn, epoch)
         order = torch.as_tensor(np.fromiter(iter(sampler), dtype=np.int64), device=train_x.device)
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        t0, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < 2:  # a last batch of one breaks BatchNorm in train mode
@@ -166,9 +190,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
                 out = forward(xb)
             out = out.float()
             loss = loss_fn(out, ya) if lam == 1.0 else lam * loss_fn(out, ya) + (1 - lam) * loss_fn(out, yb2)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, step {b} "
-                                         f"(lr {opt.param_groups[0]['lr']:.3g}); the run stopped")
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -176,11 +198,14 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             opt.step()
             step += 1
             seen += len(yb)
-            loss_sum += loss.item() * len(yb)
-            correct += (out.argmax(1) == ya).sum().item()
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.argmax(1) == ya).sum()
+        if (bad_step := int(first_bad)) >= 0:  # one synchronisation an epoch
+            raise NonFiniteLossError(f"training loss became non-finite at epoch {epoch}, step {bad_step} "
+                                     f"(lr {opt.param_groups[0]['lr']:.3g}); the run stopped")
         elapsed = time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(1, seen),
-               "train_acc": correct / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, seen),
+               "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
         if val_x is not None and len(val_y):
             logits = torch.from_numpy(predict(model, val_x, eval_transform, batch_size=cfg.eval_batch_size,
                                               device=device, precision=cfg.precision))
@@ -191,6 +216,10 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             score = row["val_balanced_acc"]
         else:
             score = epoch  # no validation split: the last epoch
+        if monitor_x is not None:
+            logits = predict(model, monitor_x, eval_transform, batch_size=cfg.eval_batch_size, device=device,
+                             precision=cfg.precision)
+            row["monitor_acc"] = float((logits.argmax(1) == np.asarray(monitor_y)).mean())
         if score >= best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -22,6 +22,8 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "n_max": (None, "images of the largest class; None: the smallest class size of the base set"),
     "balanced_size": ("matched", "matched (same total as the long-tailed set, spread evenly) | full"),
     "subset_seed": (0, "seed of the training subset and validation split"),
+    "subset_method": ("permutation", "how a class's kept images are drawn: permutation (numpy Generator) | "
+                      "reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)"),
     "val_fraction": (0.1, "fraction of each training class held out for model selection"),
     "group_scheme": ("auto", "auto | thresholds | thirds (head/middle/tail)"),
     "on_error": ("raise", "unreadable image: raise | skip"),
@@ -49,9 +51,12 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "optimizer": ("sgd", "sgd | adamw"),
     "lr": (0.1, "peak learning rate"),
     "momentum": (0.9, "SGD momentum"),
+    "nesterov": (True, "Nesterov momentum (SGD)"),
     "weight_decay": (5e-4, "weight decay"),
+    "decay_norm_and_bias": (False, "weight decay on biases and normalisation parameters too (the LDAM-DRW code: true)"),
     "schedule": ("cosine", "cosine | step | constant"),
     "warmup_epochs": (0, "linear warm-up epochs"),
+    "warmup_unit": ("step", "warm-up raises the lr every step | epoch (the LDAM-DRW code: epoch)"),
     "lr_steps": ([], "epochs at which the step schedule multiplies the lr by lr_gamma"),
     "lr_gamma": (0.1, "step schedule factor"),
     "grad_clip": (None, "max gradient norm (None: off)"),
@@ -66,6 +71,8 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "compile": (False, "torch.compile the model"),
     "seed": (0, "training seed (initialisation, sampling order, augmentation)"),
     "save_checkpoints": (True, "write last.pt and best.pt"),
+    "monitor_test": (False, "record test top-1 after every epoch in history.csv (monitor_acc), only to compare with "
+                     "papers that report their best test epoch; never used for model selection"),
     "output_dir": (None, "run folder; None: <runs>/<run id>"),
 }
 DEFAULTS = {k: v[0] for k, v in SCHEMA.items()}
@@ -77,6 +84,7 @@ SCHEDULES = ("cosine", "step", "constant")
 POSTHOC = ("none", "logit_adjust", "tau_norm")
 PRECISIONS = ("auto", "bf16", "fp32")
 BALANCED_SIZES = ("matched", "full")
+WARMUP_UNITS = ("step", "epoch")
 
 
 class ParameterError(ValueError):
@@ -127,6 +135,8 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "mode", MODES)
     _choice(errors, p, "optimizer", OPTIMIZERS)
     _choice(errors, p, "schedule", SCHEDULES)
+    _choice(errors, p, "warmup_unit", WARMUP_UNITS)
+    _choice(errors, p, "subset_method", subsets.SUBSET_METHODS)
     _choice(errors, p, "posthoc", POSTHOC)
     _choice(errors, p, "precision", PRECISIONS)
     _choice(errors, p, "augment", ("auto", *transforms.AUGMENTS))

@@ -123,7 +123,8 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     # long-tailed test distribution, so that those columns name the same classes and the same test
     # weighting whichever set a model was trained on.
     lt_idx = subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
-                                        n_max=p["n_max"], class_order=p["class_order"], seed=p["subset_seed"])
+                                        n_max=p["n_max"], class_order=p["class_order"], seed=p["subset_seed"],
+                                        method=p["subset_method"])
     lt_counts = subsets.class_counts(base_train.labels[lt_idx], C)
     if p["train_set"] == "longtailed":
         idx = lt_idx
@@ -155,6 +156,9 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
                                          channels_last=channels_last, seed=p["seed"], randaugment=p["randaugment"])
 
+    def monitor(test_x) -> dict:  # test top-1 after every epoch, recorded only (see monitor_test)
+        return {"monitor_x": test_x, "monitor_y": test.labels} if p["monitor_test"] else {}
+
     if p["mode"] == "linear":
         def backbone():
             m = build().to(device)
@@ -168,7 +172,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         head = models.make_head(card["num_features"], C, cosine)
         history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
                                                val_x=train_feats[val_idx], val_y=val_y,
-                                               drw=drw, log=log)
+                                               drw=drw, log=log, **monitor(test_feats))
         _keep_checkpoints(head, best, out, p["save_checkpoints"])
         trained, test_x = head, test_feats
     else:
@@ -176,7 +180,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         history, best, best_epoch = engine.fit(model, images_train[train_idx], train_y, loss_fn, sampler, cfg,
                                                transform=train_tf, eval_transform=eval_tf,
                                                val_x=images_train[val_idx], val_y=val_y,
-                                               drw=drw, log=log)
+                                               drw=drw, log=log, **monitor(images_test))
         _keep_checkpoints(model, best, out, p["save_checkpoints"])
         feats_of = lambda imgs: torch.from_numpy(engine.predict(  # noqa: E731
             model, imgs, eval_tf, batch_size=p["eval_batch_size"], device=device, precision=p["precision"], features=True))
@@ -220,6 +224,9 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     summary["loss_params"] = json.dumps(p["loss_params"] or {}, sort_keys=True)
     summary.update(best_epoch=best_epoch, train_images=int(len(train_idx)), num_classes=C,
                    device=str(device), image_size=image_size)
+    if "monitor_acc" in hist:  # the best test epoch, as papers that select on the test set report it
+        summary.update({"monitor/best_test_acc1": float(hist["monitor_acc"].max()),
+                        "monitor/best_test_epoch": int(hist.loc[hist["monitor_acc"].idxmax(), "epoch"])})
     return {"metrics": {**summary, **flat}, "history": hist, "classes": classes}
 
 

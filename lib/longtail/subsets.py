@@ -14,6 +14,7 @@ import numpy as np
 
 PROFILES = ("exp", "step", "zipf")
 CLASS_ORDERS = ("given", "random")
+SUBSET_METHODS = ("permutation", "reference")
 GROUP_SCHEMES = ("auto", "thresholds", "thirds")
 GROUP_NAMES = ("head", "middle", "tail")
 
@@ -56,15 +57,35 @@ def _class_permutations(labels: np.ndarray, num_classes: int, rng: np.random.Gen
 
 
 def longtailed_indices(labels, num_classes: int, imbalance_factor: float, *, profile: str = "exp",
-                       n_max: int | None = None, class_order: str = "given", seed: int = 0) -> np.ndarray:
+                       n_max: int | None = None, class_order: str = "given", seed: int = 0,
+                       method: str = "permutation") -> np.ndarray:
     """Indices (sorted) of a long-tailed subset of ``labels``.
 
     ``n_max`` defaults to the smallest class size, so that the profile is realised exactly;
     a larger n_max caps each class at what it has (the realised counts are what the run saves).
+
+    ``method="reference"`` draws the kept images as Cao et al.'s LDAM-DRW code does
+    (``IMBALANCECIFAR10.gen_imbalanced_data``): ``np.random.seed(seed)``, then for each class in
+    class order one legacy ``np.random.shuffle`` of its indices, the first n_c kept.  On CIFAR-10
+    with the images of a class in CIFAR's own order this is their subset image for image.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if class_order not in CLASS_ORDERS:
         raise ValueError(f"unknown class_order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)}")
+    if method not in SUBSET_METHODS:
+        raise ValueError(f"unknown subset method {method!r}; choose one of {', '.join(SUBSET_METHODS)}")
+    if method == "reference":
+        if class_order != "given":
+            raise ValueError("subset method 'reference' keeps the given class order; use class_order='given'")
+        available = class_counts(labels, num_classes)
+        target = longtail_counts(int(available.min()) if n_max is None else n_max, num_classes, imbalance_factor, profile)
+        legacy = np.random.RandomState(seed)
+        keep = []
+        for c in range(num_classes):
+            idx = np.flatnonzero(labels == c)
+            legacy.shuffle(idx)
+            keep.append(idx[: target[c]])
+        return np.sort(np.concatenate(keep))
     available = class_counts(labels, num_classes)
     if n_max is None:
         n_max = int(available.min())
