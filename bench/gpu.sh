@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}; mkdir -p "$OUT"
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-DEADLINE=${1:-430}
+DEADLINE=${1:-420}
 export PYTHONPATH=$PWD/lib${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export LT_DATA_ROOT=${LT_DATA_ROOT:-$PWD/.devdata} LT_CACHE_DIR=${LT_CACHE_DIR:-/tmp/longtail-cache}
 start=$(date +%s)
@@ -27,7 +27,16 @@ echo "CUDA MPS: $mps" | tee -a "$OUT/gpu.txt"
 timeout $((DEADLINE + 60)) "$PY" bench/cifar10_lt.py --runs ablation,grid --parallel 12 --deadline "$DEADLINE" \
   --output-root /tmp/longtail-runs/cifar10_lt --results "$OUT/cifar10_lt_gpu.md" 2>&1 | tee "$OUT/cifar10_lt_gpu.log" | grep -v "^\s*$" | tail -60
 [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
-left=$((start + DEADLINE + 150 - $(date +%s)))
+# every finished run's parameters and metrics, whatever happened to the tables above
+"$PY" - "$OUT/cifar10_lt_runs.jsonl" <<'PY'
+import json, sys
+from pathlib import Path
+with open(sys.argv[1], "w") as out:
+    for m in sorted(Path("/tmp/longtail-runs/cifar10_lt").glob("*/metrics.json")):
+        out.write(json.dumps({"params": json.loads((m.parent / "params.json").read_text()),
+                              "metrics": json.loads(m.read_text())}) + "\n")
+PY
+left=$((start + DEADLINE + 140 - $(date +%s)))
 if [ "$left" -gt 40 ]; then
   timeout "$left" "$PY" bench/throughput.py --gpu --repeats 2 2>&1 | tee "$OUT/throughput_gpu.md"
 else
