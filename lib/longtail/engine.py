@@ -164,6 +164,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
     history, best_state, best_epoch, best_score, step = [], None, -1, -math.inf, 0
+    has_val = val_x is not None and len(val_y) > 0
     for epoch in range(cfg.epochs):
         model.train()
         if hasattr(sampler, "set_epoch"):
@@ -206,7 +207,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
         elapsed = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, seen),
                "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
-        if val_x is not None and len(val_y):
+        if has_val:
             logits = torch.from_numpy(predict(model, val_x, eval_transform, batch_size=cfg.eval_batch_size,
                                               device=device, precision=cfg.precision))
             vy = val_y.cpu()
@@ -222,14 +223,15 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             row["monitor_acc"] = float((logits.argmax(1) == np.asarray(monitor_y)).mean())
         if score >= best_score:
             best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if has_val:  # without a validation split the last state is taken once, after the loop
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         row["best_epoch"] = best_epoch
         history.append(row)
         log(_epoch_line(row, cfg.epochs))
         if on_epoch is not None:
             on_epoch(epoch, model, row)
-    if best_state is None:  # zero epochs
-        best_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if best_state is None:  # no validation split (the last epoch), or zero epochs
+        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return history, best_state, best_epoch
 
 
