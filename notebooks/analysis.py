@@ -162,7 +162,8 @@ if focus:
 # ## Benchmarks
 #
 # The tables `make bench` wrote to `bench/results/` (speed of the main job, training throughput
-# against a bare PyTorch loop, scaling, CIFAR-10-LT against published numbers), where they exist.
+# against a bare PyTorch loop, scaling, CIFAR-10-LT against published numbers), where they exist,
+# then those measured once on a lent GPU machine (`bench/measured/`).
 
 # %%
 from IPython.display import Markdown, display

@@ -541,7 +541,12 @@ def _short(v) -> str:
 
 
 
+BENCH_FOLDERS = ("bench/results", "bench/measured")  # written by `make bench`; kept from lent GPU machines
+
+
 def benchmark_tables(folder=None) -> list[tuple[str, str]]:
-    """``(file name, markdown)`` of every ``bench/results/*.md`` that ``make bench`` wrote."""
-    folder = Path(folder) if folder is not None else config.PROJECT_ROOT / "bench" / "results"
-    return [(p.name, p.read_text()) for p in sorted(folder.glob("*.md"))] if folder.is_dir() else []
+    """``(file name, markdown)`` of every ``*.md`` in ``folder``, or by default in ``bench/results/``
+    (what ``make bench`` wrote on this machine) and then ``bench/measured/`` (figures measured once
+    on a lent GPU machine, committed because CI cannot regenerate them)."""
+    folders = [Path(folder)] if folder is not None else [config.PROJECT_ROOT / f for f in BENCH_FOLDERS]
+    return [(p.name, p.read_text()) for f in folders if f.is_dir() for p in sorted(f.glob("*.md"))]
