@@ -84,7 +84,7 @@ from pathlib import Path
 import yaml
 
 from . import config
-from .params import DEFAULTS, SCHEMA, ParameterError
+from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
 
 KERNEL = "longtail"
 #: extra kernel command-line arguments: no start-up / shut-down chatter on the grid's terminal ("running
@@ -121,9 +121,17 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def parse_value(text: str):
-    """A command-line value, read as YAML (``0.1`` -> float, ``[1, 2]`` -> list, ``null`` -> None)."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+def parse_value(text: str, where: str = "value"):
+    """A command-line value, read as YAML (``0.1`` -> float, ``[1, 2]`` -> list, ``null`` -> None);
+    only JSON types (``longtail.params.json_type_errors``): a ``!!binary`` or ``!!set`` is refused."""
+    try:
+        value = yaml.load(text, Loader=_Loader) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise GridError(f"{where}: {text!r} is not a valid YAML value: {_one_line(exc)}") from None
+    bad = json_type_errors(value, where)
+    if bad:
+        raise GridError("\n".join(bad))
+    return value
 
 
 # --------------------------------------------------------------------------------- spec and expand
@@ -142,6 +150,10 @@ def read_spec(path: str | os.PathLike, _chain: tuple = ()) -> dict:
         raise GridError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise GridError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    bad = json_type_errors(raw, "", scalar_keys=True)  # before anything reads a value
+    if bad:
+        raise GridError(f"{path}: only JSON types are accepted; nothing was run:\n  " +
+                        "\n  ".join(b.lstrip(".") for b in bad))
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise GridError(f"{path}: unknown top-level key(s) {unknown}; valid keys: {', '.join(SPEC_KEYS)} "
@@ -435,6 +447,9 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
     out = Path(run["output_dir"])
     result = {"id": out.name, "output_dir": str(out), "notebook": str(out / EXECUTED_NOTEBOOK), "status": None,
               "wall_s": None, "error": None, "host": socket.gethostname(), "attempts": 0}
+    unsafe = injection_problems(run)
+    if unsafe:  # validate() refuses these; a caller that skipped it gets no code run either
+        return {**result, "status": FAILED, "error": "refused before running: " + "; ".join(unsafe)}
     if (out / RESULT_FILE).exists():
         return {**result, "status": SKIPPED, "wall_s": _notebook_meta(out).get("duration")}
     with _run_lock(out) as mine:
@@ -486,6 +501,33 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
                     break
         result["wall_s"] = round(time.time() - t0, 2)
     return result
+
+
+def injection_problems(params: dict) -> list[str]:
+    """The parameters whose papermill-injected source is not a plain literal equal to the value.
+
+    papermill writes each parameter into the notebook as Python source; for a type it does not
+    know (bytes, set, ...) it pastes ``str(value)`` between quotes, which a crafted value can close
+    to run code.  Each value's source must parse with ``ast.literal_eval`` (literals only, never a
+    call) back to the same JSON; anything else is refused before a kernel starts.
+    """
+    import ast
+
+    from papermill.translators import PythonTranslator
+
+    bad = [f"{e}" for k, v in params.items() for e in json_type_errors(v, str(k))]
+    for key, value in params.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            bad.append(f"parameter name {key!r:.80} is not a Python identifier")
+            continue
+        source = PythonTranslator.translate(value)
+        try:
+            same = json.dumps(ast.literal_eval(source), sort_keys=True) == json.dumps(value, sort_keys=True)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            same = False
+        if not same:
+            bad.append(f"{key}: its notebook source {source!r:.120} is not a literal of the value")
+    return list(dict.fromkeys(bad))
 
 
 def _clean(out: Path) -> None:
@@ -798,7 +840,7 @@ def _parse_only(items: list[str]) -> dict:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
             raise GridError(f"--only {item!r}: expected KEY=VALUE[,VALUE...]")
-        only.setdefault(key.strip(), []).extend(parse_value(v) for v in values.split(","))
+        only.setdefault(key.strip(), []).extend(parse_value(v, f"--only {key.strip()}") for v in values.split(","))
     return only
 
 
@@ -810,7 +852,7 @@ def _parse_sets(items: list[str]) -> dict:
             raise GridError(f"--set {item!r}: expected KEY=VALUE (VALUE read as YAML)")
         if key.split(".")[0] not in SCHEMA:
             raise GridError(f"--set {key}: unknown parameter; valid parameters: {', '.join(SCHEMA)}")
-        sets[key.strip()] = parse_value(value)
+        sets[key.strip()] = parse_value(value, f"--set {key.strip()}")
     return sets
 
 
@@ -864,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
             k, sep, v = item.partition("=")
             if not sep:
                 raise GridError(f"--slurm-param {item!r}: expected KEY=VALUE")
-            extra[k.strip()] = parse_value(v)
+            extra[k.strip()] = parse_value(v, f"--slurm-param {k.strip()}")
         grid = load_grid(args.params, output_root=args.output_root, sets=sets)
         if args.dry_run:
             print_dry_run(grid.select(only))

@@ -8,6 +8,7 @@ with the valid choices, before any data is loaded or any model is built.  The tr
 from __future__ import annotations
 
 import copy
+import math
 
 # name: (default, description).  Order = the notebook's parameters cell.
 SCHEMA: dict[str, tuple[object, str]] = {
@@ -83,6 +84,37 @@ class ParameterError(ValueError):
     """One or more bad parameters; the message lists each with its valid choices."""
 
 
+JSON_TYPES = "str, int, float (finite), bool, null, list, mapping with str keys"
+
+
+def json_type_errors(value, where: str, *, scalar_keys: bool = False) -> list[str]:
+    """Problems that make ``value`` not plain JSON, recursively: one line per bad item, naming it.
+
+    Only JSON types are accepted (``JSON_TYPES``): a YAML ``!!binary`` (bytes), ``!!set``, a date or
+    any other object is refused, as are NaN and infinities.  Every run parameter reaches the
+    notebook as Python source written by papermill; for these types alone that source is a plain
+    literal.  ``scalar_keys`` also allows int, float, bool and null mapping keys (a grid file's
+    ``overrides`` are keyed by parameter values).
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return []
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where}={value!r}: not a finite number"]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in json_type_errors(v, f"{where}[{i}]", scalar_keys=scalar_keys)]
+    if isinstance(value, dict):
+        errors = []
+        for k, v in value.items():
+            ok_key = isinstance(k, str) or (scalar_keys and (k is None or isinstance(k, (bool, int)) or
+                                                             (isinstance(k, float) and math.isfinite(k))))
+            if not ok_key:
+                errors.append(f"{where}: key {k!r:.80} is a {type(k).__name__}; keys must be strings")
+            errors += json_type_errors(v, f"{where}.{k}", scalar_keys=scalar_keys)
+        return errors
+    return [f"{where}: a {type(value).__name__} ({value!r:.80}) is not accepted; values must be JSON types: "
+            f"{JSON_TYPES}"]
+
+
 def _choice(errors, params, key, choices):
     if params[key] not in choices:
         errors.append(f"{key}={params[key]!r}: choose one of {', '.join(map(str, choices))}")
@@ -110,10 +142,15 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     from . import data, losses, samplers, subsets, transforms
 
     params = dict(params or {})
-    unknown = sorted(set(params) - set(SCHEMA))
+    unknown = sorted(set(params) - set(SCHEMA), key=str)
     errors = [f"unknown parameter {k!r}" for k in unknown]
     if unknown:
         errors.append("valid parameters: " + ", ".join(SCHEMA))
+    # JSON types first: the checks below (and papermill's injected cell) assume them
+    not_json = [e for k, v in params.items() if k in SCHEMA for e in json_type_errors(v, k)]
+    if not_json:
+        errors += not_json
+        raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
     resolved = copy.deepcopy(DEFAULTS)
     resolved.update({k: v for k, v in params.items() if k in SCHEMA})
     p = resolved
