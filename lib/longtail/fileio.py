@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 
@@ -38,6 +39,33 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def file_checksum(path: str | os.PathLike, chunk: int = 1 << 22) -> dict:
+    """``{"bytes": size, "crc32": hex}`` of a file: what a cache entry stores to be verified on read.
+    CRC-32 (zlib) catches truncation and any accidental corruption at ~1 GB/s, about 4x faster than
+    SHA-256 here (0.37 s vs 1.36 s for the 325 MB EU Moths image cache); caches need no defence
+    against a deliberate forgery."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return {"bytes": os.path.getsize(path), "crc32": f"{crc:08x}"}
+
+
+def checksum_problem(path: str | os.PathLike, expected) -> str | None:
+    """Why ``path`` does not match its stored ``file_checksum`` (None when it does)."""
+    if not isinstance(expected, dict) or "bytes" not in expected or "crc32" not in expected:
+        return "no checksum stored with it"
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if size != expected["bytes"]:
+        return f"{size} bytes instead of {expected['bytes']} (truncated or overwritten)"
+    if file_checksum(path)["crc32"] != expected["crc32"]:
+        return "its contents do not match the stored checksum (corrupted)"
+    return None
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
