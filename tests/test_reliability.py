@@ -404,3 +404,116 @@ def test_a_killed_grid_takes_its_workers_and_kernels_along(tmp_path, env):
     time.sleep(2)
     assert _snapshot(out) == before
     assert "done" not in g.statuses() or g.statuses().count("done") < len(g)
+
+
+# --------------------------------------------------------------- 6. full disk and other I/O faults
+
+class _FullDisk:
+    """A file object whose writes fail as on a full disk (ENOSPC)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        import errno
+        import os
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _full_disk(monkeypatch):
+    import os as os_mod
+
+    from longtail import fileio
+    real = os_mod.fdopen
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, *a, **k: _FullDisk(real(fd, *a, **k)))
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name)
+
+
+def test_an_atomic_write_on_a_full_disk_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    from longtail.fileio import atomic_write_json
+    _full_disk(monkeypatch)
+    with pytest.raises(OSError, match=f"no space left on device while writing {tmp_path / 'x.json'}"):
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_image_cache_on_a_full_disk_leaves_nothing_behind(tmp_path, tmp_cache, monkeypatch):
+    """Before: the sparse memmap's page writes killed the kernel (SIGBUS), its temp file stayed."""
+    import errno
+
+    import numpy as np
+    from PIL import Image
+
+    from longtail import imagecache
+
+    paths = []
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    real = np.lib.format.open_memmap
+
+    def full(*a, **k):  # the file is created, then its blocks cannot be allocated
+        real(*a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(imagecache.np.lib.format, "open_memmap", full)
+    with pytest.raises(OSError, match="no space left on device while writing the image cache .*_16px.npy"):
+        imagecache.decoded_images(paths, 16, progress=False)
+    assert _leftovers(tmp_cache) == []
+    monkeypatch.undo()
+    images, kept = imagecache.decoded_images(paths, 16, progress=False)  # space again: it works
+    assert images.shape == (3, 16, 16, 3) and list(kept) == [0, 1, 2]
+
+
+def _done_folder(out: Path) -> None:
+    from longtail import rundir as R
+    out.mkdir(parents=True)
+    (out / R.RESULT_FILE).write_text("{}")
+    (out / R.STATUS_FILE).write_text(json.dumps({"status": "done"}))
+
+
+def test_the_summary_is_printed_when_runs_csv_cannot_be_written(tmp_path, env, monkeypatch, capsys):
+    """Before: writing runs.csv in a finally raised on a full disk and no summary was printed."""
+    out = tmp_path / "out"
+    g = G.load_grid(TINY, output_root=out)
+    for r in g.runs:
+        _done_folder(Path(r["output_dir"]))
+    _full_disk(monkeypatch)
+    assert G.main([str(TINY), "--output-root", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"grid tiny: {len(g)} runs: 0 done, {len(g)} skipped (done before), 0 failed" in text
+    assert f"table NOT written: no space left on device while writing {out / 'runs.csv'}" in text
+    assert _leftovers(out) == []
+
+
+def test_a_full_disk_fails_the_run_without_start_up_retries(tmp_path, env, monkeypatch, capsys):
+    """Before: a full disk was taken for a kernel start-up failure and retried."""
+    run = {**G.load_grid(TINY, output_root=tmp_path / "out").runs[0]}
+    _full_disk(monkeypatch)
+    r = G.run_one(run)
+    assert r["status"] == G.FAILED and r["attempts"] == 1
+    assert "no space left on device while writing" in r["error"] and "status.json" in r["error"]
+    assert "retrying" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ 8. smaller ones
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    """Before: mkstemp's 0600, so a cluster group could not read results and caches."""
+    import os
+
+    from longtail.fileio import atomic_write_text
+    old = os.umask(0o002)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o664

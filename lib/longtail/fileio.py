@@ -1,7 +1,12 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+
+A write that fails (a full disk, a quota, an I/O error) removes its temporary file and raises an
+``OSError`` whose message names the problem ("no space left on device") and the file.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -12,6 +17,39 @@ import zlib
 from pathlib import Path
 
 
+def write_error(exc: OSError, path: str | os.PathLike, what: str = "") -> OSError:
+    """The same error, its message naming the file and, for a full disk, saying so and what is free."""
+    path = Path(path)
+    what = f"{what} " if what else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(path.parent if path.parent.exists() else ".")
+            free = f"; {st.f_bavail * st.f_frsize / 1e6:.0f} MB free there"
+        except OSError:
+            free = ""
+        kind = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        msg = (f"{kind} while writing {what}{path}{free}; free some space or point LT_CACHE_DIR / "
+               f"LT_RUNS_DIR to a larger disk")
+    else:
+        msg = f"{exc.strerror or exc} while writing {what}{path}"
+    new = OSError(msg)  # str() is the message alone (no "[Errno 28]" prefix, no repeated file name)
+    new.errno = exc.errno  # (setting strerror too would bring the prefix back)
+    return new
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask sets it, for all threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,7 +57,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import errno
 import functools
 import itertools
 import json
@@ -86,6 +87,7 @@ from pathlib import Path
 import yaml
 
 from . import config, rundir
+from .fileio import write_error
 from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
 
 KERNEL = "longtail"
@@ -504,9 +506,9 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
         with _quiet("papermill"):
             for attempt in range(start_retries + 1):
                 result["attempts"] = attempt + 1
-                _clean(out)
-                rundir.mark(out, rundir.RUNNING, attempt=attempt + 1)
                 try:
+                    _clean(out)
+                    rundir.mark(out, rundir.RUNNING, attempt=attempt + 1)
                     papermill.execute_notebook(nb, str(out / EXECUTED_NOTEBOOK), parameters=dict(run),
                                                kernel_name=kernel_name, cwd=cwd, progress_bar=False,
                                                log_output=False, extra_arguments=KERNEL_ARGS,
@@ -526,6 +528,11 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
                                                         "--name longtail)")
                     break
                 except Exception as exc:  # kernel start-up (port clash, time-out, died) or papermill itself
+                    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        # a full disk is no start-up hiccup: retrying cannot help
+                        named = "while writing" in str(exc)  # fileio's writes name the file already
+                        result.update(status=FAILED, error=_one_line(exc if named else write_error(exc, out, "the run")))
+                        break
                     started = (out / rundir.PARAMS_FILE).exists()
                     if not started and attempt < start_retries:
                         print(f"[grid] {out.name}: kernel start-up failed ({_one_line(repr(exc), 200)}); retrying",
@@ -536,7 +543,10 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
                     break
         result["wall_s"] = round(time.time() - t0, 2)
         # done only now: the whole notebook ran (a cell failing after metrics.json was written is a failure)
-        rundir.mark(out, result["status"], error=result["error"], wall_s=result["wall_s"])
+        try:
+            rundir.mark(out, result["status"], error=result["error"], wall_s=result["wall_s"])
+        except OSError as exc:  # the run stays "running" on disk (partial): the next call redoes it
+            result.update(status=FAILED, error=_one_line(f"{result['error'] or 'finished'}; then {exc}"))
     return result
 
 
@@ -594,6 +604,7 @@ class Summary:
     wall_s: float = 0.0
     jobs: list = field(default_factory=list)  # submitit jobs (slurm executor)
     interrupted: int | None = None  # the signal that stopped the grid (SIGINT: Ctrl-C, SIGTERM)
+    table_error: str | None = None  # why runs.csv could not be written (a full disk)
 
     def _with(self, status):
         return [o for o in self.outcomes if o.status == status]
@@ -616,7 +627,7 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.busy and self.interrupted is None
+        return not self.failed and not self.busy and self.interrupted is None and self.table_error is None
 
     @property
     def exit_code(self) -> int:
@@ -630,7 +641,8 @@ class Summary:
         return (f"interrupted ({how}): {len(self.done) + len(self.skipped)} of {len(self.outcomes)} runs done "
                 f"({len(self.done)} now), {len(self.failed)} failed; {left.count(PARTIAL)} stopped and "
                 f"{left.count(TODO)} not started will be run by the next call of the same command; "
-                f"table: {self.grid.output_root / TABLE_FILE}")
+                + (f"table NOT written: {self.table_error}" if self.table_error else
+                   f"table: {self.grid.output_root / TABLE_FILE}"))
 
     def text(self) -> str:
         if self.interrupted is not None:
@@ -645,7 +657,8 @@ class Summary:
                       f"    notebook: {o.notebook}"]
         for o in self.busy:
             lines.append(f"  busy {o.id} {label_text(o.label)}: {o.error}")
-        lines.append(f"table: {self.grid.output_root / TABLE_FILE}")
+        lines.append(f"table NOT written: {self.table_error}" if self.table_error else
+                     f"table: {self.grid.output_root / TABLE_FILE}")
         return "\n".join(lines)
 
 
@@ -933,11 +946,16 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
     except KeyboardInterrupt as exc:  # workers and kernels were stopped by the executor
         interrupted = getattr(exc, "signum", int(signal.SIGINT))
     finally:
-        write_table(full, outcomes={grid.ids[i]: o for i, o in outcomes.items()})
+        table_error = None
+        try:
+            write_table(full, outcomes={grid.ids[i]: o for i, o in outcomes.items()})
+        except OSError as exc:  # a full disk must not also lose the summary
+            table_error = _one_line(exc)
     ordered = [outcomes.get(i) or RunOutcome(Path(r["output_dir"]).name, lab, TODO, r["output_dir"],
                                              str(Path(r["output_dir"]) / EXECUTED_NOTEBOOK))
                for i, (r, lab) in enumerate(zip(grid.runs, grid.labels))]
-    return Summary(grid=grid, outcomes=ordered, wall_s=time.time() - t0, jobs=submitted_jobs, interrupted=interrupted)
+    return Summary(grid=grid, outcomes=ordered, wall_s=time.time() - t0, jobs=submitted_jobs, interrupted=interrupted,
+                   table_error=table_error)
 
 
 def write_table(grid: Grid, outcomes: dict[str, RunOutcome] | None = None) -> Path:

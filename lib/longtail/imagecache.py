@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from . import config
-from .fileio import atomic_write_text, checksum_problem, file_checksum, file_lock
+from .fileio import atomic_write_text, checksum_problem, file_checksum, file_lock, write_error
 
 ON_ERROR = ("raise", "skip")
 
@@ -102,11 +102,12 @@ def _decode_all(paths, size, array_file, meta_file, on_error, workers, progress)
             return i, None, f"{paths[i]}: {type(exc).__name__}: {exc}"
 
     tmp = array_file.with_suffix(f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    compact_tmp = tmp.with_suffix(".c.npy")
     ok = np.zeros(len(paths), dtype=bool)
     skipped = []
     bar = _progress(len(paths), f"decoding {len(paths)} images at {size}px", progress)
-    try:
+    try:  # on any error, never leave a partial array behind
+        out = _new_array(tmp, (len(paths), size, size, 3), array_file)
         with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
             for i, img, err in pool.map(load, range(len(paths)), chunksize=64):
                 bar.update(1)
@@ -117,26 +118,39 @@ def _decode_all(paths, size, array_file, meta_file, on_error, workers, progress)
                     continue
                 out[i] = img
                 ok[i] = True
+        kept = np.flatnonzero(ok)
+        if len(kept) < len(paths):
+            compact = _new_array(compact_tmp, (len(kept), size, size, 3), array_file)
+            compact[:] = out[kept]
+            compact.flush()
+            del out, compact
+            os.replace(compact_tmp, tmp)
+        else:
+            out.flush()
+            del out
+        os.replace(tmp, array_file)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a partial array behind
+        tmp.unlink(missing_ok=True)
+        compact_tmp.unlink(missing_ok=True)
         raise
     finally:
         bar.close()
-    kept = np.flatnonzero(ok)
-    if len(kept) < len(paths):
-        compact = np.lib.format.open_memmap(tmp.with_suffix(".c.npy"), mode="w+", dtype=np.uint8,
-                                            shape=(len(kept), size, size, 3))
-        compact[:] = out[kept]
-        compact.flush()
-        del out, compact
-        os.replace(tmp.with_suffix(".c.npy"), tmp)
-    else:
-        out.flush()
-        del out
-    os.replace(tmp, array_file)
     # the meta file is written last: its presence says the array is complete
     atomic_write_text(meta_file, json.dumps({"size": size, "kept": kept.tolist(), "skipped": skipped,
                                              "array": file_checksum(array_file)}))
+
+
+def _new_array(tmp, shape, array_file) -> np.memmap:
+    """A uint8 .npy memory map whose blocks are allocated now: on a full disk this raises a clear
+    OSError here, instead of the kernel dying of SIGBUS when a page of a sparse file is written."""
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
+        return arr
+    except OSError as exc:
+        raise write_error(exc, array_file, "the image cache") from exc
 
 
 def _warn_skipped(skipped):
