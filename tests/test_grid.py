@@ -310,7 +310,8 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, env, capsys):
     path = write_yaml(tmp_path / "failing.yaml", {
         "extends": str(TINY),
         "grid": {"loss": ["ce"], "train_set": ["longtailed"], "dataset": ["imagefolder", "synthetic"]},
-        "overrides": {"dataset": {"imagefolder": {"data_root": str(tmp_path / "no-such-folder")}}}})
+        "overrides": {"dataset": {"imagefolder": {"data_root": str(tmp_path / "no-such-folder"),
+                                                  "dataset_params": {}}}}})  # synthetic's are refused
     out = tmp_path / "out"
     assert G.main([str(path), "--output-root", str(out)]) == 1
     text = capsys.readouterr().out

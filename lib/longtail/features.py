@@ -1,7 +1,9 @@
 """Frozen-backbone features, extracted once and cached on disk.
 
 The key covers everything that changes a feature: backbone, weights (file, size, mtime),
-the decoded images (their cache file), input size and normalisation.  Every run of a grid on
+the decoded images (their cache file), input size and normalisation.  Each entry ``<key>.npy`` has
+its size and checksum in ``<key>.json``, verified on every read; a bad entry (truncated, corrupted,
+without a checksum) is extracted again, with a one-line warning naming the file.  Every run of a grid on
 the same backbone and data then trains its head on the cached array in seconds
 (the survey's decoupled-training idea; the CPU default ``mode="linear"``).
 """
@@ -10,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import config
 from .engine import predict
-from .fileio import atomic_write_bytes, file_lock
+from .fileio import atomic_write_bytes, atomic_write_json, checksum_problem, file_checksum, file_lock
 
 
 def weights_id(pretrained, weights_dir=None) -> str:
@@ -38,12 +42,26 @@ def cached_features(model, images, transform, key: str, *, batch_size=512, devic
     """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there.
     ``model`` and ``images`` may be callables, called only when the features must be extracted."""
     path = config.cache_dir() / "features" / f"{key}.npy"
-    if path.exists():
+    if _problem(path) is None:
         return np.load(path)
-    with file_lock(path):
-        if path.exists():  # another worker extracted them while this one waited
+    with file_lock(path):  # the entry is missing, being written, or bad: decide under the lock
+        problem = _problem(path)
+        if problem is None:  # another worker extracted them while this one waited
             return np.load(path)
+        if path.exists():
+            warnings.warn(f"feature cache {path}: {problem}; extracting the features again", stacklevel=2)
         return _extract_and_save(model, images, transform, path, batch_size, device, precision, log)
+
+
+def _problem(path: Path) -> str | None:
+    """None when the entry exists and matches its stored size and checksum, else why not."""
+    if not path.exists():
+        return "missing"
+    try:
+        expected = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        expected = None
+    return checksum_problem(path, expected)
 
 
 def _extract_and_save(model, images, transform, path, batch_size, device, precision, log) -> np.ndarray:
@@ -56,4 +74,5 @@ def _extract_and_save(model, images, transform, path, batch_size, device, precis
     buf = io.BytesIO()
     np.save(buf, feats)
     atomic_write_bytes(path, buf.getvalue())
+    atomic_write_json(path.with_suffix(".json"), file_checksum(path))  # after the array: the entry is complete
     return feats

@@ -1,14 +1,53 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+
+A write that fails (a full disk, a quota, an I/O error) removes its temporary file and raises an
+``OSError`` whose message names the problem ("no space left on device") and the file.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
+
+
+def write_error(exc: OSError, path: str | os.PathLike, what: str = "") -> OSError:
+    """The same error, its message naming the file and, for a full disk, saying so and what is free."""
+    path = Path(path)
+    what = f"{what} " if what else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(path.parent if path.parent.exists() else ".")
+            free = f"; {st.f_bavail * st.f_frsize / 1e6:.0f} MB free there"
+        except OSError:
+            free = ""
+        kind = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        msg = (f"{kind} while writing {what}{path}{free}; free some space or point LT_CACHE_DIR / "
+               f"LT_RUNS_DIR to a larger disk")
+    else:
+        msg = f"{exc.strerror or exc} while writing {what}{path}"
+    new = OSError(msg)  # str() is the message alone (no "[Errno 28]" prefix, no repeated file name)
+    new.errno = exc.errno  # (setting strerror too would bring the prefix back)
+    return new
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask sets it, for all threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -18,7 +57,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -38,6 +81,33 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def file_checksum(path: str | os.PathLike, chunk: int = 1 << 22) -> dict:
+    """``{"bytes": size, "crc32": hex}`` of a file: what a cache entry stores to be verified on read.
+    CRC-32 (zlib) catches truncation and any accidental corruption at ~1 GB/s, about 4x faster than
+    SHA-256 here (0.37 s vs 1.36 s for the 325 MB EU Moths image cache); caches need no defence
+    against a deliberate forgery."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return {"bytes": os.path.getsize(path), "crc32": f"{crc:08x}"}
+
+
+def checksum_problem(path: str | os.PathLike, expected) -> str | None:
+    """Why ``path`` does not match its stored ``file_checksum`` (None when it does)."""
+    if not isinstance(expected, dict) or "bytes" not in expected or "crc32" not in expected:
+        return "no checksum stored with it"
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if size != expected["bytes"]:
+        return f"{size} bytes instead of {expected['bytes']} (truncated or overwritten)"
+    if file_checksum(path)["crc32"] != expected["crc32"]:
+        return "its contents do not match the stored checksum (corrupted)"
+    return None
 
 
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -29,8 +29,8 @@ of all runs are reported together (one line per distinct problem, with the runs 
 
 Each run gets the folder ``<output_root>/<run id>/`` (``longtail.run.run_id``: a hash of the
 resolved parameters), holding the executed notebook ``train.ipynb`` and the run files.  A run is
-done when its ``metrics.json`` exists; done runs are skipped, failed or partial ones are rerun
-from an empty folder.  One run's failure never stops the others.  At the end the grid's table
+done when its notebook completed and wrote ``metrics.json`` (``longtail.rundir.status``); done runs are
+skipped, failed or partial ones are rerun from an empty folder.  One run's failure never stops the others.  At the end the grid's table
 is written to ``<output_root>/runs.csv``.
 
 Command line::
@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import errno
 import functools
 import itertools
 import json
@@ -75,34 +76,47 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from . import config
-from .params import DEFAULTS, SCHEMA, ParameterError
+from . import config, rundir
+from .fileio import write_error
+from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
 
 KERNEL = "longtail"
 #: extra kernel command-line arguments: no start-up / shut-down chatter on the grid's terminal ("running
 #: over TCP without encryption", "KeyboardInterrupt caught in kernel" when the kernel is shut down)
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 NOTEBOOK = "notebooks/train.py"
-EXECUTED_NOTEBOOK = "train.ipynb"
-RESULT_FILE = "metrics.json"  # = longtail.run.RESULT_FILE (not imported: run imports torch)
-FAILURE_FILE = "failure.json"
+EXECUTED_NOTEBOOK = rundir.NOTEBOOK_FILE
 TABLE_FILE = "runs.csv"
 SPEC_KEYS = ("name", "description", "extends", "notebook", "output_root", "base", "grid", "overrides")
-#: run statuses on disk (``status_of``) and of this invocation (``RunOutcome.status``)
-DONE, FAILED, PARTIAL, TODO, SKIPPED, BUSY, SUBMITTED = ("done", "failed", "partial", "todo", "skipped", "busy",
-                                                          "submitted")
+#: run statuses on disk (``status_of``, from ``longtail.rundir``) and of this invocation (``RunOutcome.status``)
+DONE, FAILED, PARTIAL, TODO = rundir.DONE, rundir.FAILED, rundir.PARTIAL, rundir.TODO
+SKIPPED, BUSY, SUBMITTED = "skipped", "busy", "submitted"
 
 
 class GridError(ParameterError):
     """A bad parameter file or bad run parameters; nothing was run."""
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: the grid stops every worker and kernel and reports what is left."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise GridInterrupted(signum)
 
 
 # --------------------------------------------------------------------------------------------- YAML
@@ -121,9 +135,17 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def parse_value(text: str):
-    """A command-line value, read as YAML (``0.1`` -> float, ``[1, 2]`` -> list, ``null`` -> None)."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+def parse_value(text: str, where: str = "value"):
+    """A command-line value, read as YAML (``0.1`` -> float, ``[1, 2]`` -> list, ``null`` -> None);
+    only JSON types (``longtail.params.json_type_errors``): a ``!!binary`` or ``!!set`` is refused."""
+    try:
+        value = yaml.load(text, Loader=_Loader) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise GridError(f"{where}: {text!r} is not a valid YAML value: {_one_line(exc)}") from None
+    bad = json_type_errors(value, where)
+    if bad:
+        raise GridError("\n".join(bad))
+    return value
 
 
 # --------------------------------------------------------------------------------- spec and expand
@@ -137,11 +159,19 @@ def read_spec(path: str | os.PathLike, _chain: tuple = ()) -> dict:
         where = f" (extended by {_chain[-1]})" if _chain else ""
         raise GridError(f"parameter file {path} does not exist{where}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except UnicodeDecodeError as exc:
+        raise GridError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:  # empty, or comments only: running every default is never what was meant
+        raise GridError(f"{path}: the file is empty; a grid needs base: and/or grid: (see pydoc longtail.grid)")
     if not isinstance(raw, dict):
         raise GridError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    bad = json_type_errors(raw, "", scalar_keys=True)  # before anything reads a value
+    if bad:
+        raise GridError(f"{path}: only JSON types are accepted; nothing was run:\n  " +
+                        "\n  ".join(b.lstrip(".") for b in bad))
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise GridError(f"{path}: unknown top-level key(s) {unknown}; valid keys: {', '.join(SPEC_KEYS)} "
@@ -195,6 +225,34 @@ def _check_spec(spec: dict) -> None:
     for section in ("base", "grid"):
         if "output_dir" in (spec.get(section) or {}):
             raise GridError(f"{where}: output_dir is set by the grid (<output_root>/<run id>); use output_root:")
+
+
+def _override_problems(spec: dict, labels: list[dict]) -> list[str]:
+    """Overrides that would silently change nothing: a value that is not a valid value of its
+    parameter (``loss: {ldamm: ...}``), or a block naming an unknown parameter."""
+    from .params import validate
+
+    where = spec.get("path") or "grid"
+    problems = []
+    for key, by_value in (spec.get("overrides") or {}).items():
+        base = spec.get("base") or {}
+        used = [label.get(key, base.get(key, DEFAULTS.get(key))) for label in labels]
+        for value, extra in by_value.items():
+            unknown = sorted(set(extra) - set(SCHEMA))
+            if unknown:
+                problems.append(f"{where}: overrides: {key}: {value}: unknown parameter(s) {unknown}; "
+                                f"valid parameters: {', '.join(SCHEMA)}")
+            if any(_same(u, value) for u in used):
+                continue
+            try:
+                validate({key: value}, check_backbone=False)
+            except ParameterError as exc:
+                own = [line.strip() for line in str(exc).splitlines()[1:] if line.strip().startswith(f"{key}=")]
+                if own:
+                    values = ", ".join(dict.fromkeys(_short(u) for u in used))
+                    problems.append(f"{where}: overrides: {key}: {value!r} matches no run and is not a valid value "
+                                    f"({own[0]}); values of {key} in this grid: {values}")
+    return problems
 
 
 def _expand(spec: dict) -> list[tuple[dict, dict]]:
@@ -295,6 +353,9 @@ def build_grid(spec: dict, *, output_root: str | os.PathLike | None = None, sets
         raise GridError(f"notebook {notebook} does not exist")
 
     expanded = _expand(spec)
+    bad_overrides = _override_problems(spec, [label for _, label in expanded])
+    if bad_overrides:
+        raise GridError("\n".join(bad_overrides + ["nothing was run"]))
     problems: dict[str, list[dict]] = {}
     runs, labels, seen, notes = [], [], {}, []
     for params, label in expanded:
@@ -355,30 +416,17 @@ def _set_dotted(d: dict, key: str, value) -> None:
 # --------------------------------------------------------------------------------- one run, on disk
 
 def status_of(output_dir) -> str:
-    """done | failed | partial (started, neither finished nor failed: killed) | todo."""
-    out = Path(output_dir)
-    if (out / RESULT_FILE).exists():
-        return DONE
-    if (out / FAILURE_FILE).exists() or _notebook_meta(out).get("exception"):
-        return FAILED
-    if out.is_dir() and any(out.iterdir()):
-        return PARTIAL
-    return TODO
+    """done | failed | partial (started, neither finished nor failed: killed) | todo (``rundir.status``)."""
+    return rundir.status(output_dir)
 
 
-def _notebook_meta(out: Path) -> dict:
-    try:
-        return json.loads((out / EXECUTED_NOTEBOOK).read_text())["metadata"].get("papermill", {}) or {}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+_notebook_meta = rundir.notebook_meta
 
 
 def _failure_reason(out: Path, exc: BaseException | None = None) -> str:
-    try:
-        f = json.loads((out / FAILURE_FILE).read_text())
-        return _one_line(f"{f.get('error')}: {f.get('message')}")
-    except (OSError, ValueError):
-        pass
+    recorded = rundir.failure_reason(out)
+    if recorded:
+        return _one_line(recorded)
     if exc is None:
         return "unknown (no failure.json)"
     if hasattr(exc, "ename"):  # PapermillExecutionError
@@ -435,12 +483,15 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
     out = Path(run["output_dir"])
     result = {"id": out.name, "output_dir": str(out), "notebook": str(out / EXECUTED_NOTEBOOK), "status": None,
               "wall_s": None, "error": None, "host": socket.gethostname(), "attempts": 0}
-    if (out / RESULT_FILE).exists():
+    unsafe = injection_problems(run)
+    if unsafe:  # validate() refuses these; a caller that skipped it gets no code run either
+        return {**result, "status": FAILED, "error": "refused before running: " + "; ".join(unsafe)}
+    if rundir.is_done(out):
         return {**result, "status": SKIPPED, "wall_s": _notebook_meta(out).get("duration")}
     with _run_lock(out) as mine:
         if not mine:
             return {**result, "status": BUSY, "error": "another process is running this run"}
-        if (out / RESULT_FILE).exists():
+        if rundir.is_done(out):
             return {**result, "status": SKIPPED, "wall_s": _notebook_meta(out).get("duration")}
         import jupytext
         import papermill
@@ -455,17 +506,18 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
         with _quiet("papermill"):
             for attempt in range(start_retries + 1):
                 result["attempts"] = attempt + 1
-                _clean(out)
                 try:
+                    _clean(out)
+                    rundir.mark(out, rundir.RUNNING, attempt=attempt + 1)
                     papermill.execute_notebook(nb, str(out / EXECUTED_NOTEBOOK), parameters=dict(run),
                                                kernel_name=kernel_name, cwd=cwd, progress_bar=False,
                                                log_output=False, extra_arguments=KERNEL_ARGS,
                                                # every output is in by then and the run's files are
                                                # written: killing the kernel saves ~1 s of torch teardown
                                                shutdown_kernel="immediate")
-                    result["status"] = DONE if (out / RESULT_FILE).exists() else FAILED
+                    result["status"] = DONE if (out / rundir.RESULT_FILE).exists() else FAILED
                     if result["status"] == FAILED:
-                        result["error"] = f"the notebook finished but wrote no {RESULT_FILE}"
+                        result["error"] = f"the notebook finished but wrote no {rundir.RESULT_FILE}"
                     break
                 except PapermillExecutionError as exc:
                     result.update(status=FAILED, error=_failure_reason(out, exc))
@@ -476,7 +528,12 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
                                                         "--name longtail)")
                     break
                 except Exception as exc:  # kernel start-up (port clash, time-out, died) or papermill itself
-                    started = (out / "params.json").exists()
+                    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        # a full disk is no start-up hiccup: retrying cannot help
+                        named = "while writing" in str(exc)  # fileio's writes name the file already
+                        result.update(status=FAILED, error=_one_line(exc if named else write_error(exc, out, "the run")))
+                        break
+                    started = (out / rundir.PARAMS_FILE).exists()
                     if not started and attempt < start_retries:
                         print(f"[grid] {out.name}: kernel start-up failed ({_one_line(repr(exc), 200)}); retrying",
                               file=sys.stderr, flush=True)
@@ -485,7 +542,39 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
                     result.update(status=FAILED, error=_failure_reason(out, exc))
                     break
         result["wall_s"] = round(time.time() - t0, 2)
+        # done only now: the whole notebook ran (a cell failing after metrics.json was written is a failure)
+        try:
+            rundir.mark(out, result["status"], error=result["error"], wall_s=result["wall_s"])
+        except OSError as exc:  # the run stays "running" on disk (partial): the next call redoes it
+            result.update(status=FAILED, error=_one_line(f"{result['error'] or 'finished'}; then {exc}"))
     return result
+
+
+def injection_problems(params: dict) -> list[str]:
+    """The parameters whose papermill-injected source is not a plain literal equal to the value.
+
+    papermill writes each parameter into the notebook as Python source; for a type it does not
+    know (bytes, set, ...) it pastes ``str(value)`` between quotes, which a crafted value can close
+    to run code.  Each value's source must parse with ``ast.literal_eval`` (literals only, never a
+    call) back to the same JSON; anything else is refused before a kernel starts.
+    """
+    import ast
+
+    from papermill.translators import PythonTranslator
+
+    bad = [f"{e}" for k, v in params.items() for e in json_type_errors(v, str(k))]
+    for key, value in params.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            bad.append(f"parameter name {key!r:.80} is not a Python identifier")
+            continue
+        source = PythonTranslator.translate(value)
+        try:
+            same = json.dumps(ast.literal_eval(source), sort_keys=True) == json.dumps(value, sort_keys=True)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            same = False
+        if not same:
+            bad.append(f"{key}: its notebook source {source!r:.120} is not a literal of the value")
+    return list(dict.fromkeys(bad))
 
 
 def _clean(out: Path) -> None:
@@ -514,6 +603,8 @@ class Summary:
     outcomes: list[RunOutcome]
     wall_s: float = 0.0
     jobs: list = field(default_factory=list)  # submitit jobs (slurm executor)
+    interrupted: int | None = None  # the signal that stopped the grid (SIGINT: Ctrl-C, SIGTERM)
+    table_error: str | None = None  # why runs.csv could not be written (a full disk)
 
     def _with(self, status):
         return [o for o in self.outcomes if o.status == status]
@@ -536,9 +627,26 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.busy
+        return not self.failed and not self.busy and self.interrupted is None and self.table_error is None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every run is done, 1 when one failed or is busy, 128 + signal when interrupted (130: Ctrl-C)."""
+        return 128 + self.interrupted if self.interrupted is not None else (0 if self.ok else 1)
+
+    def interrupted_text(self) -> str:
+        """One line: what finished and what the next call of the same command will run."""
+        left = [status_of(o.output_dir) for o in self.outcomes if o.status == TODO]
+        how = "Ctrl-C" if self.interrupted == signal.SIGINT else signal.Signals(self.interrupted).name
+        return (f"interrupted ({how}): {len(self.done) + len(self.skipped)} of {len(self.outcomes)} runs done "
+                f"({len(self.done)} now), {len(self.failed)} failed; {left.count(PARTIAL)} stopped and "
+                f"{left.count(TODO)} not started will be run by the next call of the same command; "
+                + (f"table NOT written: {self.table_error}" if self.table_error else
+                   f"table: {self.grid.output_root / TABLE_FILE}"))
 
     def text(self) -> str:
+        if self.interrupted is not None:
+            return self.interrupted_text()
         counts = ", ".join(f"{len(self._with(s))} {name}" for s, name in
                            ((DONE, "done"), (SKIPPED, "skipped (done before)"), (FAILED, "failed"),
                             (BUSY, "busy (running elsewhere)"), (SUBMITTED, "submitted"))
@@ -549,7 +657,8 @@ class Summary:
                       f"    notebook: {o.notebook}"]
         for o in self.busy:
             lines.append(f"  busy {o.id} {label_text(o.label)}: {o.error}")
-        lines.append(f"table: {self.grid.output_root / TABLE_FILE}")
+        lines.append(f"table NOT written: {self.table_error}" if self.table_error else
+                     f"table: {self.grid.output_root / TABLE_FILE}")
         return "\n".join(lines)
 
 
@@ -584,8 +693,48 @@ def _visible_gpus() -> list[str]:
         return []
 
 
-def _init_worker(slots, gpus: list[str], threads: int | None) -> None:
-    """Per worker process, before any kernel starts: its GPU and its CPU thread budget (inherited by kernels)."""
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, then theirs), from /proc (Linux; [] elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def _kill_processes(pids) -> None:
+    """SIGKILL each process that still exists (a kernel or worker of an interrupted grid)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _die_with(parent_pid: int) -> None:
+    """This process dies when ``parent_pid`` does: PR_SET_PDEATHSIG on Linux, and a check for a parent
+    that died before it was set.  (Its kernels follow it: ipykernel exits when its parent is gone.)"""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the grid kills its workers when it is interrupted
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(slots, gpus: list[str], threads: int | None, grid_pid: int | None = None) -> None:
+    """Per worker process, before any kernel starts: its GPU and its CPU thread budget (inherited by kernels);
+    it dies with the grid, and leaves Ctrl-C to the grid (which stops every worker and kernel)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if grid_pid is not None:
+        _die_with(grid_pid)
     slot = slots.get()
     if len(gpus) > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
@@ -597,8 +746,12 @@ def _init_worker(slots, gpus: list[str], threads: int | None) -> None:
 def _run_local(todo, labels, *, notebook, jobs, kernel_name, start_retries, report) -> None:
     one = functools.partial(run_one, notebook=str(notebook), kernel_name=kernel_name, start_retries=start_retries)
     if jobs <= 1 or len(todo) <= 1:
-        for run, label in zip(todo, labels):
-            report(_outcome(run, label, one(run)))
+        try:
+            for run, label in zip(todo, labels):
+                report(_outcome(run, label, one(run)))
+        except BaseException:  # interrupted: the running kernel goes too, now
+            _kill_processes(_descendants(os.getpid()))
+            raise
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -611,7 +764,7 @@ def _run_local(todo, labels, *, notebook, jobs, kernel_name, start_retries, repo
     gpus = _visible_gpus()
     threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(slots, gpus, threads))
+                               initargs=(slots, gpus, threads, os.getpid()))
     try:
         futures = {pool.submit(one, run): (run, label) for run, label in zip(todo, labels)}
         for fut in as_completed(futures):
@@ -623,7 +776,9 @@ def _run_local(todo, labels, *, notebook, jobs, kernel_name, start_retries, repo
                 r = {"id": out.name, "output_dir": str(out), "notebook": str(out / EXECUTED_NOTEBOOK),
                      "status": FAILED, "error": f"worker process failed: {_failure_reason(out, exc)}"}
             report(_outcome(run, label, r))
-    except BaseException:
+    except BaseException:  # interrupted: no run may start after this; workers and kernels stop now
+        workers = list(getattr(pool, "_processes", {}) or {})  # (not multiprocessing's resource tracker)
+        _kill_processes([*(k for w in workers for k in _descendants(w)), *workers])
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -653,8 +808,27 @@ def make_submitit_executor(folder: Path, *, cluster: str = "slurm", partition: s
     return ex
 
 
-def _run_one_task(run: dict, **kw) -> dict:
-    """``run_one`` in a SLURM array task: the kernel's CPU threads follow the task's CPUs."""
+def _watch_grid(grid_pid: int, poll_s: float = 0.5) -> None:
+    """A thread that ends this process (and its kernel) once the grid process ``grid_pid`` is gone:
+    submitit's local executor starts tasks that would otherwise outlive a killed grid."""
+    def watch():
+        while True:
+            try:
+                os.kill(grid_pid, 0)
+            except ProcessLookupError:
+                _kill_processes(_descendants(os.getpid()))
+                os._exit(1)
+            except OSError:
+                pass
+            time.sleep(poll_s)
+    threading.Thread(target=watch, name="watch-grid", daemon=True).start()
+
+
+def _run_one_task(run: dict, grid_pid: int | None = None, **kw) -> dict:
+    """``run_one`` in a SLURM array task: the kernel's CPU threads follow the task's CPUs.
+    ``grid_pid`` (submitit's local executor, same machine): the task dies with the grid."""
+    if grid_pid is not None:
+        _watch_grid(grid_pid)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -667,7 +841,7 @@ def _run_submitit(todo, labels, grid: Grid, *, kernel_name, start_retries, repor
     ex = make_submitit_executor(grid.output_root / "slurm_logs", cluster=cluster, name=f"lt-{grid.name}",
                                 **executor_kw)
     one = functools.partial(_run_one_task, notebook=str(grid.notebook), kernel_name=kernel_name,
-                            start_retries=start_retries)
+                            start_retries=start_retries, grid_pid=os.getpid() if cluster == "local" else None)
     jobs = ex.map_array(one, todo)
     if jobs:
         print(f"submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]} ({cluster}); "
@@ -680,6 +854,19 @@ def _run_submitit(todo, labels, grid: Grid, *, kernel_name, start_retries, repor
         return jobs
     poll_s = poll_s if poll_s is not None else (15.0 if cluster == "slurm" else 0.5)
     pending = list(zip(todo, labels, jobs))
+    try:
+        _wait_for(pending, cluster, poll_s, report)
+    except KeyboardInterrupt:
+        if cluster == "local":  # the tasks are this machine's processes: they stop with the grid
+            _kill_processes(_descendants(os.getpid()))
+        elif pending:
+            print(f"the submitted SLURM jobs go on (scancel {jobs[0].job_id.split('_')[0]} stops them); "
+                  "rerun the same command to wait for them", file=sys.stderr, flush=True)
+        raise
+    return jobs
+
+
+def _wait_for(pending, cluster, poll_s, report) -> None:
     while pending:
         still = []
         for run, label, job in pending:
@@ -693,10 +880,9 @@ def _run_submitit(todo, labels, grid: Grid, *, kernel_name, start_retries, repor
                 r = {"id": out.name, "output_dir": str(out), "notebook": str(out / EXECUTED_NOTEBOOK),
                      "status": FAILED, "error": f"job {job.job_id}: {_failure_reason(out, exc)}"}
             report(_outcome(run, label, r))
-        pending = still
+        pending[:] = still
         if pending:
             time.sleep(poll_s)
-    return jobs
 
 
 def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = None, executor: str = "local", *,
@@ -739,6 +925,7 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
     progress = _Progress(len(todo), out=out)
     by_id = {Path(r["output_dir"]).name: i for r, i in zip(todo, todo_idx)}
     submitted_jobs = []
+    interrupted = None
 
     def report(o: RunOutcome) -> None:
         outcomes[by_id[o.id]] = o
@@ -756,12 +943,19 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
                 array_parallelism=slurm_array_parallelism, timeout_min=slurm_timeout_min,
                 gpus_per_task=slurm_gpus_per_task, cpus_per_task=slurm_cpus_per_task, mem_gb=slurm_mem_gb,
                 extra=slurm_extra)
+    except KeyboardInterrupt as exc:  # workers and kernels were stopped by the executor
+        interrupted = getattr(exc, "signum", int(signal.SIGINT))
     finally:
-        write_table(full, outcomes={grid.ids[i]: o for i, o in outcomes.items()})
+        table_error = None
+        try:
+            write_table(full, outcomes={grid.ids[i]: o for i, o in outcomes.items()})
+        except OSError as exc:  # a full disk must not also lose the summary
+            table_error = _one_line(exc)
     ordered = [outcomes.get(i) or RunOutcome(Path(r["output_dir"]).name, lab, TODO, r["output_dir"],
                                              str(Path(r["output_dir"]) / EXECUTED_NOTEBOOK))
                for i, (r, lab) in enumerate(zip(grid.runs, grid.labels))]
-    return Summary(grid=grid, outcomes=ordered, wall_s=time.time() - t0, jobs=submitted_jobs)
+    return Summary(grid=grid, outcomes=ordered, wall_s=time.time() - t0, jobs=submitted_jobs, interrupted=interrupted,
+                   table_error=table_error)
 
 
 def write_table(grid: Grid, outcomes: dict[str, RunOutcome] | None = None) -> Path:
@@ -798,7 +992,7 @@ def _parse_only(items: list[str]) -> dict:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
             raise GridError(f"--only {item!r}: expected KEY=VALUE[,VALUE...]")
-        only.setdefault(key.strip(), []).extend(parse_value(v) for v in values.split(","))
+        only.setdefault(key.strip(), []).extend(parse_value(v, f"--only {key.strip()}") for v in values.split(","))
     return only
 
 
@@ -810,7 +1004,7 @@ def _parse_sets(items: list[str]) -> dict:
             raise GridError(f"--set {item!r}: expected KEY=VALUE (VALUE read as YAML)")
         if key.split(".")[0] not in SCHEMA:
             raise GridError(f"--set {key}: unknown parameter; valid parameters: {', '.join(SCHEMA)}")
-        sets[key.strip()] = parse_value(value)
+        sets[key.strip()] = parse_value(value, f"--set {key.strip()}")
     return sets
 
 
@@ -856,6 +1050,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help=argparse.SUPPRESS)  # local / debug: the submitit code path without SLURM (tests)
     args = ap.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # kill / scancel: stop as for Ctrl-C
     try:
         only = _parse_only(args.only)
         sets = _parse_sets(args.sets)
@@ -864,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
             k, sep, v = item.partition("=")
             if not sep:
                 raise GridError(f"--slurm-param {item!r}: expected KEY=VALUE")
-            extra[k.strip()] = parse_value(v)
+            extra[k.strip()] = parse_value(v, f"--slurm-param {k.strip()}")
         grid = load_grid(args.params, output_root=args.output_root, sets=sets)
         if args.dry_run:
             print_dry_run(grid.select(only))
@@ -881,9 +1077,22 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # before any run started
+        print("interrupted before any run started", file=sys.stderr, flush=True)
+        return 128 + getattr(exc, "signum", int(signal.SIGINT))
     print(summary.text(), flush=True)
-    return 0 if summary.ok else 1
+    return summary.exit_code
+
+
+def _exit(code: int) -> None:
+    """Exit; after an interrupt without waiting for the pool's and papermill's threads and event
+    loops, whose shutdown only prints noise (the workers and kernels are already gone)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code >= 128:
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

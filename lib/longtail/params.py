@@ -8,6 +8,8 @@ with the valid choices, before any data is loaded or any model is built.  The tr
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 
 # name: (default, description).  Order = the notebook's parameters cell.
 SCHEMA: dict[str, tuple[object, str]] = {
@@ -91,6 +93,147 @@ class ParameterError(ValueError):
     """One or more bad parameters; the message lists each with its valid choices."""
 
 
+JSON_TYPES = "str, int, float (finite), bool, null, list, mapping with str keys"
+
+
+def json_type_errors(value, where: str, *, scalar_keys: bool = False) -> list[str]:
+    """Problems that make ``value`` not plain JSON, recursively: one line per bad item, naming it.
+
+    Only JSON types are accepted (``JSON_TYPES``): a YAML ``!!binary`` (bytes), ``!!set``, a date or
+    any other object is refused, as are NaN and infinities.  Every run parameter reaches the
+    notebook as Python source written by papermill; for these types alone that source is a plain
+    literal.  ``scalar_keys`` also allows int, float, bool and null mapping keys (a grid file's
+    ``overrides`` are keyed by parameter values).
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return []
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where}={value!r}: not a finite number"]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in json_type_errors(v, f"{where}[{i}]", scalar_keys=scalar_keys)]
+    if isinstance(value, dict):
+        errors = []
+        for k, v in value.items():
+            ok_key = isinstance(k, str) or (scalar_keys and (k is None or isinstance(k, (bool, int)) or
+                                                             (isinstance(k, float) and math.isfinite(k))))
+            if not ok_key:
+                errors.append(f"{where}: key {k!r:.80} is a {type(k).__name__}; keys must be strings")
+            errors += json_type_errors(v, f"{where}.{k}", scalar_keys=scalar_keys)
+        return errors
+    return [f"{where}: a {type(value).__name__} ({value!r:.80}) is not accepted; values must be JSON types: "
+            f"{JSON_TYPES}"]
+
+
+# ------------------------------------------------------------------- types and ranges of the values
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _range(kind: str, lo=None, hi=None, *, lo_open=False, hi_open=False, none=False):
+    """A rule: an integer or a (finite) number in a range, optionally None."""
+    is_kind = _is_int if kind == "int" else _is_number
+    if lo is not None and hi is not None:
+        what = f"{'an integer' if kind == 'int' else 'a number'} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        what = (f"a positive integer" if kind == "int" and lo == 1 and not lo_open else
+                f"{'an integer' if kind == 'int' else 'a number'} {'>' if lo_open else '>='} {lo}")
+    else:
+        what = "an integer" if kind == "int" else "a number"
+    what = f"null or {what}" if none else what
+
+    def check(v):
+        if v is None and none:
+            return None
+        ok = is_kind(v) and (lo is None or (v > lo if lo_open else v >= lo)) and \
+            (hi is None or (v < hi if hi_open else v <= hi))
+        return None if ok else f"must be {what}"
+    return check
+
+
+def _of_type(*types, none=False, what: str = ""):
+    def check(v):
+        if v is None and none:
+            return None
+        ok = isinstance(v, types) and not (bool not in types and isinstance(v, bool)) and v != ""
+        return None if ok else f"must be {what}"
+    return check
+
+
+def _int_list(v):
+    ok = isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+    return None if ok else "must be a list of integers >= 0 (epochs), e.g. [60, 80]"
+
+
+def _device(v):
+    import re
+    ok = isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)
+    return None if ok else "choose one of auto, cpu, cuda, cuda:N, mps"
+
+
+def _pretrained(v):
+    from .models import LOCAL_WEIGHTS
+    names = ("none", "timm", *LOCAL_WEIGHTS)
+    if v is None or v in names:
+        return None
+    looks_like_path = isinstance(v, str) and ("/" in v or v.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    return None if looks_like_path else f"choose one of null, {', '.join(names)}, or a path to a state dict (.pt/.pth)"
+
+
+_BOOL = _of_type(bool, what="true or false")
+_BOOL_OR_NONE = _of_type(bool, none=True, what="null, true or false")
+_PATH = _of_type(str, none=True, what="null or a path (a non-empty string)")
+_MAPPING = _of_type(dict, none=True, what="a mapping of parameter names to values, e.g. {}")
+_SEED = _range("int", 0, 2**32 - 1)
+#: the type and range of each non-choice parameter (the named choices are checked against their lists)
+RULES = {
+    "data_root": _PATH, "weights_dir": _PATH, "output_dir": _PATH,
+    "dataset_params": _MAPPING, "loss_params": _MAPPING, "sampler_params": _MAPPING,
+    "imbalance_factor": _range("float", 1), "n_max": _range("int", 1, none=True),
+    "subset_seed": _SEED, "seed": _SEED, "val_fraction": _range("float", 0, 1, hi_open=True),
+    "backbone": _of_type(str, what="a backbone name"), "pretrained": _pretrained,
+    "cosine_head": _BOOL_OR_NONE, "image_size": _range("int", 1, none=True),
+    "drw_epoch": _range("int", 0, none=True), "drw_beta": _range("float", 0, 1, hi_open=True),
+    "posthoc_tau": _range("float", 0),
+    "epochs": _range("int", 1), "crt_epochs": _range("int", 1), "batch_size": _range("int", 1),
+    "eval_batch_size": _range("int", 1), "lr": _range("float", 0, lo_open=True),
+    "momentum": _range("float", 0, 1, hi_open=True), "weight_decay": _range("float", 0),
+    "warmup_epochs": _range("int", 0), "lr_steps": _int_list, "lr_gamma": _range("float", 0, lo_open=True),
+    "grad_clip": _range("float", 0, lo_open=True, none=True),
+    "randaugment": _BOOL, "mixup_alpha": _range("float", 0), "cutmix_alpha": _range("float", 0),
+    "device": _device, "channels_last": _BOOL, "compile": _BOOL, "save_checkpoints": _BOOL,
+}
+
+
+def dataset_param_names(dataset: str) -> dict:
+    """The loader's keyword parameters (``dataset_params``) with their defaults."""
+    from .data import DATASETS
+    sig = inspect.signature(DATASETS[dataset])
+    return {n: q.default for n, q in sig.parameters.items()
+            if n != "root" and q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)}
+
+
+def _dataset_params_errors(dataset: str, given: dict) -> list[str]:
+    valid = dataset_param_names(dataset)
+    bad = sorted(set(given) - set(valid))
+    if bad:
+        return [f"dataset_params {bad} are not parameters of dataset {dataset!r}; valid: {', '.join(valid) or '(none)'}"]
+    errors = []
+    for k, v in given.items():  # the type of the loader's default (a tuple default takes a list)
+        d = valid[k]
+        ok = (d is None or d is inspect.Parameter.empty or (isinstance(d, bool) and isinstance(v, bool))
+              or (not isinstance(d, bool) and isinstance(d, int) and _is_int(v))
+              or (isinstance(d, float) and _is_number(v)) or (isinstance(d, str) and isinstance(v, str))
+              or (isinstance(d, (tuple, list)) and isinstance(v, list)))
+        if not ok:
+            errors.append(f"dataset_params.{k}={v!r}: must be of the type of its default {d!r}")
+    return errors
+
+
 def _choice(errors, params, key, choices):
     if params[key] not in choices:
         errors.append(f"{key}={params[key]!r}: choose one of {', '.join(map(str, choices))}")
@@ -118,13 +261,24 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     from . import data, losses, samplers, subsets, transforms
 
     params = dict(params or {})
-    unknown = sorted(set(params) - set(SCHEMA))
+    unknown = sorted(set(params) - set(SCHEMA), key=str)
     errors = [f"unknown parameter {k!r}" for k in unknown]
     if unknown:
         errors.append("valid parameters: " + ", ".join(SCHEMA))
+    # JSON types first: the checks below (and papermill's injected cell) assume them
+    not_json = [e for k, v in params.items() if k in SCHEMA for e in json_type_errors(v, k)]
+    if not_json:
+        errors += not_json
+        raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
     resolved = copy.deepcopy(DEFAULTS)
     resolved.update({k: v for k, v in params.items() if k in SCHEMA})
     p = resolved
+    ill_typed = set()
+    for key, rule in RULES.items():
+        problem = rule(p[key])
+        if problem:
+            ill_typed.add(key)
+            errors.append(f"{key}={p[key]!r}: {problem}")
     _choice(errors, p, "dataset", tuple(data.DATASETS))
     _choice(errors, p, "train_set", TRAIN_SETS)
     _choice(errors, p, "profile", subsets.PROFILES)
@@ -140,30 +294,24 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "posthoc", POSTHOC)
     _choice(errors, p, "precision", PRECISIONS)
     _choice(errors, p, "augment", ("auto", *transforms.AUGMENTS))
-    _named_with_params(errors, "loss", p["loss"], p["loss_params"], losses.LOSSES, losses.loss_param_names,
-                       lambda: losses.build_loss(p["loss"], [2, 1], **(p["loss_params"] or {})))
+    if p["dataset"] in data.DATASETS and "dataset_params" not in ill_typed:
+        errors += _dataset_params_errors(p["dataset"], p["dataset_params"] or {})
+    if "loss_params" not in ill_typed:
+        _named_with_params(errors, "loss", p["loss"], p["loss_params"], losses.LOSSES, losses.loss_param_names,
+                           lambda: losses.build_loss(p["loss"], [2, 1], **(p["loss_params"] or {})))
     if p["loss"] in losses.LOSSES and p["drw_epoch"] is not None and "weight" not in losses.loss_param_names(p["loss"]):
         takes = [n for n in losses.LOSSES if "weight" in losses.loss_param_names(n)]
         errors.append(f"drw_epoch={p['drw_epoch']!r} with loss {p['loss']!r}: DRW re-weights a loss that takes "
                       f"class weights; use one of {', '.join(takes)} (or drw_epoch None)")
-    _named_with_params(errors, "sampler", p["sampler"], p["sampler_params"], samplers.SAMPLERS,
-                       samplers.sampler_param_names,
-                       lambda: samplers.build_sampler(p["sampler"], [0, 1], 0, **(p["sampler_params"] or {})))
-    if check_backbone:
+    if "sampler_params" not in ill_typed:
+        _named_with_params(errors, "sampler", p["sampler"], p["sampler_params"], samplers.SAMPLERS,
+                           samplers.sampler_param_names,
+                           lambda: samplers.build_sampler(p["sampler"], [0, 1], 0, **(p["sampler_params"] or {})))
+    if check_backbone and "backbone" not in ill_typed:
         from .models import ALIASES, is_known_backbone
         if not is_known_backbone(str(p["backbone"])):
             errors.append(f"backbone={p['backbone']!r}: choose one of {', '.join(ALIASES)}, resnet32, "
                           "or any name in timm.list_models()")
-    dev = str(p["device"])
-    if not (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")):
-        errors.append(f"device={dev!r}: choose one of auto, cpu, cuda, cuda:N, mps")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if not isinstance(p[key], int) or p[key] < (0 if key == "epochs" else 1):
-            errors.append(f"{key}={p[key]!r}: must be a positive integer")
-    if not (isinstance(p["imbalance_factor"], (int, float)) and p["imbalance_factor"] >= 1):
-        errors.append(f"imbalance_factor={p['imbalance_factor']!r}: must be a number >= 1")
-    if not 0 <= float(p["val_fraction"]) < 1:
-        errors.append(f"val_fraction={p['val_fraction']!r}: must be in [0, 1)")
     if errors:
         raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
     p["imbalance_factor"] = float(p["imbalance_factor"])

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import config
+from . import config, rundir
 from .results import Table, collect_runs, method_order, project_path, source_runs
 
 NOTEBOOKS = {"explore": "notebooks/explore.py", "analysis": "notebooks/analysis.py"}
@@ -291,7 +291,7 @@ def _explore_parameters(sources, out_dir: Path) -> dict | None:
     for s in sources:
         _, dirs = source_runs(s)
         for d in dirs:
-            pj = d / "params.json"
+            pj = d / rundir.PARAMS_FILE
             if pj.exists():
                 p = json.loads(pj.read_text())
                 break

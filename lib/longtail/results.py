@@ -1,6 +1,6 @@
 """Finished runs and everything computed from them: the analysis behind the report's tables.
 
-``collect_runs(sources)`` reads one row per finished run (``metrics.json`` present) of one or more
+``collect_runs(sources)`` reads one row per finished run (``rundir.status`` done) of one or more
 grids (a grid's parameter file, a folder of run folders, or one run folder; relative paths against
 the project root, ``project_path``) and names each run's method (``method_labels``, ordered by
 ``method_order``).  From these rows: the thesis appendix
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config
+from . import config, rundir
 
 SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
 SPLIT_LABELS = {"balanced": "Balanced", "longtailed": "Long-tailed", "head": "Head", "middle": "Middle",
@@ -41,8 +41,8 @@ REPLICATE_KEYS = ("seed", "subset_seed")
 #: where and how fast, not what: never distinguishes two methods
 _NOT_A_VARIANT = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "device", "precision",
                   "eval_batch_size", "channels_last", "compile", "on_error")
-RESULT_FILE = "metrics.json"
-RUN_NOTEBOOK = "train.ipynb"
+RESULT_FILE = rundir.RESULT_FILE
+RUN_NOTEBOOK = rundir.NOTEBOOK_FILE
 
 #: Published top-1 accuracy (%) for the same protocol (CIFAR-10-LT, exponential profile, ResNet-32 from
 #: scratch; ``params/cifar10_lt.yaml``), one row per number, with its source.  Cao et al. report top-1
@@ -86,7 +86,7 @@ def source_runs(source) -> tuple[str, list[Path]]:
         return grid.name, [Path(r["output_dir"]) for r in grid.runs]
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: neither a parameter file (.yaml) nor a folder of runs")
-    if (p / "params.json").exists():
+    if (p / rundir.PARAMS_FILE).exists():
         return p.parent.name, [p]
     return p.name, sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
 
@@ -96,7 +96,7 @@ def _cell(v):
 
 
 def collect_runs(sources) -> pd.DataFrame:
-    """One row per finished run (``metrics.json`` present) of every source, in the sources' order.
+    """One row per finished run (``rundir.status`` done) of every source, in the sources' order.
 
     Columns: every metric of ``metrics.json`` (``balanced/acc1``, ``tail/macro_f1``, ...), every
     parameter of ``params.json`` (dicts and lists as JSON text), and ``grid``, ``run_id``,
@@ -110,10 +110,11 @@ def collect_runs(sources) -> pd.DataFrame:
     for source in sources:
         grid, dirs = source_runs(source)
         for d in dirs:
-            if not (d / RESULT_FILE).exists():  # not run yet, running, or failed
+            if not rundir.is_done(d):  # not run yet, running, or failed (even if it wrote metrics.json)
                 unfinished.append(str(d))
                 continue
-            params = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
+            pj = d / rundir.PARAMS_FILE
+            params = json.loads(pj.read_text()) if pj.exists() else {}
             metrics = json.loads((d / RESULT_FILE).read_text())
             row = {k: _cell(v) for k, v in params.items()}
             row.update({k: _cell(v) for k, v in metrics.items()})
@@ -421,9 +422,9 @@ def tail_summary(tradeoff: pd.DataFrame, baseline: str = "CE") -> str:
 def load_predictions(run_dir) -> dict:
     """``logits``, ``labels``, ``lt_weight``, ``ids`` of a run's test set, and ``classes`` (classes.csv)."""
     d = Path(run_dir)
-    with np.load(d / "predictions.npz") as z:
+    with np.load(d / rundir.PREDICTIONS_FILE) as z:
         out = {k: z[k] for k in z.files}
-    out["classes"] = pd.read_csv(d / "classes.csv")
+    out["classes"] = pd.read_csv(d / rundir.CLASSES_FILE)
     return out
 
 

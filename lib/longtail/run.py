@@ -1,6 +1,6 @@
 """One training run, from parameters to a complete run folder.
 
-The run folder (``output_dir``) holds:
+The run folder (``output_dir``; its file names, status and id live in ``longtail.rundir``) holds:
 
 | file                  | what                                                                 |
 |-----------------------|----------------------------------------------------------------------|
@@ -12,7 +12,7 @@ The run folder (``output_dir``) holds:
 | ``environment.json``  | package versions, device, git commit, host, wall time                 |
 | ``last.pt``/``best.pt`` | checkpoints of the head (linear) or model (``save_checkpoints``)   |
 | ``metrics.csv``       | the final metrics row (pandas reads it in one call)                   |
-| ``metrics.json``      | the same row; written last and atomically: its presence means *done*  |
+| ``metrics.json``      | the same row; written last and atomically (``rundir.status``: *done*) |
 | ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
 """
 from __future__ import annotations
@@ -31,23 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import config, params as params_mod
-from .fileio import atomic_write_json
-
-RESULT_FILE = "metrics.json"
-#: parameters that say where things are or how fast they run, not what is computed
-_NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints")
-
-
-def run_id(params: dict) -> str:
-    """Stable id of a run: a hash of its resolved parameters (locations excluded)."""
-    resolved = params_mod.validate(params, check_backbone=False)
-    ident = {k: v for k, v in resolved.items() if k not in _NOT_IN_ID}
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def is_done(output_dir) -> bool:
-    return (Path(output_dir) / RESULT_FILE).exists()
+from . import config, params as params_mod, rundir
+from .rundir import RESULT_FILE, is_done, run_id  # noqa: F401  (public API of longtail.run)
 
 
 @dataclass
@@ -71,21 +56,21 @@ def run_training(params: dict, log=print) -> RunResult:
     p = params_mod.validate(params)  # every bad value is reported before any work starts
     out = Path(p["output_dir"]) if p["output_dir"] else config.runs_dir() / run_id(p)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "failure.json").unlink(missing_ok=True)
-    atomic_write_json(out / "params.json", p)
+    rundir.start(out)
+    rundir.write_json(out, rundir.PARAMS_FILE, p)
     started = time.time()
     try:
         result = _train_and_evaluate(p, out, log)
     except BaseException as exc:
-        atomic_write_json(out / "failure.json", {"error": type(exc).__name__, "message": str(exc),
+        rundir.write_json(out, rundir.FAILURE_FILE, {"error": type(exc).__name__, "message": str(exc),
                                                  "traceback": traceback.format_exc()})
         raise
     env = environment()
     env["wall_s"] = round(time.time() - started, 2)
-    atomic_write_json(out / "environment.json", env)
+    rundir.write_json(out, rundir.ENVIRONMENT_FILE, env)
     metrics = {**result["metrics"], "wall_s": env["wall_s"], "run_dir": str(out)}
-    pd.DataFrame([metrics]).to_csv(out / "metrics.csv", index=False)
-    atomic_write_json(out / RESULT_FILE, metrics)  # last: marks the run done
+    pd.DataFrame([metrics]).to_csv(out / rundir.METRICS_CSV, index=False)
+    rundir.write_json(out, RESULT_FILE, metrics)  # last: the run's results are complete
     return RunResult(out, p, metrics, result["history"], result["classes"])
 
 
@@ -99,8 +84,13 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
 
     # --- model, geometry ----------------------------------------------------------------------
     cosine = p["cosine_head"] if p["cosine_head"] is not None else p["loss"] == "ldam"
-    build = lambda: models.build_model(p["backbone"], C, p["pretrained"], cosine_head=cosine,  # noqa: E731
-                                       weights_dir=p["weights_dir"])
+
+    def build():
+        # Every random consumer is seeded from the run's seed where it draws (here: the initial
+        # weights; the sampler, augmentation and mixup have their own seeded generators), so what
+        # ran before (a backbone built only when its features are not cached) changes nothing.
+        torch.manual_seed(p["seed"])
+        return models.build_model(p["backbone"], C, p["pretrained"], cosine_head=cosine, weights_dir=p["weights_dir"])
     if p["mode"] == "linear":  # the backbone is built only if its features are not cached yet
         card = models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
         model, dc = None, card["data_config"]
@@ -140,7 +130,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
                             "longtailed_count": lt_counts,
                             "val_count": subsets.class_counts(y_all[val_idx], C),
                             "test_count": subsets.class_counts(test.labels, C), "group": groups})
-    classes.to_csv(out / "classes.csv", index=False)
+    classes.to_csv(out / rundir.CLASSES_FILE, index=False)
     log(f"{p['dataset']}: {C} classes; {p['train_set']} training set {len(train_idx)} images "
         f"(max {train_counts.max()}, min {train_counts.min()}), validation {len(val_idx)}, test {len(test)}; "
         f"{p['backbone']} {p['mode']} on {device}")
@@ -165,10 +155,13 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
             return m.to(memory_format=torch.channels_last) if channels_last else m
         key_parts = dict(backbone=models.resolve_name(p["backbone"]), image_size=image_size, cache_size=cache_size,
                          weights=features.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
+        if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
+            key_parts["init_seed"] = p["seed"]
         feat = lambda imgs, split: torch.from_numpy(features.cached_features(  # noqa: E731
             backbone, lambda: in_memory(imgs), eval_tf, features.feature_key(images=_images_id(split, cache_size), **key_parts),
             batch_size=p["eval_batch_size"], device=device, precision=p["precision"], log=log))
         train_feats, test_feats = feat(train_imgs, base_train), feat(test_imgs, test)
+        torch.manual_seed(p["seed"])  # the head's initial weights: the same with a cold or a warm feature cache
         head = models.make_head(card["num_features"], C, cosine)
         history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
                                                val_x=train_feats[val_idx], val_y=val_y,
@@ -187,6 +180,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         head = model.get_classifier()
         if p["mode"] == "crt":  # Kang et al. 2020: re-train the classifier with class-balanced sampling
             train_feats = feats_of(images_train[train_idx])
+            torch.manual_seed(p["seed"])
             head = models.new_head(model, C)
             crt_cfg = engine.TrainConfig.from_params({**p, "epochs": p["crt_epochs"], "warmup_epochs": 0})
             crt_sampler = samplers.build_sampler("class_balanced", train_y.numpy(), p["seed"])
@@ -197,11 +191,11 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
             history += [{**r, "stage": "crt"} for r in more]
             head.load_state_dict(best)
             if p["save_checkpoints"]:
-                torch.save(head.state_dict(), out / "crt_head.pt")
+                torch.save(head.state_dict(), out / rundir.CRT_HEAD_FILE)
         trained, test_x = head, feats_of(images_test)
 
     hist = pd.DataFrame(history)
-    hist.to_csv(out / "history.csv", index=False)
+    hist.to_csv(out / rundir.HISTORY_FILE, index=False)
 
     # --- evaluation ---------------------------------------------------------------------------
     head_eval = _posthoc_head(trained, p) if p["posthoc"] == "tau_norm" else trained
@@ -216,7 +210,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     flat = metrics.flatten(results)
     if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
         raise FloatingPointError("non-finite test accuracy; see predictions.npz")
-    np.savez_compressed(out / "predictions.npz", logits=logits.astype(np.float32), labels=test.labels,
+    np.savez_compressed(out / rundir.PREDICTIONS_FILE, logits=logits.astype(np.float32), labels=test.labels,
                         lt_weight=subsets.longtailed_test_weights(test.labels, lt_counts),
                         ids=np.asarray(test.paths if test.paths is not None else np.arange(len(test)), dtype=str))
     summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
@@ -233,8 +227,8 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
 def _keep_checkpoints(module, best_state, out: Path, save: bool) -> None:
     """Write last.pt (the module as trained) and best.pt, then load the best state into the module."""
     if save:
-        torch.save(module.state_dict(), out / "last.pt")
-        torch.save(best_state, out / "best.pt")
+        torch.save(module.state_dict(), out / rundir.LAST_CHECKPOINT)
+        torch.save(best_state, out / rundir.BEST_CHECKPOINT)
     module.load_state_dict(best_state)
 
 
