@@ -182,6 +182,8 @@ BAD_VALUES = {
     "mixup_alpha": [-0.1, "abc"], "cutmix_alpha": [-1, None], "device": ["cuda:abc", "tpu", 0],
     "precision": ["fp16", 16], "channels_last": ["true", 1], "compile": [None, "no"], "seed": [-1, "abc", 0.5],
     "save_checkpoints": [0, "false"], "output_dir": [1, ""],
+    "subset_method": ["first", 1], "nesterov": [1, "yes"], "decay_norm_and_bias": [None, "true"],
+    "warmup_unit": ["steps", True], "monitor_test": [1, "no"],
 }
 
 

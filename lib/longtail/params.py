@@ -206,6 +206,7 @@ RULES = {
     "grad_clip": _range("float", 0, lo_open=True, none=True),
     "randaugment": _BOOL, "mixup_alpha": _range("float", 0), "cutmix_alpha": _range("float", 0),
     "device": _device, "channels_last": _BOOL, "compile": _BOOL, "save_checkpoints": _BOOL,
+    "nesterov": _BOOL, "decay_norm_and_bias": _BOOL, "monitor_test": _BOOL,
 }
 
 
