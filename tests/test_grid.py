@@ -134,7 +134,7 @@ def test_load_grid_resolves_runs_into_output_root(tmp_path, env):
 
 
 def test_shipped_parameter_files_are_valid():
-    counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 126, "cifar10_lt": 14, "tiny": 4}
+    counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 42, "cifar10_lt": 14, "tiny": 4}
     grids = {name: G.load_grid(ROOT / "params" / f"{name}.yaml") for name in counts}
     assert {name: len(g) for name, g in grids.items()} == counts
 
