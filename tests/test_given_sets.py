@@ -195,3 +195,15 @@ def test_every_combination_through_the_grid_and_the_report(tmp_path, trees):
     assert rep.returncode == 0, rep.stdout + rep.stderr
     html = (out / "index.html").read_text()
     assert "evaluation protocol &#x27;thesis&#x27;" in html or "evaluation protocol 'thesis'" in html
+
+
+def test_data_summary_shows_the_given_sets(trees):
+    from longtail import datasummary
+    roots, lt_counts, lt_test = trees
+    t = datasummary.class_table(data.load_dataset("imagefolder", roots["all"]), imbalance_factor=6, val_fraction=0.0)
+    assert t["longtailed"].tolist() == lt_counts and t["balanced"].tolist() == [TRAIN_PER_CLASS] * CLASSES
+    assert t["test_longtailed_sampled"].tolist() == list(lt_test.values())
+    assert t["test_balanced"].tolist() == [TEST_PER_CLASS] * CLASSES
+    only_lt = datasummary.class_table(data.load_dataset("imagefolder", roots["longtailed_only"]), imbalance_factor=6,
+                                      val_fraction=0.0)
+    assert only_lt["balanced"].sum() == 0 and only_lt["longtailed"].tolist() == lt_counts

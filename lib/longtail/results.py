@@ -555,13 +555,14 @@ def confusion_subsets(runs: pd.DataFrame, methods: list[str], k: int = 12) -> li
 
 
 def reliability_by_method(runs: pd.DataFrame, methods: list[str] | None = None, split: str = "balanced"):
-    """Reliability bins and ECE of each method's test predictions (seeds pooled) on the balanced
-    test set (``split="longtailed"``: weighted by the long-tailed test weights)."""
-    from .metrics import expected_calibration_error, log_softmax, reliability_bins
+    """Reliability bins and ECE of each method's test predictions (seeds pooled; sigmoid probabilities
+    for a model trained with a sigmoid loss) on the balanced test set (``split="longtailed"``: weighted by the long-tailed test weights)."""
+    from .metrics import expected_calibration_error, probabilities, reliability_bins
     bins, ece = {}, {}
     for m in methods or method_order(runs["method"]):
         preds = [load_predictions(d) for d in runs.loc[runs["method"] == m, "run_dir"]]
-        probs = np.exp(log_softmax(np.concatenate([p["logits"] for p in preds])))
+        # a sigmoid-trained model's own probabilities (predictions.npz says which; softmax before it did)
+        probs = np.concatenate([probabilities(p["logits"], str(p.get("activation", "softmax"))) for p in preds])
         labels = np.concatenate([p["labels"] for p in preds])
         w = np.concatenate([p["lt_weight"] for p in preds]) if split == "longtailed" else None
         bins[m] = reliability_bins(probs, labels, sample_weight=w)
