@@ -107,7 +107,6 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     else:
         model = build()
         dc = model.data_config
-        # the loss is built later; its classifier-bias initialisation is applied there
     image_size = int(p["image_size"] or dc["input_size"][-1])
     cache_size = transforms.cache_size_for(image_size, dc["crop_pct"])
     augment = p["augment"] if p["augment"] != "auto" else ("cifar" if image_size <= 32 else "light")
