@@ -34,10 +34,14 @@ from longtail import figures, report, results, thesis
 
 figures.setup()
 out_dir = results.project_path(out_dir)
-runs = results.collect_runs(grids)
-print(f"{len(runs)} finished runs from {', '.join(map(str, grids))}"
-      + (f"; {len(runs.attrs['unfinished'])} without results" if runs.attrs["unfinished"] else ""))
-results.save_runs(runs, out_dir);
+all_runs = results.collect_runs(grids)
+print(f"{len(all_runs)} finished runs from {', '.join(map(str, grids))}"
+      + (f"; {len(all_runs.attrs['unfinished'])} without results" if all_runs.attrs["unfinished"] else ""))
+results.save_runs(all_runs, out_dir)
+# the class-balanced ablation has a section of its own, not rows in the appendix tables
+runs = all_runs[all_runs["grid"] != thesis.ABLATION_GRID] if len(all_runs) else all_runs
+if len(runs):
+    runs = runs.assign(method=results.method_labels(runs))
 
 # %% [markdown]
 # ## What helps the tail, at what cost to the head
@@ -98,7 +102,7 @@ display(Markdown("Known defects of the thesis's tables (found in its numbers): "
 # the head below the tail, as in the thesis.
 
 # %%
-ablation = thesis.class_balanced_ablation(runs)
+ablation = thesis.class_balanced_ablation(all_runs)
 display(Markdown(thesis.ablation_summary(ablation).replace("\n", "\n\n")))
 if len(ablation):
     display(report.show_table(ablation.set_index(["beta", "base", "reduction", "slip"]), out_dir,

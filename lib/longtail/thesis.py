@@ -249,7 +249,8 @@ ABLATION_GRID = "class_balanced"  # the name in params/class_balanced.yaml
 
 def class_balanced_ablation(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant of the class-balanced loss (``params/class_balanced.yaml``): beta, base,
-    reduction, slip; balanced / head / tail top-1 (%, mean over seeds) and two verdicts: ``top-1 < 5 %``
+    reduction, slip; top-1 (%, mean over seeds) on the balanced test set and on its head and tail
+    classes, and two verdicts: ``top-1 < 5 %``
     (the ablation's collapse) and ``thesis-like`` (``is_collapse`` against the Softmax runs of any grid
     with the same data set, backbone, mode and imbalance factor:
     below half of its balanced top-1 with the head below the tail, the thesis's pattern)."""
