@@ -7,7 +7,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PARAMS ?= params/default.yaml
+# the grids of the main job: the default grid and the class-balanced ablation (issue 10, §5)
+PARAMS ?= params/default.yaml params/class_balanced.yaml
 JOBS   ?= 2
 
 # Data and weights: a sibling ../shared copy when there is one, else <project>/data and weights.
@@ -32,7 +33,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 grid: $(STAMP)
-	$(PY) -m longtail.grid $(PARAMS) --jobs $(JOBS)
+	for p in $(PARAMS); do $(PY) -m longtail.grid $$p --jobs $(JOBS) || exit 1; done
 
 report: $(STAMP)
 	$(PY) -m longtail.report $(PARAMS)

@@ -30,14 +30,18 @@ examples_per_kind = 6  # tail-class test images shown, correct and wrong each
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from longtail import figures, report, results
+from longtail import figures, report, results, thesis
 
 figures.setup()
 out_dir = results.project_path(out_dir)
-runs = results.collect_runs(grids)
-print(f"{len(runs)} finished runs from {', '.join(map(str, grids))}"
-      + (f"; {len(runs.attrs['unfinished'])} without results" if runs.attrs["unfinished"] else ""))
-results.save_runs(runs, out_dir);
+all_runs = results.collect_runs(grids)
+print(f"{len(all_runs)} finished runs from {', '.join(map(str, grids))}"
+      + (f"; {len(all_runs.attrs['unfinished'])} without results" if all_runs.attrs["unfinished"] else ""))
+results.save_runs(all_runs, out_dir)
+# the class-balanced ablation has a section of its own, not rows in the appendix tables
+runs = all_runs[all_runs["grid"] != thesis.ABLATION_GRID] if len(all_runs) else all_runs
+if len(runs):
+    runs = runs.assign(method=results.method_labels(runs))
 
 # %% [markdown]
 # ## What helps the tail, at what cost to the head
@@ -59,6 +63,51 @@ if len(tradeoff):
 # %%
 for table in results.appendix_tables(runs):
     display(report.show_table(table, out_dir))
+    for note in table.notes:
+        display(Markdown(f"*Note:* {note}"))
+
+# %% [markdown]
+# ## Against the thesis
+#
+# The thesis's published top-1 (Appendix A) beside ours, for every thesis table whose backbone,
+# training set and loss these runs have (ours under the thesis's evaluation protocol: a physical
+# long-tailed test set that head / middle / tail partition).  **Different data** (the thesis's own
+# moth photographs against EU Moths here) and, on a CPU, a different schedule (a linear probe): the
+# *pattern* across losses can be compared, not the level.  The last column names the thesis row's
+# known defect, found in its numbers.  Then each of the thesis's findings, with the thesis's figure
+# (computed from its tables), ours, and a verdict computed from the two.
+
+# %%
+beside = thesis.side_by_side(runs)
+if len(beside):
+    display(report.show_table(beside, out_dir, "thesis_side_by_side",
+                              "Top-1 (%): the thesis (its data) and ours (our data; thesis protocol), side by side"))
+else:
+    print("No run has a thesis backbone (mobilenetv2, resnet50v2, vit_b16, convnext_base) with a thesis loss.")
+found = thesis.findings(runs)
+if len(found):
+    display(report.show_table(found.set_index(["Finding", "Backbone"]), out_dir, "thesis_findings",
+                              "The thesis's findings against our runs (verdicts computed from the numbers)"))
+defects = thesis.known_defects()
+display(Markdown("Known defects of the thesis's tables (found in its numbers): " + "; ".join(
+    f"{bb}, {ts} training set, {thesis.THESIS_LOSS_NAMES[loss]}: {text}" for (bb, ts, loss), text in defects.items()) + "."))
+
+# %% [markdown]
+# ## The class-balanced loss examined
+#
+# `params/class_balanced.yaml`: β × base (softmax, sigmoid, focal) × reduction (Cui et al.'s sum / N,
+# or the weighted mean sum / Σw), and implementation slips that could explain the thesis's collapse
+# (unnormalised weights, weights in another class order than the labels).  A setting *collapses*
+# when its balanced-test top-1 is below 5 %; *thesis-like* when it is below half of Softmax's with
+# the head below the tail, as in the thesis.
+
+# %%
+ablation = thesis.class_balanced_ablation(all_runs)
+display(Markdown(thesis.ablation_summary(ablation).replace("\n", "\n\n")))
+if len(ablation):
+    display(report.show_table(ablation.set_index(["beta", "base", "reduction", "slip"]), out_dir,
+                              "class_balanced_ablation", "Class-balanced variants on the long-tailed training set "
+                              "(top-1 %, mean over seeds)"))
 
 # %% [markdown]
 # ## Published numbers for the same protocol

@@ -30,6 +30,7 @@ subset_seed = 0  # seed of the training subset and validation split
 subset_method = 'permutation'  # how a class's kept images are drawn: permutation (numpy Generator) | reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)
 val_fraction = 0.1  # fraction of each training class held out for model selection
 group_scheme = 'auto'  # auto | thresholds | thirds (head/middle/tail)
+eval_protocol = 'weighted'  # what the tables show (every run computes both): weighted (balanced test set weighted by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition it, support-weighted F1, the method's own loss)
 on_error = 'raise'  # unreadable image: raise | skip
 backbone = 'mobilenetv2'  # mobilenetv2 | resnet50v2 | vit_b16 | convnext_base | resnet32 | any timm name
 pretrained = None  # None | timm | inat_insects | imagenet_coral | path to a state dict

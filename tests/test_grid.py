@@ -134,7 +134,7 @@ def test_load_grid_resolves_runs_into_output_root(tmp_path, env):
 
 
 def test_shipped_parameter_files_are_valid():
-    counts = {"default": 42, "thesis": 56, "cifar10_lt": 14, "tiny": 4}
+    counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 42, "cifar10_lt": 14, "tiny": 4}
     grids = {name: G.load_grid(ROOT / "params" / f"{name}.yaml") for name in counts}
     assert {name: len(g) for name, g in grids.items()} == counts
 
@@ -150,11 +150,21 @@ def test_shipped_parameter_files_are_valid():
     c = grids["cifar10_lt"]
     ldam = run(c, loss="ldam", imbalance_factor=100)
     assert (ldam["drw_epoch"], ldam["lr_steps"], ldam["lr_gamma"], ldam["val_fraction"]) == (160, [160, 180], 0.01, 0.0)
-    assert run(c, loss="class_balanced", imbalance_factor=10)["loss_params"] == {"base": "focal", "beta": 0.9999,
-                                                                                 "gamma": 1.0}
+    assert run(c, loss="class_balanced", imbalance_factor=10)["loss_params"] == {
+        "base": "focal", "beta": 0.9999, "gamma": 1.0, "reduction": "batch", "bias_init": "prior"}
     t = grids["thesis"]
     assert {r["backbone"] for r in t.runs} == {"mobilenetv2", "resnet50v2", "vit_b16", "convnext_base"}
     assert {(r["mode"], r["optimizer"], r["lr"], r["image_size"]) for r in t.runs} == {("finetune", "adamw", 1e-4, 224)}
+    assert {r["seed"] for r in t.runs} == {0, 1, 2} and {r["eval_protocol"] for r in t.runs} == {"thesis"}
+    assert run(t, backbone="vit_b16", loss="ldam", train_set="longtailed", seed=0)["drw_epoch"] is None  # plain LDAM
+    drw = grids["thesis_ldam_drw"]
+    assert {r["loss"] for r in drw.runs} == {"ldam"} and {r["drw_epoch"] for r in drw.runs} == {20}
+    cb = grids["class_balanced"]
+    assert {r["loss"] for r in cb.runs} == {"class_balanced"} and {r["train_set"] for r in cb.runs} == {"longtailed"}
+    assert {r["mode"] for r in cb.runs} == {"linear"} and {r["dataset"] for r in cb.runs} == {"eu_moths"}
+    assert {json.dumps(r["loss_params"], sort_keys=True) for r in cb.runs} >= {
+        '{"base": "sigmoid", "beta": 0.9, "reduction": "weights"}',
+        '{"base": "focal", "beta": 0.9999, "normalize": false, "reduction": "batch"}'}
 
 
 def test_invalid_parameters_are_all_reported_before_any_run(tmp_path, env, capsys):

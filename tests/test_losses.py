@@ -111,10 +111,11 @@ def _sigmoid(x):
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
-def ref_class_balanced(z, y, n, beta, base, gamma):
+def ref_class_balanced(z, y, n, beta, base, gamma, reduction="batch"):
     w = ref_cb_weights(n, beta)
     if base == "softmax":
-        return ref_ce(z, y, w)
+        per = [-math.log(_softmax_p(z[i], y[i])) for i in range(len(z))]
+        return sum(w[y[i]] * per[i] for i in range(len(z))) / len(z) if reduction == "batch" else ref_ce(z, y, w)
     per = []
     for i in range(len(z)):
         total = 0.0
@@ -123,7 +124,14 @@ def ref_class_balanced(z, y, n, beta, base, gamma):
             mod = (1 - q) ** gamma if base == "focal" else 1.0
             total += -mod * math.log(q)
         per.append(total)
+    if reduction == "batch":  # Cui et al.'s code: sum_i w_{y_i} l_i / N
+        return sum(w[y[i]] * per[i] for i in range(len(z))) / len(z)
     return _reduce(per, y, w)
+
+
+def _softmax_p(row, k):
+    m = max(row)
+    return math.exp(row[k] - m) / sum(math.exp(v - m) for v in row)
 
 
 def ref_balanced_softmax(z, y, n, w=None):
@@ -208,13 +216,57 @@ def test_weighted_ce_matches_reference(p, scheme):
 
 @PROPERTY
 @given(problems(), st.sampled_from([0.0, 0.9, 0.99, 0.9999]), st.sampled_from(["softmax", "sigmoid", "focal"]),
-       st.sampled_from([0.5, 2.0]))
-def test_class_balanced_matches_reference(p, beta, base, gamma):
+       st.sampled_from([0.5, 2.0]), st.sampled_from(["batch", "weights"]))
+def test_class_balanced_matches_reference(p, beta, base, gamma, reduction):
     counts, z, y, _ = p
-    loss = build_loss("class_balanced", counts, beta=beta, base=base, gamma=gamma)
+    loss = build_loss("class_balanced", counts, beta=beta, base=base, gamma=gamma, reduction=reduction)
     np.testing.assert_allclose(loss.class_weights.numpy(), ref_cb_weights(counts, beta), rtol=1e-6)
     assert loss.class_weights.sum().item() == pytest.approx(len(counts), rel=1e-6)
-    _close(loss(*_t(z, y)).item(), ref_class_balanced(z, y, counts, beta, base, gamma))
+    _close(loss(*_t(z, y)).item(), ref_class_balanced(z, y, counts, beta, base, gamma, reduction))
+
+
+def test_class_balanced_reduction_by_hand():
+    """Counts [3, 1], beta 0.5: raw weights (1/2)/(1 - 1/8) = 4/7 and (1/2)/(1/2) = 1, normalised to
+    sum 2: 8/11 and 14/11.  Logits 0 (two classes): l = log 2 for every sample.  A batch of labels
+    [0, 0, 1]: Cui (/N) = (8/11 + 8/11 + 14/11) log 2 / 3 = 10/11 log 2; the weighted mean = log 2."""
+    z, y = torch.zeros(3, 2, dtype=torch.float64), torch.tensor([0, 0, 1])
+    cui = build_loss("class_balanced", [3, 1], beta=0.5)
+    assert cui.reduction == "batch"  # the default: Cui et al.'s code
+    assert cui.class_weights.tolist() == pytest.approx([8 / 11, 14 / 11], rel=1e-6)
+    assert cui(z, y).item() == pytest.approx(10 / 11 * math.log(2), rel=1e-6)
+    assert build_loss("class_balanced", [3, 1], beta=0.5, reduction="weights")(z, y).item() == pytest.approx(
+        math.log(2), rel=1e-6)
+    # the slips of the ablation: raw weights; weights in the reverse class order
+    raw = build_loss("class_balanced", [3, 1], beta=0.5, normalize=False)
+    assert raw.class_weights.tolist() == pytest.approx([4 / 7, 1.0], rel=1e-6)
+    rev = build_loss("class_balanced", [3, 1], beta=0.5, weight_order="reversed")
+    assert rev.class_weights.tolist() == pytest.approx([14 / 11, 8 / 11], rel=1e-6)
+    shuffled = build_loss("class_balanced", [5, 4, 3, 2, 1], beta=0.5, weight_order="shuffled").class_weights
+    assert sorted(shuffled.tolist()) == pytest.approx(sorted(class_balanced_weights([5, 4, 3, 2, 1], 0.5).tolist()))
+    with pytest.raises(ValueError, match="reduction 'sum'.*batch, weights"):
+        build_loss("class_balanced", [3, 1], reduction="sum")
+
+
+def test_drw_keeps_the_weighted_mean():
+    """DRW (Cao et al.'s code: a weighted cross-entropy) divides by sum w, unlike Cui's reduction."""
+    z, y = torch.zeros(3, 2, dtype=torch.float64), torch.tensor([0, 0, 1])
+    loss = build_loss("ce", [3, 1])
+    DRWSchedule([3, 1], 0, beta=0.5).apply(loss, 0)
+    assert loss(z, y).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("C", [2, 10, 200])
+def test_sigmoid_bias_init_is_minus_log_c_minus_1(C):
+    """b = -log(C - 1), so that sigma(b) = 1/C (float64, by hand); the softmax base leaves the bias."""
+    for base in ("sigmoid", "focal"):
+        loss = build_loss("class_balanced", [1] * C, base=base)
+        assert loss.activation == "sigmoid"
+        b = loss.initial_bias(C)
+        assert b == pytest.approx(-math.log(C - 1), rel=1e-15)
+        assert 1 / (1 + math.exp(-b)) == pytest.approx(1 / C, rel=1e-12)
+        assert build_loss("class_balanced", [1] * C, base=base, bias_init="zero").initial_bias(C) == 0.0
+    softmax = build_loss("class_balanced", [1] * C)
+    assert softmax.activation == "softmax" and softmax.initial_bias(C) is None
 
 
 @PROPERTY

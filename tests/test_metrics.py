@@ -150,7 +150,61 @@ def test_longtailed_weighting_equals_replicated_test_set(data, n, num_classes):
     # round the logits so that ties and shared confidences (bins) occur too
     logits = np.round(rng.normal(size=(n, num_classes)) * 2, 1)
     weighted = evaluate(logits, labels, train_counts, np.array(["head"] * num_classes))["longtailed"]
-    reps = train_counts[labels]
+    # the long-tailed test set: class c's m_c test images stand for its n_c training images, so each
+    # image is replicated n_c * L / m_c times (L: a common multiple of the test counts m)
+    m = np.bincount(labels, minlength=num_classes)
+    common = math.lcm(*[int(v) for v in m if v > 0])
+    reps = train_counts[labels] * (common // m[labels])
     replicated = split_metrics(np.repeat(logits, reps, axis=0), np.repeat(labels, reps), num_classes)
     for name in ("loss", "acc1", "macro_f1", "weighted_f1", "balanced_acc", "ece"):
         assert weighted[name] == pytest.approx(replicated[name], rel=1e-9, abs=1e-12), name
+
+
+def test_sigmoid_metrics_against_a_float64_loop():
+    """Loss and ECE of a sigmoid-trained model from per-class sigmoid probabilities, computed here
+    with math.exp / math.log element by element."""
+    from longtail.metrics import probabilities
+    rng = np.random.default_rng(3)
+    logits, labels = rng.normal(size=(40, 5)) * 2 - 1, rng.integers(0, 5, 40)
+    m = split_metrics(logits, labels, 5, activation="sigmoid")
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    bce = [sum(-math.log(sig(logits[i, j])) if j == labels[i] else -math.log(1.0 - sig(logits[i, j]))
+               for j in range(5)) for i in range(40)]
+    assert m["loss"] == pytest.approx(sum(bce) / 40, rel=1e-12)
+    conf = [max(sig(v) for v in row) for row in logits]
+    hit = [float(np.argmax(row) == y) for row, y in zip(logits, labels)]
+    bins = {}
+    for c, h in zip(conf, hit):
+        b = min(int(math.ceil(c * 15)) - 1, 14)
+        bins.setdefault(b, []).append((c, h))
+    ece = sum(len(v) / 40 * abs(sum(h for _, h in v) / len(v) - sum(c for c, _ in v) / len(v)) for v in bins.values())
+    assert m["ece"] == pytest.approx(ece, rel=1e-12)
+    assert m["acc1"] == split_metrics(logits, labels, 5)["acc1"]  # same argmax
+    assert m["loss"] != pytest.approx(split_metrics(logits, labels, 5)["loss"])
+    assert probabilities(logits, "sigmoid")[0, 0] == pytest.approx(sig(logits[0, 0]))
+    with pytest.raises(ValueError, match="activation 'tanh'.*softmax, sigmoid"):
+        split_metrics(logits, labels, 5, activation="tanh")
+
+
+def test_physical_longtailed_protocol_partitions_the_longtailed_test_set():
+    from longtail.metrics import evaluate_physical, protocol_column
+    # balanced test set LOGITS / LABELS; the long-tailed test set = rows 0, 1, 2, 4 (classes 0, 0, 1, 2)
+    groups = np.array(["head", "middle", "tail"])
+    own = lambda z, y: float(len(y))  # noqa: E731  (a stand-in loss that shows which rows it saw)
+    res = evaluate_physical(LOGITS, LABELS, [0, 1, 2, 4], groups, own_loss=own)
+    assert res["thesis_balanced"]["acc1"] == pytest.approx(4 / 6)
+    assert res["thesis_longtailed"]["n"] == 4 and res["thesis_longtailed"]["acc1"] == pytest.approx(3 / 4)
+    assert [res[f"thesis_{g}"]["n"] for g in ("head", "middle", "tail")] == [2, 1, 1]
+    assert [res[f"thesis_{g}"]["acc1"] for g in ("head", "middle", "tail")] == [0.5, 1.0, 1.0]
+    parts = sum(res[f"thesis_{g}"]["n"] * res[f"thesis_{g}"]["acc1"] for g in ("head", "middle", "tail"))
+    assert parts / 4 == pytest.approx(res["thesis_longtailed"]["acc1"])  # the image-weighted mean
+    assert res["thesis_head"]["train_loss"] == 2.0 and res["thesis_balanced"]["train_loss"] == 6.0
+    # support-weighted F1 of the long-tailed set: class 0 (support 2): tp 1 fn 1 fp 0 -> 2/3; class 1 (1): P 1/2
+    # R 1 -> 2/3; class 2 (1): 1 -> (2 * 2/3 + 2/3 + 1) / 4
+    assert res["thesis_longtailed"]["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 / 3 + 1) / 4)
+    given = evaluate_physical(LOGITS, LABELS, None, groups, lt_logits=LOGITS[[5]], lt_labels=LABELS[[5]])
+    assert given["thesis_longtailed"]["n"] == 1 and given["thesis_tail"]["acc1"] == 0.0
+    assert protocol_column("thesis", "tail", "f1") == "thesis_tail/weighted_f1"
+    assert protocol_column("weighted", "tail", "f1") == "tail/macro_f1"
+    with pytest.raises(ValueError, match="eval_protocol 'x'"):
+        protocol_column("x", "tail", "f1")

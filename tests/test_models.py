@@ -45,3 +45,27 @@ def test_bad_backbone_and_weights_are_named():
         build_model("mobilenetv2", 3, "inat_insects", weights_dir="/nonexistent")
     with pytest.raises(ValueError, match="mobilenetv2_100"):
         build_model("resnet50v2", 3, "inat_insects")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_weights_are_read_offline_from_the_weights_folder(tmp_path, monkeypatch, suffix):
+    """pretrained 'timm' takes <weights dir>/<timm name>.safetensors|.pth before the hub: a state dict
+    saved from a randomly initialised model comes back in every backbone tensor (the hub is unreachable)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from longtail.models import timm_weights_file
+    torch.manual_seed(0)
+    source = timm.create_model("mobilenetv2_035", pretrained=False)  # random, 1000 classes like the hub's
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    path = tmp_path / f"mobilenetv2_035{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    monkeypatch.setattr(timm.models._builder, "load_pretrained",  # any hub access fails the test
+                        lambda *a, **k: pytest.fail("the hub was asked although a local copy exists"))
+    assert timm_weights_file("mobilenetv2_035", tmp_path) == path
+    model = build_model("mobilenetv2_035", 5, "timm", weights_dir=tmp_path)
+    got = model.state_dict()
+    backbone = [k for k in state if not k.startswith("classifier.")]
+    assert backbone and all(torch.equal(got[k], state[k]) for k in backbone)
+    assert got["classifier.weight"].shape == (5, source.num_features)  # a new classifier
+    assert timm_weights_file("mobilenetv2_100", tmp_path) is None

@@ -183,7 +183,7 @@ BAD_VALUES = {
     "precision": ["fp16", 16], "channels_last": ["true", 1], "compile": [None, "no"], "seed": [-1, "abc", 0.5],
     "save_checkpoints": [0, "false"], "output_dir": [1, ""],
     "subset_method": ["first", 1], "nesterov": [1, "yes"], "decay_norm_and_bias": [None, "true"],
-    "warmup_unit": ["steps", True], "monitor_test": [1, "no"],
+    "warmup_unit": ["steps", True], "monitor_test": [1, "no"], "eval_protocol": ["paper", 1],
 }
 
 

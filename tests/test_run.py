@@ -116,3 +116,26 @@ def test_cosine_head_logits_carry_the_ldam_scale(tmp_path, tmp_cache):
 
 def result_labels(tmp_path):
     return np.load(tmp_path / "run" / "predictions.npz")["labels"]
+
+
+def test_sigmoid_class_balanced_run_starts_from_cui_bias_and_is_scored_with_sigmoid(tmp_path, tmp_cache):
+    """epochs 0: the stored classifier is the initial one, bias -log(C - 1) (C = 6); the test loss is the
+    one-vs-all BCE of the stored logits, recomputed here in float64; the own training loss is reported."""
+    import math
+
+    import torch
+    out = tmp_path / "run"
+    run_training({**TINY, "epochs": 0, "loss": "class_balanced", "val_fraction": 0.0,
+                  "loss_params": {"base": "sigmoid"}, "output_dir": str(out)}, log=_quiet)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert torch.allclose(state["fc.bias"].double(), torch.full((6,), -math.log(5), dtype=torch.float64))
+    preds = np.load(out / "predictions.npz")
+    assert str(preds["activation"]) == "sigmoid"
+    z, y = preds["logits"].astype(np.float64), preds["labels"]
+
+    def log_sig(x):  # log sigma(x), element by element, without overflow
+        return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+    bce = sum(-log_sig(z[i, j]) if j == y[i] else -log_sig(-z[i, j]) for i in range(len(y)) for j in range(6)) / len(y)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["balanced/loss"] == pytest.approx(bce, rel=1e-5)
+    assert np.isfinite(metrics["thesis_longtailed/train_loss"]) and metrics["thesis_balanced/loss"] == metrics["balanced/loss"]

@@ -104,3 +104,22 @@ def test_reference_subset_is_cao_et_al_draw():
     assert np.array_equal(np.bincount(labels[ours]), np.bincount(labels[got])) and not np.array_equal(ours, got)
     with pytest.raises(ValueError, match="choose one of permutation, reference"):
         subsets.longtailed_indices(labels, 4, 10.0, method="first")
+
+
+def test_longtailed_weights_on_an_unbalanced_test_set_by_hand():
+    # training counts 8, 4, 1; test images 2, 4, 1: by hand, w = n/m = 4, 1, 1 per image
+    # (class totals 2*4 = 8, 4*1 = 4, 1*1 = 1, proportional to the training counts), mean over
+    # the 7 images (2*4 + 4*1 + 1) / 7 = 13/7, so w = 28/13, 7/13, 7/13.
+    y = np.array([0, 0, 1, 1, 1, 1, 2])
+    w = longtailed_test_weights(y, [8, 4, 1])
+    assert w.tolist() == pytest.approx([28 / 13] * 2 + [7 / 13] * 4 + [7 / 13])
+    totals = np.bincount(y, weights=w)
+    assert (totals / totals.sum()).tolist() == pytest.approx([8 / 13, 4 / 13, 1 / 13])
+
+
+def test_physically_subsampled_longtailed_test_on_an_unbalanced_test_set():
+    # test images 10, 4, 6; training counts 100, 20, 10: r = min(10/100, 4/20, 6/10) = 0.1,
+    # so k = 10, 2, 1 (proportional to the training counts, not to m * n)
+    y = np.repeat(np.arange(3), [10, 4, 6])
+    idx = longtailed_test_indices(y, [100, 20, 10], seed=0)
+    assert class_counts(y[idx], 3).tolist() == [10, 2, 1]

@@ -8,7 +8,8 @@ class names, as an :class:`ImageDataset` with a ``train`` and a ``test`` split.
 | ``cifar10``   | ``<root>/cifar10-jpg.tar.gz`` or a ``train/<class>/*.jpg`` + ``test/...`` tree; |
 |               | else torchvision's ``CIFAR10(download=True)`` when online                      |
 | ``imagefolder`` | any ``root/<class>/*`` tree, with ``train/`` and ``test/`` subfolders or a   |
-|               | seeded stratified split (``test_fraction``)                                    |
+|               | seeded stratified split (``test_fraction``); or *given* sets (``GIVEN_SETS``:   |
+|               | ``train_balanced/`` ... ``test_longtailed/``, or the manifest ``splits.csv``)  |
 | ``synthetic`` | a tiny generated set of coloured patterns, for fast tests                      |
 
 Archives are checked (sha256) and extracted once into the cache folder, never beside the data.
@@ -27,6 +28,10 @@ from . import config
 from .fileio import atomic_write_text, download, sha256
 from .subsets import longtail_counts, stratified_split  # noqa: F401  (longtail_counts: public API)
 
+#: the given sets of an imagefolder root, used as they are (no subsampling)
+GIVEN_SETS = ("train_balanced", "train_longtailed", "test_balanced", "test_longtailed")
+#: the manifest of given sets: columns path (relative to the root), class, split (one of GIVEN_SETS)
+MANIFEST = "splits.csv"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CIFAR10_ARCHIVE = "cifar10-jpg.tar.gz"
 CIFAR10_SHA256 = "ff937e22f2e42c12741508e6351cd54497a0e81afe873c5dc0592ff3b9aa0d70"
@@ -35,10 +40,12 @@ EU_MOTHS_URL = "https://github.com/cvjena/eu-moths-dataset/archive/fecaa38.zip"
 
 @dataclass
 class ImageSplit:
-    """One split: ``labels`` and either image ``paths`` or in-memory ``images`` (uint8 NHWC)."""
+    """One split: ``labels`` and either image ``paths`` or in-memory ``images`` (uint8 NHWC);
+    ``part``: the given set (``GIVEN_SETS``) of every image, or None when the sets are derived."""
     labels: np.ndarray
     paths: list[str] | None = None
     images: np.ndarray | None = None
+    part: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,6 +56,7 @@ class ImageSplit:
             labels=self.labels[indices],
             paths=None if self.paths is None else [self.paths[i] for i in indices],
             images=None if self.images is None else self.images[indices],
+            part=None if self.part is None else self.part[indices],
         )
 
 
@@ -208,6 +216,8 @@ def load_imagefolder(root=None, *, name="imagefolder", test_fraction=0.2, split_
     root = Path(root) if root is not None else config.data_root()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
+    if (root / MANIFEST).exists() or any((root / g).is_dir() for g in GIVEN_SETS):
+        return load_given_sets(root, name=name)
     if (root / "train").is_dir() and (root / "test").is_dir():
         names = _class_folders(root / "train")
         train, test = (_scan(root / s, names) for s in ("train", "test"))
@@ -219,9 +229,82 @@ def load_imagefolder(root=None, *, name="imagefolder", test_fraction=0.2, split_
     return ImageDataset(name, names, train, test, info={"source": str(root)})
 
 
-def _class_folders(root: Path) -> list[str]:
+def load_given_sets(root, *, name: str = "imagefolder") -> ImageDataset:
+    """Given training and test sets, used as they are: ``root/<set>/<class>/<image>`` for the sets
+    of ``GIVEN_SETS`` present, or the manifest ``root/splits.csv`` (``path,class,split``, paths
+    relative to the root), which gives the same sets without copying files.
+
+    ``train`` holds the images of both training sets, ``test`` those of both test sets; ``part``
+    says which set each image is in.  Classes are the union over all sets, sorted by name.  A
+    class without an image in one training set is allowed (``info["absent"]`` lists it).  Errors,
+    each naming what is wrong: a set name not in ``GIVEN_SETS`` (a folder beside them, or a
+    manifest value), a missing manifest file, an empty set, no training set, no ``test_balanced``,
+    and a test image whose class has no image in any training set.
+    """
+    root = Path(root)
+    entries: dict[str, list[tuple[str, str]]] = {}
+    if (root / MANIFEST).exists():
+        import csv
+        with open(root / MANIFEST, newline="") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "class", "split"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{root / MANIFEST}: needs the columns path,class,split; has {reader.fieldnames}")
+            missing = []
+            for line, row in enumerate(reader, start=2):
+                split = row["split"].strip()
+                if split not in GIVEN_SETS:
+                    raise ValueError(f"{root / MANIFEST} line {line}: split {split!r} is not a set name; "
+                                     f"choose one of {', '.join(GIVEN_SETS)}")
+                path = root / row["path"].strip()
+                if not path.is_file():
+                    missing.append(str(path))
+                entries.setdefault(split, []).append((str(path), row["class"].strip()))
+            if missing:
+                raise FileNotFoundError(f"{root / MANIFEST}: {len(missing)} listed image(s) not found, e.g. "
+                                        f"{', '.join(missing[:3])}")
+    else:
+        others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and p.name not in GIVEN_SETS)
+        if others:
+            raise ValueError(f"{root}: folder(s) {', '.join(others)} beside the given sets are not set names; "
+                             f"choose among {', '.join(GIVEN_SETS)} (or give a {MANIFEST})")
+        for g in GIVEN_SETS:
+            if (root / g).is_dir():
+                entries[g] = [(str(f), cls) for cls in _class_folders(root / g, allow_empty=True)
+                              for f in sorted((root / g / cls).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    empty = [g for g in GIVEN_SETS if g in entries and not entries[g]]
+    if empty:
+        raise ValueError(f"{root}: the given set(s) {', '.join(empty)} hold no image")
+    train_sets = [g for g in GIVEN_SETS[:2] if g in entries]
+    if not train_sets:
+        raise ValueError(f"{root}: no training set; give train_balanced and/or train_longtailed "
+                         f"(given: {', '.join(entries) or 'none'})")
+    if "test_balanced" not in entries:
+        raise ValueError(f"{root}: the balanced test set test_balanced is required (given: {', '.join(entries)}); "
+                         "test_longtailed alone cannot give the balanced test split")
+    names = sorted({cls for rows in entries.values() for _, cls in rows})
+    trained = {cls for g in train_sets for _, cls in entries[g]}
+    for g in GIVEN_SETS[2:]:
+        unknown = sorted({cls for _, cls in entries.get(g, []) if cls not in trained})
+        if unknown:
+            raise ValueError(f"{root}: {g} holds class(es) with no training image in "
+                             f"{' or '.join(train_sets)}: {', '.join(unknown[:10])}"
+                             + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+    index = {cls: i for i, cls in enumerate(names)}
+
+    def split(sets):
+        rows = [(path, index[cls], g) for g in sets for path, cls in entries.get(g, [])]
+        return ImageSplit(np.asarray([r[1] for r in rows], dtype=np.int64), [r[0] for r in rows],
+                          part=np.asarray([r[2] for r in rows], dtype=object))
+
+    absent = {g: sorted(set(names) - {cls for _, cls in entries[g]}) for g in train_sets}
+    return ImageDataset(name, names, split(GIVEN_SETS[:2]), split(GIVEN_SETS[2:]),
+                        info={"source": str(root), "given": list(entries), "absent": {g: a for g, a in absent.items() if a}})
+
+
+def _class_folders(root: Path, allow_empty: bool = False) -> list[str]:
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
+    if not names and not allow_empty:
         raise FileNotFoundError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
     return names
 

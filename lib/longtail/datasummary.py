@@ -8,35 +8,41 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import subsets
+from . import selection, subsets
 
 
 def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None, class_order: str = "given",
                 subset_seed: int = 0, val_fraction: float = 0.1, group_scheme: str = "auto",
-                balanced_size: str = "matched") -> pd.DataFrame:
+                balanced_size: str = "matched", subset_method: str = "permutation") -> pd.DataFrame:
     """Per class: the images the long-tailed and the balanced training sets train on (after the
     validation split, as a run's ``classes.csv``), the head / middle / tail group (of the
-    long-tailed set), and the test images: the balanced test set, the physically sampled
-    long-tailed one, and the effective images of the weighted long-tailed split (Σ w)."""
+    long-tailed set), and the test images: the balanced test set, the physical long-tailed one
+    (given, or sampled), and the effective images of the weighted long-tailed split (Σ w); sets
+    derived or given as in a run (``selection.run_sets``)."""
     y, C = np.asarray(ds.train.labels), ds.num_classes
-    lt = subsets.longtailed_indices(y, C, imbalance_factor, profile=profile, n_max=n_max, class_order=class_order,
-                                    seed=subset_seed)
-    bal = subsets.balanced_indices(y, C, len(lt) if balanced_size == "matched" else None, seed=subset_seed)
+    test_y = np.asarray(ds.test.labels)
+    p = dict(imbalance_factor=imbalance_factor, profile=profile, n_max=n_max, class_order=class_order,
+             subset_seed=subset_seed, balanced_size=balanced_size, subset_method=subset_method)
+    sets = selection.run_sets({**p, "train_set": "longtailed"}, y, ds.train.part, test_y, ds.test.part, C)
+    lt = sets.train
+    try:  # given sets without train_balanced have no balanced training set
+        bal = selection.run_sets({**p, "train_set": "balanced"}, y, ds.train.part, test_y, ds.test.part, C).train
+    except ValueError:
+        bal = np.array([], dtype=np.int64)
 
     def fit_counts(idx):
         fit, _ = subsets.stratified_split(y[idx], val_fraction, seed=subset_seed)
         return subsets.class_counts(y[idx][fit], C)
 
     lt_counts, bal_counts = fit_counts(lt), fit_counts(bal)
-    test_y = np.asarray(ds.test.labels)
-    sampled = subsets.longtailed_test_indices(test_y, lt_counts, seed=subset_seed)
-    w = subsets.longtailed_test_weights(test_y, lt_counts)
+    test_bal = test_y[sets.test_balanced]
+    w = subsets.longtailed_test_weights(test_bal, lt_counts)
     return pd.DataFrame({
         "class": np.arange(C), "name": ds.class_names, "group": subsets.class_groups(lt_counts, group_scheme),
         "longtailed": lt_counts, "balanced": bal_counts,
-        "test_balanced": subsets.class_counts(test_y, C),
-        "test_longtailed_sampled": subsets.class_counts(test_y[sampled], C),
-        "test_longtailed_weighted": np.bincount(test_y, weights=w, minlength=C).round(1)})
+        "test_balanced": subsets.class_counts(test_bal, C),
+        "test_longtailed_sampled": subsets.class_counts(test_y[sets.test_longtailed], C),
+        "test_longtailed_weighted": np.bincount(test_bal, weights=w, minlength=C).round(1)})
 
 
 def set_summary(classes: pd.DataFrame) -> pd.DataFrame:

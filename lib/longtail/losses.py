@@ -300,8 +300,8 @@ class ClassBalancedLoss(_LongTailLoss):
     """Class-balanced loss: a base loss weighted by w_y = (1 - beta)/(1 - beta^{n_y}).
 
     Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019.
-    Weights come from :func:`class_balanced_weights` (normalised to sum C; counts clamped
-    to >= 1). Bases:
+    Weights come from :func:`class_balanced_weights` (normalised to sum C, as in Cui et al.'s
+    code; counts clamped to >= 1). Bases:
 
       * ``"softmax"`` (default): l = -log softmax(z)_y;
       * ``"sigmoid"``: l = sum_j BCE(z_j, onehot_j), one-vs-all sigmoid;
@@ -310,24 +310,71 @@ class ClassBalancedLoss(_LongTailLoss):
         *softmax* focal loss with these weights use ``build_loss("focal", ..., weight=
         class_balanced_weights(counts, beta))``).
 
-    Batch reduction: sum_i w_{y_i} l_i / sum_i w_{y_i}, like F.cross_entropy(weight=...);
-    Cui's code divides by N instead, which only rescales the loss per batch. beta = 0.9999
+    ``reduction`` (the paper leaves it open; its code fixes it):
+
+      * ``"batch"`` (default, Cui et al.'s code): sum_i w_{y_i} l_i / N;
+      * ``"weights"``: sum_i w_{y_i} l_i / sum_i w_{y_i}, PyTorch's weighted mean
+        (F.cross_entropy(weight=...)); it re-normalises every batch, so the step is N / sum w
+        times smaller and the head / tail balance of a batch is partly undone.
+
+    A sigmoid base (``sigmoid``, ``focal``) reads its probabilities as sigma(z_j)
+    (``activation``), and Cui et al. initialise the classifier's bias to b = -log(C - 1)
+    (``bias_init="prior"``: sigma(b) = 1/C, the prior of one class; the training run applies
+    ``initial_bias``), so the C - 1 negative terms do not swamp the first steps. beta = 0.9999
     (default) is close to inverse frequency for counts << 1/(1-beta) = 10^4. gamma (default
     0.5, BagofTricks-LT's default for class-balanced focal) is used by the focal base only.
+
+    Deliberate implementation slips, for the ablation of the thesis's collapse only
+    (``params/class_balanced.yaml``): ``normalize=False`` keeps the raw weights
+    (1 - beta)/(1 - beta^n) (not rescaled to sum C); ``weight_order="reversed"`` indexes the
+    weights in the reverse class order (the largest class gets the smallest class's weight),
+    ``"shuffled"`` in a fixed random order (seed 0), as when the weights are computed over one
+    class order and the labels use another.
     """
 
     owns_weights = True
     BASES = ("softmax", "focal", "sigmoid")
+    REDUCTIONS = ("batch", "weights")
+    WEIGHT_ORDERS = ("labels", "reversed", "shuffled")
+    BIAS_INITS = ("prior", "zero")
 
     def __init__(self, class_counts: CountsLike, beta: float = 0.9999, base: str = "softmax",
-                 gamma: float = 0.5):
+                 gamma: float = 0.5, reduction: str = "batch", bias_init: str = "prior",
+                 normalize: bool = True, weight_order: str = "labels"):
         super().__init__(class_counts)
-        if base not in self.BASES:
-            raise ValueError(f"unknown class_balanced base {base!r}; valid bases: {', '.join(self.BASES)}")
+        for name, value, valid in (("base", base, self.BASES), ("reduction", reduction, self.REDUCTIONS),
+                                   ("weight_order", weight_order, self.WEIGHT_ORDERS),
+                                   ("bias_init", bias_init, self.BIAS_INITS)):
+            if value not in valid:
+                raise ValueError(f"unknown class_balanced {name} {value!r}; valid: {', '.join(valid)}")
         if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be true or false, got {normalize!r}")
         self.beta, self.base, self.gamma = float(beta), base, float(gamma)
-        self.set_class_weights(class_balanced_weights(class_counts, beta))
+        self.reduction, self.bias_init, self.normalize, self.weight_order = reduction, bias_init, normalize, weight_order
+        w = class_balanced_weights(class_counts, beta).double()
+        if not normalize:  # the raw (1 - beta)/(1 - beta^n): undo the rescaling to sum C
+            n = clamp_counts(class_counts)
+            raw = (1.0 - beta) / (-torch.expm1(n * math.log(beta))) if beta > 0 else torch.ones_like(n)
+            w = raw
+        if weight_order == "reversed":
+            w = w.flip(0)
+        elif weight_order == "shuffled":
+            w = w[torch.as_tensor(np.random.default_rng(0).permutation(len(w)))]
+        self.set_class_weights(w)
+
+    @property
+    def activation(self) -> str:
+        """``"sigmoid"`` for the sigmoid and focal bases, ``"softmax"`` otherwise."""
+        return "softmax" if self.base == "softmax" else "sigmoid"
+
+    def initial_bias(self, num_classes: int) -> float | None:
+        """Cui et al.'s classifier bias b = -log(C - 1) for a sigmoid base with ``bias_init="prior"``;
+        None (leave the bias as built) for the softmax base or ``bias_init="zero"`` (then b = 0)."""
+        if self.activation != "sigmoid":
+            return None
+        return -math.log(num_classes - 1) if self.bias_init == "prior" and num_classes > 1 else 0.0
 
     def _loss(self, z, y, w):
         if self.base == "softmax":
@@ -340,10 +387,14 @@ class ClassBalancedLoss(_LongTailLoss):
             if self.base == "focal" and self.gamma != 0:
                 bce = torch.exp(self.gamma * F.logsigmoid(-signed)) * bce  # (1 - q)^gamma
             per = bce.sum(dim=1)
+        if self.reduction == "batch":  # Cui et al.'s code: the weighted sum over the batch size N
+            return (w[y] * per).sum() / max(len(y), 1)
         return _weighted_mean(per, y, w)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, base={self.base!r}, gamma={self.gamma}"
+        return (f"beta={self.beta}, base={self.base!r}, gamma={self.gamma}, reduction={self.reduction!r}"
+                + ("" if self.normalize else ", normalize=False")
+                + ("" if self.weight_order == "labels" else f", weight_order={self.weight_order!r}"))
 
 
 class _ShiftedCE(_LongTailLoss):

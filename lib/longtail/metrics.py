@@ -11,6 +11,19 @@ thesis's evaluation splits of one balanced test set.
 
 Metrics of a split (``METRIC_NAMES``): ``n`` (samples), ``loss`` (mean cross-entropy), ``acc1``,
 ``macro_f1``, ``weighted_f1``, ``balanced_acc`` (mean per-class recall), ``ece`` (15 bins).
+A model trained with a sigmoid loss (``activation="sigmoid"``) is scored with its own
+probabilities p_j = σ(z_j): loss = the one-vs-all binary cross-entropy, ECE on max_j σ(z_j).
+
+Two evaluation protocols (``PROTOCOLS``; every run computes both, ``eval_protocol`` chooses
+what the tables show, ``protocol_column`` names the columns):
+
+- ``weighted`` (``evaluate``, the splits above): the balanced test set weighted by the training
+  prior; groups on the balanced test set; macro F1; cross-entropy.
+- ``thesis`` (``evaluate_physical``, splits ``thesis_<split>``): a *physical* long-tailed test set
+  (given, or sampled from the balanced one by the training profile); head / middle / tail
+  partition it (the thesis: 844 + 169 + 38 = 1,051 images); support-weighted F1 over the
+  classes of the split; the loss column is the method's own training loss (``train_loss``),
+  cross-entropy kept beside it (``loss``).
 Every weighted metric equals the unweighted one on the test set with each sample replicated
 w times (for integer w), which the tests check.
 """
@@ -26,6 +39,27 @@ from .subsets import GROUP_NAMES, longtailed_test_weights
 METRIC_NAMES = ("n", "loss", "acc1", "macro_f1", "weighted_f1", "balanced_acc", "ece")
 SPLITS = ("balanced", "longtailed", *GROUP_NAMES)
 ECE_BINS = 15
+ACTIVATIONS = ("softmax", "sigmoid")
+PROTOCOLS = ("thesis", "weighted")
+THESIS_PREFIX = "thesis_"
+#: the metric behind each table column, per protocol
+_PROTOCOL_METRICS = {"weighted": {"loss": "loss", "acc1": "acc1", "f1": "macro_f1"},
+                     "thesis": {"loss": "train_loss", "acc1": "acc1", "f1": "weighted_f1"}}
+PROTOCOL_TEXT = {
+    "weighted": "evaluation protocol 'weighted': the balanced test set weighted by the long-tailed training "
+                "prior, groups on the balanced test set, macro F1, loss = cross-entropy",
+    "thesis": "evaluation protocol 'thesis': a physical long-tailed test set, head / middle / tail partition it, "
+              "support-weighted F1, loss = the method's own training loss",
+}
+
+
+def protocol_column(protocol: str, split: str, measure: str) -> str:
+    """The metrics column of ``measure`` (``loss`` | ``acc1`` | ``f1``) of ``split`` under ``protocol``:
+    ``protocol_column("thesis", "tail", "f1") == "thesis_tail/weighted_f1"``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown eval_protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    prefix = THESIS_PREFIX if protocol == "thesis" else ""
+    return f"{prefix}{split}/{_PROTOCOL_METRICS[protocol][measure]}"
 
 
 def _weights(sample_weight, n: int) -> np.ndarray:
@@ -40,6 +74,20 @@ def _weights(sample_weight, n: int) -> np.ndarray:
 def _preds(logits_or_preds) -> np.ndarray:
     x = np.asarray(logits_or_preds)
     return x.argmax(axis=1) if x.ndim == 2 else x.astype(np.int64)
+
+
+def log_sigmoid(x) -> np.ndarray:
+    """log σ(x) = -log(1 + e^{-x}), stable for large |x|."""
+    x = np.asarray(x, dtype=np.float64)
+    return -np.logaddexp(0.0, -x)
+
+
+def probabilities(logits, activation: str = "softmax") -> np.ndarray:
+    """Class probabilities of logits: softmax, or per-class sigmoid σ(z_j) for a model trained with
+    a sigmoid (one-vs-all) loss, whose rows need not sum to 1."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return np.exp(log_softmax(logits) if activation == "softmax" else log_sigmoid(logits))
 
 
 def log_softmax(logits) -> np.ndarray:
@@ -103,13 +151,18 @@ def _empty_metrics() -> dict:
     return {name: (0 if name == "n" else float("nan")) for name in METRIC_NAMES}
 
 
-def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=None) -> dict:
+def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=None,
+                  activation: str = "softmax") -> dict:
     """All metrics of one split (keys ``METRIC_NAMES``), weighted by ``sample_weight``.
 
     ``classes`` restricts macro / weighted F1 and balanced accuracy to those label values (a
     head / middle / tail group); predictions outside them still count as wrong (they are false
     negatives of the true class and false positives of none).  By default, and always, only
     classes with test weight are averaged over: a class without test sample has no recall.
+
+    ``activation="sigmoid"``: loss = Σ_j BCE(z_j, onehot_j) = -log σ(z_y) - Σ_{j≠y} log σ(-z_j)
+    (Cui et al. 2019's sigmoid loss), ECE on the confidence max_j σ(z_j); the prediction argmax_j z_j
+    is the same under both activations.
 
     Balanced accuracy is the mean per-class recall.  Weights enter it, but for the long-tailed
     split they are constant within a class, so they cancel and it equals the balanced split's.
@@ -118,7 +171,9 @@ def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=
     w = _weights(sample_weight, len(labels))
     if len(labels) == 0 or w.sum() <= 0:
         return _empty_metrics() | {"n": len(labels)}
-    log_p = log_softmax(logits)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    log_p = log_softmax(logits) if activation == "softmax" else log_sigmoid(logits)
     if log_p.shape != (len(labels), num_classes):
         raise ValueError(f"logits must have shape ({len(labels)}, {num_classes}), got {log_p.shape}")
     preds = log_p.argmax(axis=1)
@@ -127,6 +182,10 @@ def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=
     if len(classes) == 0:  # no test sample of the asked classes: nothing to average over
         return _empty_metrics() | {"n": len(labels)}
     nll = -log_p[np.arange(len(labels)), labels]
+    if activation == "sigmoid":  # the negatives' terms -log σ(-z_j) = -log(1 - σ(z_j))
+        negatives = log_sigmoid(-np.asarray(logits, dtype=np.float64))
+        negatives[np.arange(len(labels)), labels] = 0.0
+        nll = nll - negatives.sum(axis=1)
     f1 = lambda average: float(f1_score(labels, preds, labels=classes, average=average,  # noqa: E731
                                         sample_weight=w, zero_division=0))
     return {
@@ -140,7 +199,7 @@ def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=
     }
 
 
-def evaluate(logits, labels, train_counts, groups) -> dict[str, dict]:
+def evaluate(logits, labels, train_counts, groups, activation: str = "softmax") -> dict[str, dict]:
     """Metrics of every split in ``SPLITS`` of one balanced test set.
 
     ``train_counts``: training images per class (the long-tailed prior); ``groups``: 'head' /
@@ -150,14 +209,46 @@ def evaluate(logits, labels, train_counts, groups) -> dict[str, dict]:
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     num_classes, groups = len(train_counts), np.asarray(groups)
     results = {
-        "balanced": split_metrics(logits, labels, num_classes),
-        "longtailed": split_metrics(logits, labels, num_classes,
+        "balanced": split_metrics(logits, labels, num_classes, activation=activation),
+        "longtailed": split_metrics(logits, labels, num_classes, activation=activation,
                                     sample_weight=longtailed_test_weights(labels, train_counts)),
     }
     for group in GROUP_NAMES:
         classes = np.flatnonzero(groups == group)
         keep = np.isin(labels, classes)
-        results[group] = split_metrics(logits[keep], labels[keep], num_classes, classes=classes)
+        results[group] = split_metrics(logits[keep], labels[keep], num_classes, classes=classes,
+                                       activation=activation)
+    return results
+
+
+def evaluate_physical(logits, labels, longtailed, groups, activation: str = "softmax", own_loss=None,
+                      lt_logits=None, lt_labels=None) -> dict[str, dict]:
+    """The thesis's protocol: metrics of the balanced test set (``logits``, ``labels``) and of a
+    physical long-tailed test set, split by head / middle / tail, keys ``thesis_<split>``.
+
+    The long-tailed test set is ``lt_logits``/``lt_labels`` (given images) or, when they are None,
+    the rows ``longtailed`` (indices) of the balanced test set.  Head, middle and tail are the
+    long-tailed test images whose true class is in the group, so they partition it, and its top-1
+    is their image-weighted mean.  ``own_loss(logits, labels) -> float``: the method's own training
+    loss on a split (``train_loss``; NaN without it).  F1 of the thesis is ``weighted_f1``.
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    if lt_logits is None:
+        idx = np.asarray(longtailed, dtype=np.int64)
+        lt_logits, lt_labels = logits[idx], labels[idx]
+    lt_logits, lt_labels = np.asarray(lt_logits, dtype=np.float64), np.asarray(lt_labels, dtype=np.int64)
+    num_classes, groups = logits.shape[1], np.asarray(groups)
+
+    def one(z, y, classes=None):
+        m = split_metrics(z, y, num_classes, classes=classes, activation=activation)
+        m["train_loss"] = float(own_loss(z, y)) if own_loss is not None and len(y) else float("nan")
+        return m
+
+    results = {f"{THESIS_PREFIX}balanced": one(logits, labels), f"{THESIS_PREFIX}longtailed": one(lt_logits, lt_labels)}
+    for group in GROUP_NAMES:
+        classes = np.flatnonzero(groups == group)
+        keep = np.isin(lt_labels, classes)
+        results[f"{THESIS_PREFIX}{group}"] = one(lt_logits[keep], lt_labels[keep], classes)
     return results
 
 

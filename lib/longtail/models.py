@@ -3,7 +3,9 @@ and a normalised (cosine) classifier head.
 
 ``pretrained``:
 - ``None`` / ``"none"``: random initialisation;
-- ``"timm"``: timm's hub weights (needs internet the first time);
+- ``"timm"``: timm's ImageNet weights: ``<weights dir>/<timm name>.safetensors`` or ``.pth`` when
+  present (``timm_weights_file``: a cluster node without internet works after one copy), else
+  timm's hub (needs internet the first time);
 - a key of :data:`LOCAL_WEIGHTS` (e.g. ``"inat_insects"``): a state dict file in the weights
   folder (``LT_WEIGHTS_DIR``), with the model arguments and normalisation it needs;
 - a path to a state dict (``.pt``/``.pth``); its classifier is dropped and replaced.
@@ -140,9 +142,13 @@ def build_model(name: str, num_classes: int, pretrained=None, *, cosine_head: bo
         if local is not None and local["arch"] != arch:
             raise ValueError(f"pretrained={pretrained!r} holds {local['arch']} weights, not {arch}")
         kwargs = {**(local["kwargs"] if local else {}), **params}
-        model = timm.create_model(arch, pretrained=(pretrained == "timm"), num_classes=num_classes, **kwargs)
+        offline = timm_weights_file(arch, weights_dir) if pretrained == "timm" else None
+        model = timm.create_model(arch, pretrained=(pretrained == "timm" and offline is None), num_classes=num_classes,
+                                  **kwargs)
         mean, std = model.pretrained_cfg.get("mean"), model.pretrained_cfg.get("std")
-        if pretrained not in (None, "timm"):
+        if offline is not None:
+            _load_backbone_state(model, offline)
+        elif pretrained not in (None, "timm"):
             path = config.weights_dir(weights_dir) / local["file"] if local else Path(pretrained)
             if not path.exists():
                 raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
@@ -158,8 +164,26 @@ def build_model(name: str, num_classes: int, pretrained=None, *, cosine_head: bo
     return model
 
 
+#: the file suffixes ``pretrained: timm`` looks for in the weights folder, in this order
+TIMM_WEIGHT_SUFFIXES = (".safetensors", ".pth")
+
+
+def timm_weights_file(arch: str, weights_dir=None) -> Path | None:
+    """``<weights dir>/<timm name>.safetensors`` (or ``.pth``) when present: timm's weights copied for
+    offline use (e.g. ``torch.save(timm.create_model(name, pretrained=True).state_dict(), ...)``)."""
+    folder = config.weights_dir(weights_dir)
+    for suffix in TIMM_WEIGHT_SUFFIXES:
+        if (folder / f"{arch}{suffix}").is_file():
+            return folder / f"{arch}{suffix}"
+    return None
+
+
 def _load_backbone_state(model: nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     head = _classifier_name(model)

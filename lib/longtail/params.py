@@ -28,6 +28,9 @@ SCHEMA: dict[str, tuple[object, str]] = {
                       "reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)"),
     "val_fraction": (0.1, "fraction of each training class held out for model selection"),
     "group_scheme": ("auto", "auto | thresholds | thirds (head/middle/tail)"),
+    "eval_protocol": ("weighted", "what the tables show (every run computes both): weighted (balanced test set weighted "
+                      "by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition "
+                      "it, support-weighted F1, the method's own loss)"),
     "on_error": ("raise", "unreadable image: raise | skip"),
     # model
     "backbone": ("mobilenetv2", "mobilenetv2 | resnet50v2 | vit_b16 | convnext_base | resnet32 | any timm name"),
@@ -259,7 +262,7 @@ def _named_with_params(errors, kind, name, params, table, param_names, build) ->
 
 def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict:
     """Defaults filled in and every value checked; raises ParameterError listing all problems."""
-    from . import data, losses, samplers, subsets, transforms
+    from . import data, losses, metrics, samplers, subsets, transforms
 
     params = dict(params or {})
     unknown = sorted(set(params) - set(SCHEMA), key=str)
@@ -286,6 +289,7 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "class_order", subsets.CLASS_ORDERS)
     _choice(errors, p, "balanced_size", BALANCED_SIZES)
     _choice(errors, p, "group_scheme", subsets.GROUP_SCHEMES)
+    _choice(errors, p, "eval_protocol", metrics.PROTOCOLS)
     _choice(errors, p, "on_error", ("raise", "skip"))
     _choice(errors, p, "mode", MODES)
     _choice(errors, p, "optimizer", OPTIMIZERS)

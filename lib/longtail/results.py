@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ EXTRA_TABLE_KEYS = ("imbalance_factor", "profile", "n_max", "class_order", "bala
 REPLICATE_KEYS = ("seed", "subset_seed")
 #: where and how fast, not what: never distinguishes two methods
 _NOT_A_VARIANT = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "device", "precision",
-                  "eval_batch_size", "channels_last", "compile", "on_error")
+                  "eval_batch_size", "channels_last", "compile", "on_error", "eval_protocol")
 RESULT_FILE = rundir.RESULT_FILE
 RUN_NOTEBOOK = rundir.NOTEBOOK_FILE
 
@@ -245,6 +245,7 @@ class Table:
     caption: str
     frame: pd.DataFrame
     setting: dict | None = None
+    notes: list[str] = field(default_factory=list)  # printed under the table
 
 
 @dataclass
@@ -257,8 +258,9 @@ class Setting:
 
 
 def settings(df: pd.DataFrame, by_train_set: bool = True) -> list[Setting]:
-    """The settings of the collected runs (one per value of ``table_keys``), in a stable order
-    (dataset, backbone, ..., the balanced before the long-tailed training set).  With
+    """The settings of the collected runs (one per value of ``table_keys``), in the grids' order
+    (each key's values in the order the runs first show them, so the backbones stand as the grid
+    lists them; the balanced before the long-tailed training set).  With
     ``by_train_set=False`` both training sets of a backbone form one setting (for figures that
     compare them)."""
     if not len(df):
@@ -269,7 +271,8 @@ def settings(df: pd.DataFrame, by_train_set: bool = True) -> list[Setting]:
         key = {k: sub.iloc[0][k] for k in keys}
         out.append(Setting(key, sub, _setting_slug(key, keys, df), setting_text(key)))
     order = {"balanced": 0, "longtailed": 1}
-    out.sort(key=lambda s: tuple((order.get(s.key[k], 9), "") if k == "train_set" else (0, str(s.key[k]))
+    first = {k: {v: i for i, v in enumerate(dict.fromkeys(df[k].astype(str)))} for k in keys}
+    out.sort(key=lambda s: tuple(order.get(s.key[k], 9) if k == "train_set" else first[k][str(s.key[k])]
                                  for k in keys))
     return out
 
@@ -282,31 +285,36 @@ def save_runs(runs: pd.DataFrame, out_dir) -> Path:
     return path
 
 
-def top1_table(runs: pd.DataFrame) -> pd.DataFrame:
+def top1_table(runs: pd.DataFrame, protocol: str = "weighted") -> pd.DataFrame:
     """Rows: methods; columns: Balanced, Long-tailed, Head, Middle, Tail; cells: top-1 (%)
-    mean ± std over the seeds (the thesis's Tables A.1, A.3, ...)."""
+    mean ± std over the seeds (the thesis's Tables A.1, A.3, ...), under ``protocol``
+    (``metrics.PROTOCOLS``)."""
+    from .metrics import protocol_column
     rows = {}
     for m in method_order(runs["method"]):
         sub = runs[runs["method"] == m]
-        rows[m] = {SPLIT_LABELS[s]: format_mean_std(sub.get(f"{s}/acc1", pd.Series(dtype=float))) for s in SPLITS}
+        rows[m] = {SPLIT_LABELS[s]: format_mean_std(sub.get(protocol_column(protocol, s, "acc1"), pd.Series(dtype=float)))
+                   for s in SPLITS}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "Method"
     frame["Seeds"] = [int((runs["method"] == m).sum()) for m in frame.index]
     return frame
 
 
-def split_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows: methods; columns: (split, Loss / Acc1 / F1); loss to 2 decimals, top-1 and macro F1 in %
-    (the thesis's Tables A.2, A.4, ...)."""
+def split_table(runs: pd.DataFrame, protocol: str = "weighted") -> pd.DataFrame:
+    """Rows: methods; columns: (split, Loss / Acc1 / F1); loss to 2 decimals, top-1 and F1 in %
+    (the thesis's Tables A.2, A.4, ...).  ``weighted``: cross-entropy and macro F1; ``thesis``: the
+    method's own training loss and support-weighted F1 (``metrics.protocol_column``)."""
+    from .metrics import protocol_column
     rows = {}
     for m in method_order(runs["method"]):
         sub = runs[runs["method"] == m]
         row = {}
         for s in SPLITS:
-            get = lambda name: sub.get(f"{s}/{name}", pd.Series(dtype=float))  # noqa: E731
+            get = lambda what: sub.get(protocol_column(protocol, s, what), pd.Series(dtype=float))  # noqa: E731
             row[(SPLIT_LABELS[s], "Loss")] = format_mean_std(get("loss"), scale=1.0, decimals=2)
             row[(SPLIT_LABELS[s], "Acc1")] = format_mean_std(get("acc1"))
-            row[(SPLIT_LABELS[s], "F1")] = format_mean_std(get("macro_f1"))
+            row[(SPLIT_LABELS[s], "F1")] = format_mean_std(get("f1"))
         rows[m] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
@@ -314,21 +322,89 @@ def split_table(runs: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def table_protocol(runs: pd.DataFrame) -> str:
+    """The ``eval_protocol`` of a table's runs (``weighted`` for runs from before the parameter)."""
+    values = runs["eval_protocol"].dropna().unique().tolist() if "eval_protocol" in runs else []
+    if len(values) > 1:
+        raise ValueError(f"the runs of one table use different eval_protocol values {values}; "
+                         "report them from separate grids")
+    return values[0] if values else "weighted"
+
+
+def coinciding_rows(frame: pd.DataFrame) -> list[list[str]]:
+    """Groups of rows (methods) of a formatted table that agree in every cell."""
+    cells = frame.drop(columns=[c for c in frame.columns if c == "Seeds"]).astype(str)
+    groups: dict[tuple, list[str]] = {}
+    for method, row in cells.iterrows():
+        groups.setdefault(tuple(row), []).append(method)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def coincidence_notes(frame: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """A sentence for each group of rows that coincide in every digit, with the reason where it can
+    be computed: an exactly balanced training set (every re-weighting is the identity), or
+    class-balanced weights that equal inverse frequency to within the table's precision."""
+    notes = []
+    for group in coinciding_rows(frame):
+        text = f"The rows {', '.join(group)} coincide in every digit."
+        sub = runs[runs["method"].isin(group)]
+        counts = _train_counts(sub.iloc[0]["run_dir"]) if len(sub) else None
+        if counts is not None and counts.min() == counts.max():
+            text += f" The training set is exactly balanced ({int(counts[0])} images a class), so every class weight is equal."
+        elif counts is not None and {"Weighted CE", "Class-balanced"} <= set(group):
+            from .losses import class_balanced_weights
+            cb = sub[sub["method"] == "Class-balanced"].iloc[0]
+            beta = float(_json(cb.get("loss_params")).get("beta", _loss_default("class_balanced", "beta")))
+            w_cb = class_balanced_weights(counts, beta).double().numpy()
+            w_inv = (1.0 / np.maximum(counts, 1)) / (1.0 / np.maximum(counts, 1)).mean()
+            reduction = _json(cb.get("loss_params")).get("reduction", _loss_default("class_balanced", "reduction"))
+            text += (f" With beta = {beta:g} and at most {int(counts.max())} images a class, the class-balanced weights "
+                     f"equal inverse frequency to {np.abs(w_cb - w_inv).max():.1e} (weights of mean 1)"
+                     + (", and both losses take the weighted mean." if reduction == "weights" else "."))
+        notes.append(text)
+    return notes
+
+
+def _train_counts(run_dir) -> np.ndarray | None:
+    path = Path(run_dir) / rundir.CLASSES_FILE
+    return pd.read_csv(path)["train_count"].to_numpy(dtype=float) if path.exists() else None
+
+
+def _loss_default(loss: str, name: str):
+    import inspect
+    from .losses import LOSSES
+    return inspect.signature(LOSSES[loss].__init__).parameters[name].default
+
+
 def appendix_tables(df: pd.DataFrame, first_number: int = 1) -> list[Table]:
-    """For every setting (backbone, training set, ...): the top-1 table and the loss / top-1 / F1
-    table, numbered A.1, A.2, A.3, ... in that order."""
-    tables, n = [], first_number
+    """The thesis's four tables per backbone (per setting without the training set): top-1 on the
+    balanced training set, loss / top-1 / F1 on it, the same two on the long-tailed training set,
+    numbered A.1–A.4 for the first backbone of the grid, A.5–A.8 for the second, ... (a training set
+    without runs keeps its numbers free, as in the thesis).  Captions name the evaluation protocol;
+    ``notes`` say where two rows coincide."""
+    from .metrics import PROTOCOL_TEXT
+    tables = []
+    blocks = list(dict.fromkeys(tuple((k, str(v)) for k, v in st.key.items() if k != "train_set")
+                                for st in settings(df)))
     for st in settings(df):
         key, runs, slug = st.key, st.runs, st.slug
+        block = blocks.index(tuple((k, str(v)) for k, v in key.items() if k != "train_set"))
+        n = first_number + 4 * block + 2 * {"balanced": 0, "longtailed": 1}.get(key.get("train_set"), 0)
+        protocol = table_protocol(runs)
         seeds = runs.groupby("method").size()
         over = (f"mean ± standard deviation over {seeds.min()}–{seeds.max()} seeds" if seeds.max() > 1 and
                 seeds.min() != seeds.max() else f"mean ± standard deviation over {seeds.max()} seeds"
                 if seeds.max() > 1 else "one seed")
+        loss_text = "the method's own training loss" if protocol == "thesis" else "cross-entropy"
+        f1_text = "support-weighted F1" if protocol == "thesis" else "macro F1"
+        top1 = top1_table(runs, protocol)
+        split = split_table(runs, protocol)
         tables.append(Table(f"top1_{slug}", f"Table A.{n}: Top-1 accuracy (%) per test split and class group; "
-                            f"{setting_text(key)}; {over}.", top1_table(runs), key))
-        tables.append(Table(f"splits_{slug}", f"Table A.{n + 1}: Loss (cross-entropy), top-1 accuracy (%) and "
-                            f"macro F1 (%) per test split; {setting_text(key)}; {over}.", split_table(runs), key))
-        n += 2
+                            f"{setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}.", top1, key,
+                            coincidence_notes(top1, runs)))
+        tables.append(Table(f"splits_{slug}", f"Table A.{n + 1}: Loss ({loss_text}), top-1 accuracy (%) and "
+                            f"{f1_text} (%) per test split; {setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}.",
+                            split, key, coincidence_notes(split, runs)))
     return tables
 
 
@@ -480,13 +556,14 @@ def confusion_subsets(runs: pd.DataFrame, methods: list[str], k: int = 12) -> li
 
 
 def reliability_by_method(runs: pd.DataFrame, methods: list[str] | None = None, split: str = "balanced"):
-    """Reliability bins and ECE of each method's test predictions (seeds pooled) on the balanced
-    test set (``split="longtailed"``: weighted by the long-tailed test weights)."""
-    from .metrics import expected_calibration_error, log_softmax, reliability_bins
+    """Reliability bins and ECE of each method's test predictions (seeds pooled; sigmoid probabilities
+    for a model trained with a sigmoid loss) on the balanced test set (``split="longtailed"``: weighted by the long-tailed test weights)."""
+    from .metrics import expected_calibration_error, probabilities, reliability_bins
     bins, ece = {}, {}
     for m in methods or method_order(runs["method"]):
         preds = [load_predictions(d) for d in runs.loc[runs["method"] == m, "run_dir"]]
-        probs = np.exp(log_softmax(np.concatenate([p["logits"] for p in preds])))
+        # a sigmoid-trained model's own probabilities (predictions.npz says which; softmax before it did)
+        probs = np.concatenate([probabilities(p["logits"], str(p.get("activation", "softmax"))) for p in preds])
         labels = np.concatenate([p["labels"] for p in preds])
         w = np.concatenate([p["lt_weight"] for p in preds]) if split == "longtailed" else None
         bins[m] = reliability_bins(probs, labels, sample_weight=w)

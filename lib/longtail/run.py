@@ -75,7 +75,7 @@ def run_training(params: dict, log=print) -> RunResult:
 
 
 def _train_and_evaluate(p: dict, out: Path, log) -> dict:
-    from . import data, engine, features, losses, metrics, models, samplers, subsets, transforms
+    from . import data, engine, features, losses, metrics, models, samplers, selection, subsets, transforms
 
     device = engine.resolve_device(p["device"])
     torch.manual_seed(p["seed"])
@@ -109,18 +109,13 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     in_memory = lambda imgs: torch.from_numpy(np.array(imgs))  # noqa: E731  (random access per batch)
 
     # --- training subset, validation split, groups --------------------------------------------
-    # The long-tailed profile defines, for both training sets, the head/middle/tail groups and the
-    # long-tailed test distribution, so that those columns name the same classes and the same test
-    # weighting whichever set a model was trained on.
-    lt_idx = subsets.longtailed_indices(base_train.labels, C, p["imbalance_factor"], profile=p["profile"],
-                                        n_max=p["n_max"], class_order=p["class_order"], seed=p["subset_seed"],
-                                        method=p["subset_method"])
-    lt_counts = subsets.class_counts(base_train.labels[lt_idx], C)
-    if p["train_set"] == "longtailed":
-        idx = lt_idx
-    else:
-        idx = subsets.balanced_indices(base_train.labels, C, len(lt_idx) if p["balanced_size"] == "matched" else None,
-                                       seed=p["subset_seed"])
+    # The long-tailed profile (or the given long-tailed training set) defines, for both training
+    # sets, the head/middle/tail groups and the long-tailed test distribution, so that those columns
+    # name the same classes and the same test weighting whichever set a model was trained on.
+    sets = selection.run_sets(p, base_train.labels, base_train.part, test.labels, test.part, C)
+    idx, lt_counts = sets.train, sets.lt_counts
+    if ds.info.get("absent"):
+        log(f"classes without a training image: {ds.info['absent']}")
     fit_pos, val_pos = subsets.stratified_split(base_train.labels[idx], p["val_fraction"], seed=p["subset_seed"])
     train_idx, val_idx = idx[fit_pos], idx[val_pos]
     y_all = base_train.labels
@@ -129,10 +124,13 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     classes = pd.DataFrame({"class": np.arange(C), "name": ds.class_names, "train_count": train_counts,
                             "longtailed_count": lt_counts,
                             "val_count": subsets.class_counts(y_all[val_idx], C),
-                            "test_count": subsets.class_counts(test.labels, C), "group": groups})
+                            "test_count": subsets.class_counts(test.labels[sets.test_balanced], C),
+                            "test_longtailed_count": subsets.class_counts(test.labels[sets.test_longtailed], C),
+                            "group": groups})
     classes.to_csv(out / rundir.CLASSES_FILE, index=False)
     log(f"{p['dataset']}: {C} classes; {p['train_set']} training set {len(train_idx)} images "
-        f"(max {train_counts.max()}, min {train_counts.min()}), validation {len(val_idx)}, test {len(test)}; "
+        f"(max {train_counts.max()}, min {train_counts.min()}), validation {len(val_idx)}, test {len(sets.test_balanced)} "
+        f"balanced + {len(sets.test_longtailed)} long-tailed ({sets.describe()}); "
         f"{p['backbone']} {p['mode']} on {device}")
 
     # --- loss, sampler, engine config ---------------------------------------------------------
@@ -163,12 +161,14 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         train_feats, test_feats = feat(train_imgs, base_train), feat(test_imgs, test)
         torch.manual_seed(p["seed"])  # the head's initial weights: the same with a cold or a warm feature cache
         head = models.make_head(card["num_features"], C, cosine)
+        _init_bias(head, loss_fn, C)
         history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
                                                val_x=train_feats[val_idx], val_y=val_y,
                                                drw=drw, log=log, **monitor(test_feats))
         _keep_checkpoints(head, best, out, p["save_checkpoints"])
         trained, test_x = head, test_feats
     else:
+        _init_bias(model.get_classifier(), loss_fn, C)
         images_train, images_test = in_memory(train_imgs), in_memory(test_imgs)
         history, best, best_epoch = engine.fit(model, images_train[train_idx], train_y, loss_fn, sampler, cfg,
                                                transform=train_tf, eval_transform=eval_tf,
@@ -204,17 +204,25 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         logits = logits * getattr(loss_fn, "s", 1.0)  # so test loss and calibration mean what they say
     if p["posthoc"] == "logit_adjust":
         logits = losses.logit_adjust(logits, train_counts.tolist(), tau=p["posthoc_tau"])
-    results = metrics.evaluate(logits, test.labels, lt_counts, groups)
-    sampled = subsets.longtailed_test_indices(test.labels, lt_counts, seed=p["subset_seed"])
-    results["longtailed_sampled"] = metrics.split_metrics(logits[sampled], test.labels[sampled], C)
+    activation = getattr(loss_fn, "activation", "softmax")  # a sigmoid-trained model's own probabilities
+    tb, tl = sets.test_balanced, sets.test_longtailed
+    results = metrics.evaluate(logits[tb], test.labels[tb], lt_counts, groups, activation=activation)
+    results["longtailed_sampled"] = metrics.split_metrics(logits[tl], test.labels[tl], C, activation=activation)
+    own_scale = getattr(loss_fn, "s", 1.0) if cosine else 1.0  # the loss sees the head's raw outputs
+    results.update(metrics.evaluate_physical(logits[tb], test.labels[tb], None, groups, activation=activation,
+                                             own_loss=lambda z, y: _own_loss(loss_fn, z / own_scale, y),
+                                             lt_logits=logits[tl], lt_labels=test.labels[tl]))
     flat = metrics.flatten(results)
     if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
         raise FloatingPointError("non-finite test accuracy; see predictions.npz")
-    np.savez_compressed(out / rundir.PREDICTIONS_FILE, logits=logits.astype(np.float32), labels=test.labels,
-                        lt_weight=subsets.longtailed_test_weights(test.labels, lt_counts),
-                        ids=np.asarray(test.paths if test.paths is not None else np.arange(len(test)), dtype=str))
+    ids = np.asarray(test.paths if test.paths is not None else np.arange(len(test)), dtype=str)
+    np.savez_compressed(out / rundir.PREDICTIONS_FILE, logits=logits[tb].astype(np.float32), labels=test.labels[tb],
+                        lt_weight=subsets.longtailed_test_weights(test.labels[tb], lt_counts), ids=ids[tb],
+                        lt_logits=logits[tl].astype(np.float32), lt_labels=test.labels[tl], lt_ids=ids[tl],
+                        activation=activation)
     summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
-                                 "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs")}
+                                 "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs",
+                                 "eval_protocol")}
     summary["loss_params"] = json.dumps(p["loss_params"] or {}, sort_keys=True)
     summary.update(best_epoch=best_epoch, train_images=int(len(train_idx)), num_classes=C,
                    device=str(device), image_size=image_size)
@@ -222,6 +230,21 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         summary.update({"monitor/best_test_acc1": float(hist["monitor_acc"].max()),
                         "monitor/best_test_epoch": int(hist.loc[hist["monitor_acc"].idxmax(), "epoch"])})
     return {"metrics": {**summary, **flat}, "history": hist, "classes": classes}
+
+
+def _init_bias(classifier, loss_fn, num_classes: int) -> None:
+    """The loss's classifier-bias initialisation (Cui et al.'s b = -log(C - 1) for a sigmoid loss)."""
+    value = loss_fn.initial_bias(num_classes) if hasattr(loss_fn, "initial_bias") else None
+    if value is not None and getattr(classifier, "bias", None) is not None:
+        with torch.no_grad():
+            classifier.bias.fill_(value)
+
+
+def _own_loss(loss_fn, logits: np.ndarray, labels: np.ndarray) -> float:
+    """The method's own training loss (as trained: DRW weights in force, no random drops) on test logits."""
+    loss_fn.eval()
+    with torch.no_grad():
+        return float(loss_fn(torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(labels)).item())
 
 
 def _keep_checkpoints(module, best_state, out: Path, save: bool) -> None:

@@ -150,22 +150,35 @@ def class_groups(train_counts, scheme: str = "auto", many: int = 100, few: int =
 
 
 def longtailed_test_weights(test_labels, train_counts) -> np.ndarray:
-    """Sample weights that turn a balanced test set into the long-tailed one: w ∝ n_train[y],
-    normalised to mean 1.  A metric weighted so is the exact expectation under a test set drawn
-    with the training prior (given a balanced test set)."""
-    w = np.asarray(train_counts, dtype=np.float64)[np.asarray(test_labels, dtype=np.int64)]
+    """Sample weights that turn a test set into the long-tailed one: w_i = n_train[y_i] / m_test[y_i]
+    (m_test[c]: the test images of class c), normalised to mean 1.
+
+    Each class then carries a total weight proportional to its training count, whatever its number
+    of test images, so a metric weighted so is the exact expectation under a test set drawn with the
+    training prior.  On a balanced test set (m constant) this is w ∝ n_train[y]."""
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    n = np.asarray(train_counts, dtype=np.float64)
+    m = np.bincount(test_labels, minlength=len(n)).astype(np.float64)
+    w = n[test_labels] / m[test_labels]
     return w / w.mean()
 
 
 def longtailed_test_indices(test_labels, train_counts, *, seed: int = 0) -> np.ndarray:
-    """A physically subsampled long-tailed test set: class c keeps round(n_test_c * n_c / n_max)
-    images (at least one), the optional alternative to the weighted split."""
+    """A physically subsampled long-tailed test set: class c keeps k_c = round(r * n_c) images (at
+    least one, where it has any), r = min_c m_c / n_c over the classes with test images and training
+    count (m_c: its test images), the largest scale at which every class has enough test images.
+
+    Counts are proportional to the training counts n_c whatever the test counts m_c; on a balanced
+    test set (m constant) k_c = round(m * n_c / n_max)."""
     test_labels = np.asarray(test_labels, dtype=np.int64)
     train_counts = np.asarray(train_counts, dtype=np.float64)
+    m = np.bincount(test_labels, minlength=len(train_counts)).astype(np.float64)
+    usable = (m > 0) & (train_counts > 0)
+    r = (m[usable] / train_counts[usable]).min() if usable.any() else 0.0
     rng = np.random.default_rng(seed)
     keep = []
     for c, n_c in enumerate(train_counts):
         idx = rng.permutation(np.flatnonzero(test_labels == c))
-        k = max(1, int(round(len(idx) * n_c / train_counts.max()))) if len(idx) else 0
+        k = min(len(idx), max(1, int(round(r * n_c)))) if len(idx) else 0
         keep.append(idx[:k])
     return np.sort(np.concatenate(keep))
