@@ -75,11 +75,12 @@ output_dir = None  # run folder; None: <runs>/<run id>
 import matplotlib.pyplot as plt
 
 from longtail.params import SCHEMA
+from longtail.report import show_figure, show_table
 from longtail.run import run_training
 
 result = run_training({name: globals()[name] for name in SCHEMA})
 print("run folder:", result.output_dir)
-result.groups_table
+show_table(result.groups_table, caption=f"{loss} on the {train_set} training set: the test splits and class groups")
 
 # %% [markdown]
 # ## Learning curves
@@ -91,11 +92,13 @@ hist.plot(x="epoch", y=[c for c in ("train_loss", "val_loss") if c in hist], ax=
 hist.plot(x="epoch", y=[c for c in ("train_acc", "val_acc", "val_balanced_acc") if c in hist], ax=axes[1],
           title="accuracy")
 plt.tight_layout()
+show_figure(fig)
 
 # %% [markdown]
 # ## Top-1 accuracy per test split and class group
 
 # %%
-ax = result.groups_table["acc1"].astype(float).plot.bar(figsize=(6, 3), rot=0, ylim=(0, 1),
-                                                        title=f"{loss} on the {train_set} training set")
-ax.set_ylabel("top-1 accuracy");
+ax = result.groups_table["top-1 (%)"].astype(float).plot.bar(figsize=(7, 3), rot=0, ylim=(0, 100),
+                                                             title=f"{loss} on the {train_set} training set")
+ax.set_ylabel("top-1 accuracy (%)")
+show_figure(ax.figure)

@@ -39,7 +39,8 @@ def test_run_folder_holds_every_file(tmp_path, tmp_cache):
     # the stored logits reproduce the stored metric
     assert (preds["logits"].argmax(1) == preds["labels"]).mean() == pytest.approx(metrics["balanced/acc1"])
     assert json.loads((out / "params.json").read_text())["cosine_head"] is None  # resolved: on for ldam
-    assert result.groups_table.loc["tail", "n"] == 20
+    assert result.groups_table.loc["Tail", "test images"] == 20
+    assert result.groups_table.loc["Balanced", "top-1 (%)"] == pytest.approx(100 * result.metrics["balanced/acc1"])
 
 
 def test_bad_parameters_fail_before_any_work(tmp_path):
