@@ -72,8 +72,7 @@ seed = 0  # training seed (initialisation, sampling order, augmentation)
 save_checkpoints = True  # write last.pt and best.pt
 output_dir = None  # run folder; None: <runs>/<run id>
 # %%
-import matplotlib.pyplot as plt
-
+from longtail import figures
 from longtail.params import SCHEMA
 from longtail.report import show_figure, show_table
 from longtail.run import run_training
@@ -86,19 +85,10 @@ show_table(result.groups_table, caption=f"{loss} on the {train_set} training set
 # ## Learning curves
 
 # %%
-hist = result.history
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-hist.plot(x="epoch", y=[c for c in ("train_loss", "val_loss") if c in hist], ax=axes[0], title="loss")
-hist.plot(x="epoch", y=[c for c in ("train_acc", "val_acc", "val_balanced_acc") if c in hist], ax=axes[1],
-          title="accuracy")
-plt.tight_layout()
-show_figure(fig)
+show_figure(figures.learning_curves(result.history))
 
 # %% [markdown]
 # ## Top-1 accuracy per test split and class group
 
 # %%
-ax = result.groups_table["top-1 (%)"].astype(float).plot.bar(figsize=(7, 3), rot=0, ylim=(0, 100),
-                                                             title=f"{loss} on the {train_set} training set")
-ax.set_ylabel("top-1 accuracy (%)")
-show_figure(ax.figure)
+show_figure(figures.split_accuracy(result.groups_table, title=f"{loss} on the {train_set} training set"))

@@ -110,3 +110,22 @@ def test_run_metrics_table_is_in_percent():
     assert t.loc["Balanced", "top-1 (%)"] == 50 and t.loc["Balanced", "macro F1 (%)"] == 25
     assert t.loc["Balanced", "ECE (%)"] == pytest.approx(10) and t.loc["Balanced", "loss"] == 1.5
     assert t.loc["Tail", "top-1 (%)"] == 12.5 and pd.isna(t.loc["Tail", "loss"])
+
+
+def test_split_accuracy_bars_have_readable_split_names():
+    table = results.run_metrics_table({f"{s}/acc1": v for s, v in (("balanced", 0.6), ("longtailed", 0.7),
+                                                                     ("longtailed_sampled", 0.65), ("head", 0.8),
+                                                                     ("middle", 0.7), ("tail", 0.3))})
+    fig = figures.split_accuracy(table, title="ce")
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 6) for p in ax.patches] == [60, 70, 65, 80, 70, 30]
+    assert "Long-tailed\n(sampled)" in _tick_texts(ax)
+    assert ax.patches[5].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(figures.GROUP_COLORS["tail"]))
+
+
+def test_learning_curves_plot_what_the_history_has():
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [2.0, 1.0, 0.5], "train_acc": [0.2, 0.5, 0.8]})
+    fig = figures.learning_curves(hist)
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["train_loss"]
+    assert list(acc_ax.get_lines()[0].get_ydata()) == [0.2, 0.5, 0.8]

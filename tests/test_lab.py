@@ -136,3 +136,114 @@ def test_lab_server_opens_py_notebooks_as_notebooks_and_saves_them_unchanged(tmp
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.slow
+def test_run_all_in_a_fresh_lab_trains_the_main_jobs_model_and_saving_changes_nothing(tmp_path, data_root, weights_dir):
+    """The whole first hour in a real browser: JupyterLab (the venv's settings, empty user settings)
+    opens notebooks/train.py as a notebook, Run All trains with the defaults and shows a balanced
+    top-1 far above chance (0.5 % for 200 classes), and File > Save leaves the .py byte-identical.
+    Headless Chromium is driven over the DevTools protocol (tornado's websocket client)."""
+    import asyncio
+    import base64
+    import re as _re
+
+    from tornado.websocket import websocket_connect
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    root = _project_copy(tmp_path / "project")
+    port, cdp_port, token = _free_port(), _free_port(), "lt-test-token"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "LT_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONUNBUFFERED": "1"}
+    cmd = [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", f"--ServerApp.root_dir={root}",
+           "--LabApp.default_url=/lab/tree/notebooks/train.py", f"--ServerApp.port={port}", "--no-browser",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True"]
+    if os.getuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    chrome = None
+    try:
+        for _ in range(120):
+            try:
+                _get(f"http://127.0.0.1:{port}/api/status?token={token}")
+                break
+            except OSError:
+                time.sleep(0.5)
+        chrome = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                   f"--remote-debugging-port={cdp_port}", f"--user-data-dir={tmp_path / 'profile'}",
+                                   "--window-size=1280,900", "about:blank"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(60):
+            try:
+                targets = _get(f"http://127.0.0.1:{cdp_port}/json")
+                break
+            except OSError:
+                time.sleep(0.5)
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+
+        async def session():
+            ws = await websocket_connect(ws_url, max_message_size=64 * 2**20)
+            counter = iter(range(1, 10**6))
+
+            async def js(expr):
+                mid = next(counter)
+                await ws.write_message(json.dumps({"id": mid, "method": "Runtime.evaluate", "params": {
+                    "expression": expr, "awaitPromise": True, "returnByValue": True}}))
+                while (msg := json.loads(await ws.read_message())).get("id") != mid:
+                    pass
+                return msg["result"].get("result", {}).get("value")
+
+            async def until(expr, seconds):
+                for _ in range(seconds):
+                    if await js(expr):
+                        return True
+                    await asyncio.sleep(1)
+                return False
+
+            mid = next(counter)
+            await ws.write_message(json.dumps({"id": mid, "method": "Page.navigate", "params": {
+                "url": f"http://127.0.0.1:{port}/lab/tree/notebooks/train.py?token={token}"}}))
+            opened = await until("!!(window.jupyterapp && document.querySelector('.jp-NotebookPanel .jp-Cell'))", 120)
+            kind = await js("document.querySelector('.jp-FileEditor') ? 'text editor' : "
+                            "(document.querySelector('.jp-NotebookPanel') ? 'notebook' : 'nothing')")
+            assert opened and kind == "notebook", kind
+            await js("jupyterapp.commands.execute('notebook:run-all-cells')")
+            done = ("(() => { const p = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'));"
+                    " return p.length > 0 && p.every(x => /\\[\\d+\\]/.test(x.textContent)); })()")
+            assert await until(done, 600), "Run All did not finish in 10 minutes"
+            text = await js("Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(o => o.innerText).join('\\n')")
+            images = await js("document.querySelectorAll('.jp-OutputArea-output img').length")
+            await js("jupyterapp.commands.execute('docmanager:save')")
+            await asyncio.sleep(3)
+            mid = next(counter)
+            await ws.write_message(json.dumps({"id": mid, "method": "Page.captureScreenshot", "params": {}}))
+            while (msg := json.loads(await ws.read_message())).get("id") != mid:
+                pass
+            (tmp_path / "lab.png").write_bytes(base64.b64decode(msg["result"]["data"]))
+            return text, images
+
+        text, images = asyncio.run(session())
+        assert "Error" not in text and "Traceback" not in text, text[-3000:]
+        balanced = float(_re.search(r"^Balanced\s+([\d.]+)", text, _re.M).group(1))
+        assert balanced > 40, text[-3000:]  # top-1 in %; chance is 0.5 %
+        assert images >= 2  # learning curves and the per-split bars
+        assert "Saving file at /notebooks/train.py" in (tmp_path / "lab.log").read_text()
+        assert (root / "notebooks" / "train.py").read_bytes() == (ROOT / "notebooks" / "train.py").read_bytes()
+    finally:
+        if chrome is not None:
+            chrome.terminate()
+            chrome.wait(timeout=20)
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -8,7 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from longtail.params import ParameterError
+from longtail.params import DEFAULTS, ParameterError
 from longtail.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ def test_train_notebook_under_papermill(tmp_path, tmp_cache):
     nb = jupytext.read(ROOT / "notebooks" / "train.py")
     src = tmp_path / "train.ipynb"
     jupytext.write(nb, src)
-    params = {**TINY, "loss": "balanced_softmax", "output_dir": str(tmp_path / "run")}
+    # every parameter, as the grid passes them: the notebook's own values are the main job's (EU Moths)
+    params = {**DEFAULTS, **TINY, "loss": "balanced_softmax", "output_dir": str(tmp_path / "run")}
     papermill.execute_notebook(str(src), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="longtail",
                                cwd=str(ROOT), progress_bar=False)
     assert RUN_FILES <= {p.name for p in (tmp_path / "run").iterdir()}

@@ -151,6 +151,38 @@ def image_sizes(sizes: pd.DataFrame):
     return fig
 
 
+# ------------------------------------------------------------------------------------ one run
+
+def learning_curves(history: pd.DataFrame):
+    """A run's ``history.csv``: training (and validation) loss and accuracy against the epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, (title, cols) in zip(axes, (("loss", ("train_loss", "val_loss")),
+                                        ("accuracy", ("train_acc", "val_acc", "val_balanced_acc")))):
+        present = [c for c in cols if c in history]
+        if present:
+            history.plot(x="epoch", y=present, ax=ax, title=title)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def split_accuracy(table: pd.DataFrame, title: str | None = None):
+    """Top-1 (%) per test split and class group of one run (``results.run_metrics_table``), the
+    groups in their colours."""
+    acc = table["top-1 (%)"].astype(float)
+    colors = [GROUP_COLORS.get(str(name).lower(), "#8C8C8C") for name in acc.index]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(range(len(acc)), acc.to_numpy(), color=colors)
+    ax.set_xticks(range(len(acc)), _wrap(acc.index, 12), fontsize="small")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("test split")
+    ax.set_ylabel("top-1 accuracy (%)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------------------ results
 
 def group_accuracy(runs: pd.DataFrame, methods: list[str], title: str | None = None):

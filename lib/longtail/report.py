@@ -3,12 +3,13 @@
 | part            | what                                                                              |
 |-----------------|-----------------------------------------------------------------------------------|
 | files           | ``save_table`` (LaTeX + CSV), ``save_figure`` (PDF + PNG), named for ``\\input``;    |
-|                 | ``show_table`` (saved, and styled for the notebook)                               |
+|                 | ``show_table`` / ``show_figure``: saved, shown in the notebook with links to the  |
+|                 | files (``file_links``), figures with alternative text (``figure_alt``)            |
 | provenance      | ``provenance``: git commit, parameter files, package versions, hardware           |
 | report          | ``build_report``: papermill runs ``notebooks/explore.py`` and ``analysis.py``,    |
 |                 | nbconvert renders ``<out>/index.html`` (code hidden) with a provenance header and |
 |                 | links to every run's notebook, rendered to ``<out>/runs/<grid>/<id>.html``         |
-|                 | (``render_run_pages``)                                                            |
+|                 | (``render_run_pages``) below its metrics and parameters (``run_page_head``)       |
 
 The numbers come from ``longtail.results`` (the runs) and ``longtail.datasummary`` (the data set).
 
@@ -286,7 +287,7 @@ body.jp-Notebook .jp-RenderedText pre { word-break: normal; overflow-wrap: break
 .lt-run-head { margin-left: 0 !important; }
 .lt-run-head td, .lt-run-head th { padding: 0.1em 0.6em !important; text-align: left; }
 /* stderr (progress bars, logs) in grey, not the alarm pink of an error */
-body.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"] { background: #f4f4f4; }
+body.jp-Notebook .jp-OutputArea-output[data-mime-type$="jupyter.stderr"] { background: #f4f4f4; }
 .lt-back { font-size: 95%; }
 """
 
