@@ -1,6 +1,6 @@
 # The project's task runner.  `make` runs the main job, `make test` the tests; both set up the
-# environment first (a .venv with the pinned packages, the package in editable mode, and the
-# Jupyter kernel "longtail" that JupyterLab and papermill share).
+# environment first (a .venv with the pinned packages, the package in editable mode, the Jupyter
+# kernel "longtail" that JupyterLab and papermill share, and JupyterLab's settings for this venv).
 SHELL  := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
@@ -10,6 +10,11 @@ STAMP  := $(VENV)/.installed
 # the grids of the main job: the default grid and the class-balanced ablation (issue 10, §5)
 PARAMS ?= params/default.yaml params/class_balanced.yaml
 JOBS   ?= 2
+# JupyterLab's defaults for this venv only (jupytext .py files open as notebooks): an overrides.d
+# file below the venv's prefix, never the user's ~/.jupyter.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/longtail.json
+LAB_PORT ?= 8888
+LAB_ARGS ?=
 
 # Data and weights: a sibling ../shared copy when there is one, else <project>/data and weights.
 export LT_DATA_ROOT    ?= $(firstword $(wildcard $(CURDIR)/../shared/data) $(CURDIR)/data)
@@ -27,22 +32,29 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name longtail --display-name "Python (longtail)" >/dev/null
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(LAB_SETTINGS): jupyter/lab-overrides.json $(STAMP)
+	mkdir -p $(@D)
+	cp $< $@
 
-test: $(STAMP)
+setup: $(STAMP) $(LAB_SETTINGS)
+
+test: setup
 	$(PY) -m pytest -q
 
-grid: $(STAMP)
+grid: setup
 	for p in $(PARAMS); do $(PY) -m longtail.grid $$p --jobs $(JOBS) || exit 1; done
 
-report: $(STAMP)
+report: setup
 	$(PY) -m longtail.report $(PARAMS)
 	@echo "report: $(CURDIR)/report/index.html"
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+# Served from the project root (jupytext reads jupytext.toml there), opening notebooks/train.py;
+# --allow-root where the user is root (a container).  Remote: LAB_ARGS="--no-browser" (README).
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks/train.py \
+	  --ServerApp.port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-bench: $(STAMP)  ## speed benchmarks; tables land in bench/results/ and in the next report
+bench: setup  ## speed benchmarks; tables land in bench/results/ and in the next report
 	mkdir -p bench/results
 	$(PY) bench/main_job.py | tee bench/results/main_job.md
 	$(PY) bench/throughput.py | tee bench/results/throughput.md

@@ -27,7 +27,6 @@ confusion_classes = 12  # classes per confusion-matrix panel (largest and smalle
 examples_per_kind = 6  # tail-class test images shown, correct and wrong each
 
 # %%
-import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from longtail import figures, report, results, thesis
@@ -132,8 +131,7 @@ else:
 # %%
 for s in results.settings(runs, by_train_set=False):
     fig = figures.group_accuracy(s.runs, results.method_order(s.runs["method"]), title=s.text)
-    report.save_figure(fig, out_dir, f"groups_{s.slug}")
-    plt.show()
+    report.show_figure(fig, out_dir, f"groups_{s.slug}")
 
 # %% [markdown]
 # ## Balanced against long-tailed training
@@ -144,8 +142,7 @@ for s in results.settings(runs, by_train_set=False):
 # %%
 for s in results.settings(runs, by_train_set=False):
     fig = figures.balanced_vs_longtailed(s.runs, results.method_order(s.runs["method"]), title=s.text)
-    report.save_figure(fig, out_dir, f"balanced_vs_longtailed_{s.slug}")
-    plt.show()
+    report.show_figure(fig, out_dir, f"balanced_vs_longtailed_{s.slug}")
 
 # %% [markdown]
 # ## Per-class accuracy against training class size
@@ -158,8 +155,7 @@ for s in results.settings(runs):
     if s.key["train_set"] == "longtailed":
         fig = figures.per_class_vs_count(results.per_class_frame(s.runs), results.method_order(s.runs["method"]),
                                          title=s.text)
-        report.save_figure(fig, out_dir, f"per_class_{s.slug}")
-    plt.show()
+        report.show_figure(fig, out_dir, f"per_class_{s.slug}")
 
 # %% [markdown]
 # ## Confusion matrices, calibration and examples
@@ -174,8 +170,7 @@ if focus:
     key, fruns, shown = focus
     print(f"{results.setting_text(key)}; shown: {', '.join(shown)}")
     fig = figures.confusion_panels(results.confusion_subsets(fruns, shown, confusion_classes))
-    report.save_figure(fig, out_dir, "confusion")
-    plt.show()
+    report.show_figure(fig, out_dir, "confusion")
 
 # %% [markdown]
 # Reliability diagrams of every loss on the balanced test set (seeds pooled): accuracy against
@@ -186,8 +181,7 @@ if focus:
 if focus:
     bins, ece = results.reliability_by_method(fruns)
     fig = figures.reliability(bins, ece)
-    report.save_figure(fig, out_dir, "reliability")
-    plt.show()
+    report.show_figure(fig, out_dir, "reliability")
 
 # %% [markdown]
 # Tail-class test images classified correctly (green) and wrongly (red, with the predicted class)
@@ -204,8 +198,7 @@ if focus:
     else:
         from longtail.imagecache import decode_image
         fig = figures.examples(table, [decode_image(p, 128) for p in table["path"]])
-        report.save_figure(fig, out_dir, "tail_examples")
-        plt.show()
+        report.show_figure(fig, out_dir, "tail_examples")
 
 # %% [markdown]
 # ## Benchmarks
@@ -217,5 +210,10 @@ if focus:
 # %%
 from IPython.display import Markdown, display
 
-for name, text in results.benchmark_tables():
+benchmarks = results.benchmark_tables()
+for name, text in benchmarks:
     display(Markdown(f"### `{name}`\n\n{text}"))
+if not benchmarks:
+    display(Markdown("*No benchmark results yet.* `make bench` runs `bench/main_job.py`, `bench/throughput.py` "
+                     "and `bench/scaling.py` and writes their tables to `bench/results/`; the next report shows "
+                     "them here (`bench/gpu.sh` does the same on a GPU)."))

@@ -34,7 +34,6 @@ max_size_files = 3000  # original files whose size is read (a random sample beyo
 out_dir = 'report'  # tables/ and figures/ are written below it
 
 # %%
-import matplotlib.pyplot as plt
 from IPython.display import display
 
 from longtail import data, datasummary, figures, report, results
@@ -58,8 +57,7 @@ display(report.show_table(datasummary.set_summary(classes), out_dir, f"sets_{ds.
 
 # %%
 fig = figures.class_distribution(classes, log=log_scale)
-report.save_figure(fig, out_dir, f"class_distribution_{ds.name}")
-plt.show()
+report.show_figure(fig, out_dir, f"class_distribution_{ds.name}")
 
 # %% [markdown]
 # ## Test splits per class
@@ -69,8 +67,7 @@ plt.show()
 
 # %%
 fig = figures.test_counts(classes)
-report.save_figure(fig, out_dir, f"test_counts_{ds.name}")
-plt.show()
+report.show_figure(fig, out_dir, f"test_counts_{ds.name}")
 report.save_table(classes.set_index("class"), out_dir, f"classes_{ds.name}", f"Classes of {ds.name}");
 
 # %% [markdown]
@@ -81,8 +78,7 @@ report.save_table(classes.set_index("class"), out_dir, f"classes_{ds.name}", f"C
 # %%
 images, picked = datasummary.sample_images(ds, classes, samples_per_group, sample_size, seed=subset_seed)
 fig = figures.sample_grid(images, picked, ncols=samples_per_group)
-report.save_figure(fig, out_dir, f"samples_{ds.name}")
-plt.show()
+report.show_figure(fig, out_dir, f"samples_{ds.name}")
 
 # %% [markdown]
 # ## Image sizes
@@ -94,5 +90,4 @@ sizes = datasummary.image_sizes(ds, max_files=max_size_files, seed=subset_seed)
 display(report.show_table(datasummary.size_summary(sizes), out_dir, f"image_sizes_{ds.name}",
                           f"Original image sizes of {ds.name} ({len(sizes)} images)"))
 fig = figures.image_sizes(sizes)
-report.save_figure(fig, out_dir, f"image_sizes_{ds.name}")
-plt.show()
+report.show_figure(fig, out_dir, f"image_sizes_{ds.name}")

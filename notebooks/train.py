@@ -13,27 +13,30 @@
 #
 # One run of the thesis grid: a backbone, a loss, a sampler and a training set.  The cell below
 # holds the parameters (papermill replaces them; `longtail.params.describe()` documents each).
+# Its values are the main job's (`params/default.yaml`: a linear probe of iNaturalist-insects
+# MobileNetV2 features on EU Moths at imbalance factor 8, cross-entropy): after `make` has cached
+# the features, Run All trains and evaluates in seconds.
 # Everything else is a call into `longtail`; the run folder holds the results
 # (`longtail.run` documents its files).
 
 # %% tags=["parameters"]
-dataset = 'synthetic'  # eu_moths | cifar10 | imagefolder | synthetic
+dataset = 'eu_moths'  # eu_moths | cifar10 | imagefolder | synthetic
 data_root = None  # data root; None: $LT_DATA_ROOT, else <project>/data (imagefolder: the image tree)
 dataset_params = {}  # extra loader arguments, e.g. {'num_classes': 6} for synthetic
 train_set = 'longtailed'  # longtailed | balanced
-imbalance_factor = 100.0  # IF: n_max / n_min of the long-tailed training set
+imbalance_factor = 8  # IF: n_max / n_min of the long-tailed training set
 profile = 'exp'  # exp | step | zipf
 class_order = 'given'  # given | random (seeded by subset_seed)
 n_max = None  # images of the largest class; None: the smallest class size of the base set
 balanced_size = 'matched'  # matched (same total as the long-tailed set, spread evenly) | full
 subset_seed = 0  # seed of the training subset and validation split
 subset_method = 'permutation'  # how a class's kept images are drawn: permutation (numpy Generator) | reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)
-val_fraction = 0.1  # fraction of each training class held out for model selection
+val_fraction = 0.0  # fraction of each training class held out for model selection
 group_scheme = 'auto'  # auto | thresholds | thirds (head/middle/tail)
 eval_protocol = 'weighted'  # what the tables show (every run computes both): weighted (balanced test set weighted by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition it, support-weighted F1, the method's own loss)
 on_error = 'raise'  # unreadable image: raise | skip
 backbone = 'mobilenetv2'  # mobilenetv2 | resnet50v2 | vit_b16 | convnext_base | resnet32 | any timm name
-pretrained = None  # None | timm | inat_insects | imagenet_coral | path to a state dict
+pretrained = 'inat_insects'  # None | timm | inat_insects | imagenet_coral | path to a state dict
 weights_dir = None  # folder of local weights; None: $LT_WEIGHTS_DIR, else <project>/weights
 cosine_head = None  # normalised classifier; None: on for ldam, off otherwise
 image_size = None  # input size; None: the backbone's default
@@ -48,7 +51,7 @@ posthoc = 'none'  # evaluation-time adjustment: none | logit_adjust | tau_norm
 posthoc_tau = 1.0  # tau of the post-hoc adjustment
 epochs = 30  # training epochs
 crt_epochs = 10  # classifier re-training epochs (mode crt)
-batch_size = 128  # training batch size
+batch_size = 64  # training batch size
 eval_batch_size = 32  # evaluation and feature-extraction batch size (32: fastest on a CPU, measured; raise it on a GPU)
 optimizer = 'sgd'  # sgd | adamw
 lr = 0.1  # peak learning rate
@@ -75,30 +78,23 @@ save_checkpoints = True  # write last.pt and best.pt
 monitor_test = False  # record test top-1 after every epoch in history.csv (monitor_acc), only to compare with papers that report their best test epoch; never used for model selection
 output_dir = None  # run folder; None: <runs>/<run id>
 # %%
-import matplotlib.pyplot as plt
-
+from longtail import figures
 from longtail.params import SCHEMA
+from longtail.report import show_figure, show_table
 from longtail.run import run_training
 
 result = run_training({name: globals()[name] for name in SCHEMA})
 print("run folder:", result.output_dir)
-result.groups_table
+show_table(result.groups_table, caption=f"{loss} on the {train_set} training set: the test splits and class groups")
 
 # %% [markdown]
 # ## Learning curves
 
 # %%
-hist = result.history
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-hist.plot(x="epoch", y=[c for c in ("train_loss", "val_loss") if c in hist], ax=axes[0], title="loss")
-hist.plot(x="epoch", y=[c for c in ("train_acc", "val_acc", "val_balanced_acc") if c in hist], ax=axes[1],
-          title="accuracy")
-plt.tight_layout()
+show_figure(figures.learning_curves(result.history))
 
 # %% [markdown]
 # ## Top-1 accuracy per test split and class group
 
 # %%
-ax = result.groups_table["acc1"].astype(float).plot.bar(figsize=(6, 3), rot=0, ylim=(0, 1),
-                                                        title=f"{loss} on the {train_set} training set")
-ax.set_ylabel("top-1 accuracy");
+show_figure(figures.split_accuracy(result.groups_table, title=f"{loss} on the {train_set} training set"))

@@ -119,3 +119,39 @@ def test_jpeg_round_trip_adds_fresh_distortion_on_a_moved_grid(data_root):
     # (measured 0.17 grey levels), on a grid moved by half a block it adds a first pass's distortion
     assert np.abs(same_grid - images).mean() < 0.5
     assert 3.0 < np.abs(moved.astype(int) - images).mean() < 6.0
+
+
+def test_missing_data_and_weights_stop_the_grid_once_before_any_run(tmp_path, monkeypatch, capsys):
+    """Offline, without the data set or the weights: one message each (the path looked at, the
+    setting, the download that failed), exit status 2, no run folder and no kernel started."""
+    import yaml
+
+    from longtail import grid
+
+    def offline(url, *_a, **_k):
+        raise OSError(f"offline (no route to {url})")
+
+    monkeypatch.setattr(data, "download", offline)
+    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LT_DATA_ROOT", str(tmp_path / "no-data"))
+    monkeypatch.setenv("LT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    spec = {"name": "offline", "base": {"dataset": "eu_moths", "backbone": "mobilenetv2", "pretrained": "inat_insects",
+                                        "mode": "linear", "imbalance_factor": 8, "epochs": 1},
+            "grid": {"loss": ["ce", "focal"], "train_set": ["balanced", "longtailed"]}}
+    path = tmp_path / "offline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert grid.main([str(path), "--output-root", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("EU Moths not found") == 1 and err.count("pretrained weights") == 1  # once, not per run
+    assert f"EU Moths not found under {tmp_path / 'no-data'}" in err and "Set LT_DATA_ROOT" in err
+    assert f"download from {data.EU_MOTHS_URL} failed (offline" in err
+    assert f"{tmp_path / 'no-weights' / 'mobilenetv2_100.coral_inat_insects.pt'} not found" in err
+    assert "set LT_WEIGHTS_DIR" in err
+    assert not out.exists() or not any(out.iterdir())
+    assert data.missing_inputs([{"dataset": "synthetic", "pretrained": None}]) == []
+
+
+def test_missing_inputs_is_empty_for_the_real_data(data_root, weights_dir):
+    assert data.missing_inputs([{"dataset": "eu_moths", "data_root": None, "pretrained": "inat_insects",
+                                 "weights_dir": None}]) == []

@@ -320,8 +320,9 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, env, capsys):
     path = write_yaml(tmp_path / "failing.yaml", {
         "extends": str(TINY),
         "grid": {"loss": ["ce"], "train_set": ["longtailed"], "dataset": ["imagefolder", "synthetic"]},
-        "overrides": {"dataset": {"imagefolder": {"data_root": str(tmp_path / "no-such-folder"),
+        "overrides": {"dataset": {"imagefolder": {"data_root": str(tmp_path / "empty-folder"),
                                                   "dataset_params": {}}}}})  # synthetic's are refused
+    (tmp_path / "empty-folder").mkdir()  # there (the pre-flight check passes), but no class folders
     out = tmp_path / "out"
     assert G.main([str(path), "--output-root", str(out)]) == 1
     text = capsys.readouterr().out
@@ -332,7 +333,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, env, capsys):
     assert nb.exists() and json.loads(nb.read_text())["metadata"]["papermill"]["exception"]
     assert "1 done, 0 skipped (done before), 1 failed" in text
     assert f"FAILED {g.ids[0]} loss=ce train_set=longtailed dataset=imagefolder" in text
-    assert f"FileNotFoundError: image folder {tmp_path / 'no-such-folder'} does not exist" in text
+    assert f"FileNotFoundError: {tmp_path / 'empty-folder'} holds no class folders" in text
     assert f"notebook: {nb}" in text
     assert f"[1/2] {g.ids[0]} loss=ce train_set=longtailed dataset=imagefolder FAILED" in text
     assert f"[2/2] {g.ids[1]} loss=ce train_set=longtailed dataset=synthetic done in" in text

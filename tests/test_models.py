@@ -69,3 +69,17 @@ def test_timm_weights_are_read_offline_from_the_weights_folder(tmp_path, monkeyp
     assert backbone and all(torch.equal(got[k], state[k]) for k in backbone)
     assert got["classifier.weight"].shape == (5, source.num_features)  # a new classifier
     assert timm_weights_file("mobilenetv2_100", tmp_path) is None
+
+
+def test_no_ipywidgets_warning_in_a_notebook_that_builds_a_model(tmp_path):
+    """Run pages showed "TqdmWarning: IProgress not found" (timm -> huggingface_hub -> tqdm.auto)."""
+    import nbformat
+    import papermill
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from longtail.models import build_model\nimport huggingface_hub.file_download, tqdm.auto\n"
+        "print(type(build_model('mobilenetv2', 3)).__name__)")])
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    papermill.execute_notebook(str(tmp_path / "nb.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="longtail",
+                               progress_bar=False)
+    text = (tmp_path / "out.ipynb").read_text()
+    assert "EfficientNet" in text and "IProgress" not in text  # timm builds MobileNetV2 as an EfficientNet

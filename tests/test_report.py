@@ -193,6 +193,93 @@ def test_report_files_tables_and_figures(rendered):
 
 
 @pytest.mark.slow
+def test_report_links_its_files_and_run_pages_lead_with_the_run(rendered):
+    """Every table links its LaTeX and CSV, every figure its PDF and PNG, the header the provenance
+    file; every link resolves; images carry alternative text; a run page starts with a link back,
+    the metrics in % and the effective parameters (not the notebook's defaults)."""
+    out, _ = rendered
+    html = (out / "index.html").read_text()
+    hrefs = set(re.findall(r'href="([^"#]+)(?:#[^"]*)?"', html))
+    for name in ("top1_resnet32_longtailed", "tail_tradeoff", "sets_synthetic"):
+        assert {f"tables/{name}.tex", f"tables/{name}.csv"} <= hrefs, name
+    for name in ("class_distribution_synthetic", "confusion", "reliability", "per_class_resnet32_longtailed"):
+        assert {f"figures/{name}.pdf", f"figures/{name}.png"} <= hrefs, name
+    assert {"provenance.json", "tables/runs.csv", "analysis.ipynb"} <= hrefs
+    missing = [h for h in hrefs if not h.startswith(("http:", "https:")) and not (out / h).exists()]
+    assert not missing, missing
+    alts = re.findall(r'<img [^>]*alt="([^"]*)"', html)
+    assert len(alts) == len(re.findall(r"<img ", html)) >= 9
+    assert not [a for a in alts if a in ("", "figure") or "No description" in a], alts
+    assert any("top-1 accuracy (%)" in a for a in alts)
+    if not (config.PROJECT_ROOT / "bench" / "results").is_dir():
+        assert "No benchmark results yet" in html and "make bench" in html
+    page_link = re.findall(r'href="(runs/[^"]+)"', html)[0]
+    page = (out / page_link).read_text()
+    back = re.search(r'<a href="([^"]+)">← back to the report</a>', page).group(1)
+    assert (out / page_link).parent.joinpath(back.split("#")[0]).resolve() == (out / "index.html").resolve()
+    assert page.index("back to the report") < page.index("Test metrics") < page.index("Parameters") < page.index(
+        "run_training")
+    assert "top-1 (%)" in page and "<code>dataset</code></th><td>synthetic</td>" in page
+    assert "dataset = " not in page  # neither the notebook's defaults nor papermill's injected copy
+    assert "IProgress" not in page and "No description" not in page
+
+
+@pytest.mark.slow
+def test_wide_tables_scroll_with_their_captions_in_view_at_1024_px(rendered, tmp_path):
+    """In Chromium at 1,024 px: no table or caption is clipped by a box that hides its overflow,
+    a wide table scrolls inside its output, its caption's text stays in the visible width, and
+    the page itself does not scroll sideways."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    out, _ = rendered
+    result = _layout_check(browser, out / "index.html", tmp_path, width=1024)
+    assert result["checked"] >= 10
+    assert result["pageOverflow"] <= 0 and result["clipped"] == [], result
+
+
+_LAYOUT_PAGE = """<!doctype html><html><body style="margin:0">
+<iframe id="f" src="REPORT" style="width:WIDTHpx;height:900px;border:0"></iframe><pre id="out">pending</pre>
+<script>
+document.getElementById("f").onload = function () {
+  const d = this.contentDocument, w = this.contentWindow;
+  const res = {pageOverflow: d.documentElement.scrollWidth - d.documentElement.clientWidth, checked: 0,
+               scrolling: 0, clipped: []};
+  for (const el of d.querySelectorAll("table, caption")) {
+    res.checked++;
+    let right = el.getBoundingClientRect().right;
+    if (el.tagName === "CAPTION") { const r = d.createRange(); r.selectNodeContents(el); right = r.getBoundingClientRect().right; }
+    for (let a = el.parentElement; a && a !== d.body; a = a.parentElement) {
+      const ox = w.getComputedStyle(a).overflowX;
+      const beyond = right > a.getBoundingClientRect().right + 1;
+      if (ox === "auto" || ox === "scroll") {
+        if (beyond && el.tagName === "CAPTION") res.clipped.push("caption text beyond the visible width: " + el.textContent.trim().slice(0, 50));
+        else if (beyond) res.scrolling++;
+        break;
+      }
+      if ((ox === "hidden" || ox === "clip") && beyond) { res.clipped.push(el.tagName + " clipped: " + el.textContent.trim().slice(0, 50)); break; }
+    }
+  }
+  document.getElementById("out").textContent = "LAYOUT " + JSON.stringify(res);
+};
+</script></body></html>"""
+
+
+def _layout_check(browser: str, page: Path, tmp_path: Path, width: int) -> dict:
+    """Measure the page's tables in an iframe of ``width`` px (a same-folder file page; Chromium
+    lets it read the frame with --allow-file-access-from-files) and return what the script found."""
+    probe = tmp_path / "layout.html"
+    probe.write_text(_LAYOUT_PAGE.replace("REPORT", page.as_uri()).replace("WIDTH", str(width)))
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-layout'}",
+                          "--allow-file-access-from-files", f"--window-size={width + 60},1000",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r"LAYOUT (\{.*?\})</pre>", dom)
+    assert found, dom[-2000:]
+    return json.loads(found.group(1))
+
+
+@pytest.mark.slow
 def test_report_opens_in_chromium_without_errors(rendered, tmp_path):
     browser = _chromium()
     if browser is None:

@@ -8,7 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from longtail.params import ParameterError
+from longtail.params import DEFAULTS, ParameterError
 from longtail.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,8 @@ def test_run_folder_holds_every_file(tmp_path, tmp_cache):
     # the stored logits reproduce the stored metric
     assert (preds["logits"].argmax(1) == preds["labels"]).mean() == pytest.approx(metrics["balanced/acc1"])
     assert json.loads((out / "params.json").read_text())["cosine_head"] is None  # resolved: on for ldam
-    assert result.groups_table.loc["tail", "n"] == 20
+    assert result.groups_table.loc["Tail", "test images"] == 20
+    assert result.groups_table.loc["Balanced", "top-1 (%)"] == pytest.approx(100 * result.metrics["balanced/acc1"])
 
 
 def test_bad_parameters_fail_before_any_work(tmp_path):
@@ -75,7 +76,8 @@ def test_train_notebook_under_papermill(tmp_path, tmp_cache):
     nb = jupytext.read(ROOT / "notebooks" / "train.py")
     src = tmp_path / "train.ipynb"
     jupytext.write(nb, src)
-    params = {**TINY, "loss": "balanced_softmax", "output_dir": str(tmp_path / "run")}
+    # every parameter, as the grid passes them: the notebook's own values are the main job's (EU Moths)
+    params = {**DEFAULTS, **TINY, "loss": "balanced_softmax", "output_dir": str(tmp_path / "run")}
     papermill.execute_notebook(str(src), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="longtail",
                                cwd=str(ROOT), progress_bar=False)
     assert RUN_FILES <= {p.name for p in (tmp_path / "run").iterdir()}

@@ -177,7 +177,8 @@ def _cifar10_torchvision() -> ImageDataset:
         train, test = (CIFAR10(folder, train=t, download=True) for t in (True, False))
     except Exception as exc:
         raise FileNotFoundError(f"CIFAR-10 not found under {config.data_root()} (looked for "
-                                f"{CIFAR10_ARCHIVE} or a train/ test/ tree) and the download failed: {exc}") from exc
+                                f"{CIFAR10_ARCHIVE} or a train/ test/ tree) and torchvision's download failed "
+                                f"({exc}). Set LT_DATA_ROOT or the data_root parameter.") from exc
     as_split = lambda d: ImageSplit(np.asarray(d.targets, dtype=np.int64), images=np.asarray(d.data))  # noqa: E731
     return ImageDataset("cifar10", list(train.classes), as_split(train), as_split(test),
                         info={"source": "torchvision CIFAR10", "citation": "Krizhevsky 2009"})
@@ -341,6 +342,41 @@ DATASETS = {
     "imagefolder": load_imagefolder,
     "synthetic": load_synthetic,
 }
+
+
+def _locate(name: str, root) -> None:
+    """Find (online: download) a data set's files without reading them; FileNotFoundError if absent."""
+    if name == "eu_moths":
+        _find_eu_moths(config.data_root(root))
+    elif name == "cifar10":
+        base = config.data_root(root)
+        local = [t for t in (base / "cifar10", base / "cifar10-jpg", base) if (t / "train").is_dir() and (t / "test").is_dir()]
+        if not local and not (base / CIFAR10_ARCHIVE).exists():
+            _cifar10_torchvision()
+    elif name == "imagefolder":
+        folder = Path(root) if root is not None else config.data_root()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder {folder} does not exist (set the data_root parameter or LT_DATA_ROOT)")
+
+
+def missing_inputs(runs: list[dict]) -> list[str]:
+    """The pre-flight check of a batch of runs (validated parameters): each data set and each local
+    weights file they need, looked up once (online, a missing data set is downloaded here, once)
+    before any run starts.  Returns one message per missing input, naming the path looked at, the
+    setting that changes it and the download that failed; [] when all are there."""
+    from .models import weights_file
+    problems: dict[str, None] = {}  # ordered, without repeats
+    for key in dict.fromkeys((r["dataset"], r.get("data_root")) for r in runs):
+        try:
+            _locate(*key)
+        except FileNotFoundError as exc:
+            problems[f"data set {key[0]}: {exc}"] = None
+    for key in dict.fromkeys((r.get("pretrained"), r.get("weights_dir")) for r in runs):
+        try:
+            weights_file(*key)
+        except FileNotFoundError as exc:
+            problems[f"weights: {exc}"] = None
+    return list(problems)
 
 
 def load_dataset(name: str, root=None, **params) -> ImageDataset:

@@ -26,8 +26,23 @@ def setup() -> None:
 
 
 def _wrap(labels, width: int = 14) -> list[str]:
+    """Labels wrapped at spaces only: a species name is never broken mid-word."""
     import textwrap
-    return ["\n".join(textwrap.wrap(str(s), width)) or str(s) for s in labels]
+    return ["\n".join(textwrap.wrap(str(s), width, break_long_words=False, break_on_hyphens=False)) or str(s)
+            for s in labels]
+
+
+def _plain_log_ticks(axis, values) -> None:
+    """Plain numbers (1, 2, 4, 8, not 10⁰, 2×10⁰) on a log axis: ticks at the data's own values
+    when there are few of them, else matplotlib's positions written plainly."""
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    values = np.unique(np.asarray(values, dtype=float))
+    if len(values) <= 12:
+        axis.set_major_locator(matplotlib.ticker.FixedLocator(values))
+        axis.set_minor_locator(matplotlib.ticker.NullLocator())
+    else:
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_major_formatter(plain)
 
 
 # ------------------------------------------------------------------------------------ data set
@@ -123,10 +138,47 @@ def image_sizes(sizes: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     sns.scatterplot(data=sizes, x="width", y="height", hue="split", s=12, alpha=0.5, ax=axes[0], linewidth=0)
     axes[0].set_title("original image size (px)")
-    short = np.minimum(sizes["width"], sizes["height"])
-    sns.histplot(x=short, bins=40, ax=axes[1], color="#4C72B0")
+    short = pd.Series(np.minimum(sizes["width"], sizes["height"]))
+    if short.nunique() <= 12:  # a few sizes (often one): a bar per size, not a histogram around it
+        counts = short.value_counts().sort_index()
+        axes[1].bar([f"{v:g}" for v in counts.index], counts.to_numpy(), color="#4C72B0", width=0.6)
+        axes[1].set_ylabel("images")
+    else:
+        sns.histplot(x=short, bins=40, ax=axes[1], color="#4C72B0")
     axes[1].set_xlabel("shorter side (px)")
-    axes[1].set_title("shorter side")
+    axes[1].set_title("shorter side" + (f": all {len(short):,} images {short.iloc[0]:g} px" if short.nunique() == 1 else ""))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ one run
+
+def learning_curves(history: pd.DataFrame):
+    """A run's ``history.csv``: training (and validation) loss and accuracy against the epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, (title, cols) in zip(axes, (("loss", ("train_loss", "val_loss")),
+                                        ("accuracy", ("train_acc", "val_acc", "val_balanced_acc")))):
+        present = [c for c in cols if c in history]
+        if present:
+            history.plot(x="epoch", y=present, ax=ax, title=title)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def split_accuracy(table: pd.DataFrame, title: str | None = None):
+    """Top-1 (%) per test split and class group of one run (``results.run_metrics_table``), the
+    groups in their colours."""
+    acc = table["top-1 (%)"].astype(float)
+    colors = [GROUP_COLORS.get(str(name).lower(), "#8C8C8C") for name in acc.index]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(range(len(acc)), acc.to_numpy(), color=colors)
+    ax.set_xticks(range(len(acc)), _wrap(acc.index, 12), fontsize="small")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("test split")
+    ax.set_ylabel("top-1 accuracy (%)")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -173,6 +225,7 @@ def per_class_vs_count(per_class: pd.DataFrame, methods: list[str], title: str |
                  errorbar=None, marker="o", markersize=4, ax=ax)
     if d["train_count"].max() / max(d["train_count"].min(), 1) >= 8:
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis, d["train_count"])
     ax.set_xlabel("training images of the class (long-tailed training set)")
     ax.set_ylabel("top-1 accuracy of the class (%)")
     ax.set_ylim(-2, 102)
@@ -209,28 +262,40 @@ def balanced_vs_longtailed(runs: pd.DataFrame, methods: list[str], title: str | 
     return fig
 
 
-def confusion_panels(panels: list[tuple[str, np.ndarray, list[str]]], ncols: int = 2):
-    """Row-normalised confusion matrices (true class in rows), one panel per (title, matrix, names)."""
+def confusion_panels(panels: list[tuple], ncols: int = 1):
+    """Confusion matrices (true class in rows), one panel per ``(title, counts, row names[, column
+    names])`` (``results.confusion_subsets``): cells in % of the true class's test images (the row
+    sum of ``counts``, which includes an "other classes" column when the columns are a selection),
+    values written in the cells, a colour bar beside each panel; names wrapped at spaces."""
     n = len(panels)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
-    k = max(m.shape[0] for _, m, _ in panels)
-    side = min(7.5, max(3.6, 0.32 * k + 2))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, side * nrows * 0.92), squeeze=False)
-    for ax, (title, m, names) in zip(axes.flat, panels):
-        with np.errstate(invalid="ignore"):
-            norm = m / m.sum(axis=1, keepdims=True)
-        sns.heatmap(norm * 100, ax=ax, vmin=0, vmax=100, cmap="Blues", square=True, cbar=False,
-                    annot=k <= 8, fmt=".0f", annot_kws={"fontsize": 7},
-                    xticklabels=_wrap(names, 16), yticklabels=_wrap(names, 22))
-        ax.set_title(title, fontsize="small")
+    rows = max(p[1].shape[0] for p in panels)
+    cols = max(p[1].shape[1] for p in panels)
+    cell = 0.36  # inches per cell: 8 pt names and values stay readable
+    width = min(16.0, cols * cell + 3.2) * ncols
+    height = (rows * cell + 2.4) * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained")
+    for ax, panel in zip(axes.flat, panels):
+        title, m = panel[0], np.asarray(panel[1], dtype=float)
+        row_names = panel[2]
+        col_names = panel[3] if len(panel) > 3 else panel[2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pct = 100 * m / m.sum(axis=1, keepdims=True)
+        labels = np.where(np.nan_to_num(pct) >= 0.5, np.vectorize(lambda v: f"{v:.0f}")(np.nan_to_num(pct)), "")
+        sns.heatmap(pct, ax=ax, vmin=0, vmax=100, cmap="Blues", square=False, cbar=False, annot=labels, fmt="",
+                    annot_kws={"fontsize": 7}, linewidths=0.3, linecolor="#eeeeee",
+                    xticklabels=_wrap(col_names, 18), yticklabels=_wrap(row_names, 28))
+        fig.colorbar(ax.collections[0], ax=ax, shrink=0.9, pad=0.01, aspect=25,
+                     label="% of the true class's\ntest images")
+        ax.set_title(title, fontsize="medium", loc="left")
         ax.grid(False)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.tick_params(labelsize=6)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.tick_params(axis="x", labelsize=8, labelrotation=90)
+        ax.tick_params(axis="y", labelsize=8, labelrotation=0)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
     return fig
 
 

@@ -87,6 +87,7 @@ from pathlib import Path
 import yaml
 
 from . import config, rundir
+from .data import missing_inputs
 from .fileio import write_error
 from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
 
@@ -920,6 +921,8 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
     how = f"{jobs} local worker(s)" if executor == "local" else f"submitit ({submitit_cluster})"
     print(f"grid {grid.name}{where}: {len(grid.runs)} runs, {len(outcomes)} done before (skipped), {len(todo)} to run "
           f"on {how}; output {grid.output_root}", file=out, flush=True)
+    if todo and (missing := missing_inputs(todo)):  # once, before any kernel starts (not once per run)
+        raise GridError("nothing was run; missing:\n  " + "\n  ".join(missing))
     grid.output_root.mkdir(parents=True, exist_ok=True)
 
     progress = _Progress(len(todo), out=out)

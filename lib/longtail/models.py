@@ -12,6 +12,7 @@ and a normalised (cosine) classifier head.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,6 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config
+
+# timm imports huggingface_hub, which imports tqdm.auto: in a Jupyter kernel without ipywidgets that
+# warns "IProgress not found" (a red box in every executed notebook) and falls back to the plain text
+# bars we want anyway.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 ALIASES = {
     "mobilenetv2": "mobilenetv2_100",
@@ -149,10 +155,7 @@ def build_model(name: str, num_classes: int, pretrained=None, *, cosine_head: bo
         if offline is not None:
             _load_backbone_state(model, offline)
         elif pretrained not in (None, "timm"):
-            path = config.weights_dir(weights_dir) / local["file"] if local else Path(pretrained)
-            if not path.exists():
-                raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
-                                        f"{', '.join(PRETRAINED_CHOICES)}; set LT_WEIGHTS_DIR or weights_dir)")
+            path = weights_file(pretrained, weights_dir)
             _load_backbone_state(model, path)
             if local:
                 mean, std = local["mean"], local["std"]
@@ -176,6 +179,20 @@ def timm_weights_file(arch: str, weights_dir=None) -> Path | None:
         if (folder / f"{arch}{suffix}").is_file():
             return folder / f"{arch}{suffix}"
     return None
+
+
+def weights_file(pretrained, weights_dir=None) -> Path | None:
+    """The local state-dict file ``pretrained`` names (a :data:`LOCAL_WEIGHTS` key in the weights
+    folder, or a path); None for random initialisation or timm's hub.  Raises FileNotFoundError
+    naming the path and the setting that changes it when the file is missing."""
+    if pretrained in (None, False, "", "none", "timm"):
+        return None
+    local = LOCAL_WEIGHTS.get(pretrained) if isinstance(pretrained, str) else None
+    path = config.weights_dir(weights_dir) / local["file"] if local else Path(pretrained)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
+                                f"{', '.join(PRETRAINED_CHOICES)}; set LT_WEIGHTS_DIR or weights_dir)")
+    return path
 
 
 def _load_backbone_state(model: nn.Module, path: Path) -> None:

@@ -3,12 +3,13 @@
 | part            | what                                                                              |
 |-----------------|-----------------------------------------------------------------------------------|
 | files           | ``save_table`` (LaTeX + CSV), ``save_figure`` (PDF + PNG), named for ``\\input``;    |
-|                 | ``show_table`` (saved, and styled for the notebook)                               |
+|                 | ``show_table`` / ``show_figure``: saved, shown in the notebook with links to the  |
+|                 | files (``file_links``), figures with alternative text (``figure_alt``)            |
 | provenance      | ``provenance``: git commit, parameter files, package versions, hardware           |
 | report          | ``build_report``: papermill runs ``notebooks/explore.py`` and ``analysis.py``,    |
 |                 | nbconvert renders ``<out>/index.html`` (code hidden) with a provenance header and |
 |                 | links to every run's notebook, rendered to ``<out>/runs/<grid>/<id>.html``         |
-|                 | (``render_run_pages``)                                                            |
+|                 | (``render_run_pages``) below its metrics and parameters (``run_page_head``)       |
 
 The numbers come from ``longtail.results`` (the runs) and ``longtail.datasummary`` (the data set).
 
@@ -88,11 +89,26 @@ def save_figure(fig, out_dir, name: str, dpi: int = 150) -> list[Path]:
     return paths
 
 
+def file_links(paths, out_dir) -> str:
+    """HTML links to ``paths`` relative to ``out_dir`` (where index.html and the executed notebooks
+    lie), labelled by type: LaTeX, CSV, PDF, PNG."""
+    kinds = {".tex": "LaTeX", ".csv": "CSV", ".pdf": "PDF", ".png": "PNG", ".json": "JSON"}
+    links = []
+    for p in paths:
+        rel = os.path.relpath(Path(p).resolve(), Path(out_dir).resolve()).replace(os.sep, "/")
+        links.append(f'<a href="{_html_escape(rel)}">{kinds.get(Path(p).suffix, Path(p).suffix)}</a>')
+    return f'<span class="lt-files">{" · ".join(links)}</span>'
+
+
 def show_table(table: Table | pd.DataFrame, out_dir=None, name: str | None = None, caption: str | None = None):
-    """Save (when ``out_dir``) and return a styled table for the notebook, its caption above."""
+    """Save (when ``out_dir``) and return a styled table for the notebook, its caption above
+    (with links to the saved LaTeX and CSV files)."""
+    links = ""
     if out_dir is not None:
-        save_table(table, out_dir, name, caption)
+        links = " " + file_links(save_table(table, out_dir, name, caption), out_dir)
     frame, caption = (table.frame, caption or table.caption) if isinstance(table, Table) else (table, caption)
+    if links:
+        caption = _html_escape(caption or name or (table.name if isinstance(table, Table) else "")) + links
     if frame.index.nlevels == 1 and frame.index.name:  # the index name in the header row, not a row of its own
         frame = frame.copy()
         names = [None] * (frame.columns.nlevels - 1) + [frame.index.name]
@@ -105,6 +121,37 @@ def show_table(table: Table | pd.DataFrame, out_dir=None, name: str | None = Non
     return style.format(fmt, na_rep="–").set_table_styles(
         [{"selector": "caption", "props": "caption-side: top; text-align: left; font-weight: bold; "
                                           "padding-bottom: 0.4em;"}])
+
+
+def figure_alt(fig) -> str:
+    """Alternative text of a figure from its own words: its title, the panel titles and axis labels."""
+    parts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        words = [t for t in (ax.get_title(loc="left") or ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) if t]
+        if words:
+            parts.append(": ".join([words[0], " against ".join(words[1:][::-1])]) if len(words) > 1 else words[0])
+    text = "; ".join(dict.fromkeys(p.replace("\n", " ") for p in parts if p))
+    return text or "figure"
+
+
+def show_figure(fig, out_dir=None, name: str | None = None, alt: str | None = None):
+    """Show a figure in the notebook as a PNG with alternative text (``alt``, else ``figure_alt``),
+    and, with ``out_dir``, save it (``save_figure``) and link its PDF and PNG below it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML, Image, display
+    alt = alt or figure_alt(fig)
+    buf = io.BytesIO()
+    dpi = 100
+    fig.savefig(buf, format="png", bbox_inches="tight", dpi=dpi)
+    display(Image(data=buf.getvalue(), format="png", alt=alt))
+    if out_dir is not None:
+        display(HTML(f'<p class="lt-figure-files">Figure <code>{_html_escape(name)}</code>: '
+                     f'{file_links(save_figure(fig, out_dir, name), out_dir)}</p>'))
+    plt.close(fig)
 
 
 # ============================================================================ provenance and rendering
@@ -159,8 +206,10 @@ def _html_escape(s) -> str:
     return html.escape(str(s))
 
 
-def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]]) -> str:
-    """The report's first cell: title, contents, provenance (the parameter files folded)."""
+def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]],
+                files: list[tuple[str, str]] | None = None) -> str:
+    """The report's first cell: title, contents, provenance (the parameter files folded) and links
+    to ``files`` ((label, path relative to the report))."""
     e = _html_escape
     commit = info.get("git_commit") or "unknown"
     commit_txt = f"{commit[:12]}{' (with uncommitted changes)' if info.get('git_dirty') else ''}"
@@ -177,6 +226,9 @@ def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]
     if wall_s is not None:
         rows.append(("Report wall time", f"{wall_s:.1f} s (executing the notebooks and rendering)"))
     table = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+    if files:
+        table += ("<tr><th>Files</th><td>" + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in files)
+                  + "</td></tr>")
     files = "".join(f"<details><summary><code>{e(k)}</code></summary><pre>{e(v)}</pre></details>"
                     for k, v in info["parameter_files"].items())
     toc = " · ".join(f'<a href="#{a}">{e(t)}</a>' for a, t in sections)
@@ -223,6 +275,20 @@ body.jp-Notebook { max-width: 1400px; margin: 0 auto; }
   padding: 0.2em 0.45em !important; }
 .jp-OutputArea-output th[colspan] { text-align: center !important; }
 .lt-prov td { white-space: normal !important; }
+/* wide tables scroll inside their output instead of being clipped (the lab template's table-cell
+   layout with overflow: hidden clips them); captions wrap; text wraps between words */
+body.jp-Notebook .jp-OutputArea-child { display: block; overflow: visible; }
+body.jp-Notebook .jp-OutputArea-output { display: block; overflow-x: auto; max-width: 100%; }
+body.jp-Notebook .jp-RenderedHTMLCommon table caption { white-space: normal; max-width: min(60em, calc(100vw - 5em));
+  position: sticky; left: 0; }
+body.jp-Notebook .jp-RenderedText pre { word-break: normal; overflow-wrap: break-word; }
+.lt-files { font-weight: normal; font-size: 90%; white-space: nowrap; }
+.lt-figure-files { margin: 0 0 1em 0; font-size: 90%; color: #555; }
+.lt-run-head { margin-left: 0 !important; }
+.lt-run-head td, .lt-run-head th { padding: 0.1em 0.6em !important; text-align: left; }
+/* stderr (progress bars, logs) in grey, not the alarm pink of an error */
+body.jp-Notebook .jp-OutputArea-output[data-mime-type$="jupyter.stderr"] { background: #f4f4f4; }
+.lt-back { font-size: 95%; }
 """
 
 # nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax, mermaid): the
@@ -232,6 +298,14 @@ _TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {% block extra_css %}<style type="text/css">""" + _CSS + """</style>{% endblock extra_css %}
+{% block data_png scoped %}
+{%- set alt = output | get_metadata('alt', 'image/png') -%}
+{%- set width = output | get_metadata('width', 'image/png') -%}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ (alt or 'figure') | escape_html }}"
+{%- if width is not none %} width={{ width | escape_html }}{%- endif %}>
+</div>
+{%- endblock data_png %}
 """
 
 
@@ -243,9 +317,45 @@ def html_exporter(exclude_input: bool = True):
                         exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
 
 
+def run_page_head(run: pd.Series | dict, back: str) -> str:
+    """The top of a run's page: a link back to the report, what the run is, its metrics (in %, as in
+    the report) and its effective parameters (``params.json``: the notebook's defaults with the
+    grid's values), before the executed notebook."""
+    from .results import run_metrics_table
+    e = _html_escape
+    run_dir = Path(run["run_dir"])
+    params = json.loads((run_dir / "params.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    table = run_metrics_table(metrics)
+    metrics_html = table.to_html(classes="lt-run-head", float_format=lambda v: f"{v:.1f}", na_rep="–", border=0)
+    items = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
+    per_col = -(-len(items) // 3)
+    cols = [items[i * per_col:(i + 1) * per_col] for i in range(3)]
+    rows = []
+    for i in range(per_col):
+        cells = "".join(f"<th><code>{e(c[i][0])}</code></th><td>{e(c[i][1])}</td>" if i < len(c) else "<th></th><td></td>"
+                        for c in cols)
+        rows.append(f"<tr>{cells}</tr>")
+    title = f"{run.get('method', params.get('loss'))} on the {params.get('train_set')} training set, seed {params.get('seed')}"
+    return (f'<p class="lt-back"><a href="{e(back)}">← back to the report</a></p>'
+            f"<h1>Run <code>{e(run_dir.name)}</code> (grid {e(run.get('grid', ''))})</h1>"
+            f"<p>{e(title)}; {e(params.get('dataset'))}, {e(params.get('backbone'))} ({e(params.get('mode'))}); "
+            f"run folder <code>{e(run_dir)}</code>.</p>"
+            f"<h2>Test metrics</h2>{metrics_html}"
+            f'<h2>Parameters</h2><p>The values this run used (<code>params.json</code> in the run folder): '
+            f"papermill set them in the notebook below, in place of its parameters cell.</p>"
+            f'<table class="lt-run-head">{"".join(rows)}</table><h2>The executed notebook</h2>')
+
+
+#: what a run page leaves out of the executed notebook: the parameters cells (the table above holds
+#: the values used) and a warning older runs printed (timm -> tqdm.auto without ipywidgets)
+_NOISE = re.compile(r"^\S*tqdm\S*: TqdmWarning: IProgress not found.*\n(  from .autonotebook import.*\n)?", re.M)
+
+
 def render_run_pages(runs: pd.DataFrame, out_dir, log=print) -> dict[str, str]:
-    """Each run's executed notebook as ``<out>/runs/<grid>/<id>.html`` (code shown; redone only when
-    the notebook is newer).  Returns {run_dir: link relative to <out>}."""
+    """Each run's executed notebook as ``<out>/runs/<grid>/<id>.html`` (code shown), headed by
+    ``run_page_head``; redone when the notebook or this module is newer than the page.  Returns
+    {run_dir: link relative to <out>}."""
     import nbformat
     exporter, links = None, {}
     for _, r in runs.iterrows():
@@ -253,10 +363,19 @@ def render_run_pages(runs: pd.DataFrame, out_dir, log=print) -> dict[str, str]:
             continue
         rel = Path("runs") / str(r["grid"]) / f"{r['run_id']}.html"
         target = Path(out_dir) / rel
-        if not target.exists() or target.stat().st_mtime < Path(r["notebook"]).stat().st_mtime:
+        newest = max(Path(r["notebook"]).stat().st_mtime, Path(__file__).stat().st_mtime)
+        if not target.exists() or target.stat().st_mtime < newest:
             exporter = exporter or html_exporter(exclude_input=False)
-            body, _ = exporter.from_notebook_node(nbformat.read(r["notebook"], as_version=4),
-                                                  resources={"metadata": {"name": f"run {r['run_id']}"}})
+            nb = nbformat.read(r["notebook"], as_version=4)
+            nb.cells = [c for c in nb.cells if not {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
+            for c in nb.cells:
+                for o in c.get("outputs", []):
+                    if o.get("output_type") == "stream":  # progress bars as a terminal leaves them: the last state
+                        o["text"] = _NOISE.sub("", re.sub(r"[^\n]*\r(?!\n)", "", o["text"]))
+                c["outputs"] = [o for o in c.get("outputs", []) if o.get("output_type") != "stream" or o["text"]]
+            back = os.path.relpath(Path(out_dir) / "index.html", target.parent).replace(os.sep, "/") + "#runs"
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(run_page_head(r, back)))
+            body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"run {r['run_id']}"}})
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(body)
         links[r["run_dir"]] = rel.as_posix()
@@ -359,7 +478,12 @@ def build_report(sources, out_dir="report", *, kernel_name: str = KERNEL, explor
     info = provenance(sources, runs)
     info["report_timings_s"] = timings
     wall = time.time() - t0
-    cells.insert(0, nbformat.v4.new_markdown_cell(header_html(info, wall, sections)))
+    files = [(label, href) for label, href in (("provenance.json", "provenance.json"),
+                                               ("all runs (CSV)", "tables/runs.csv"),
+                                               ("tables (LaTeX, CSV)", "tables/"), ("figures (PDF, PNG)", "figures/"),
+                                               *((f"{n}.ipynb", f"{n}.ipynb") for n in executed))
+             if href == "provenance.json" or (out / href).exists()]
+    cells.insert(0, nbformat.v4.new_markdown_cell(header_html(info, wall, sections, files)))
     report_nb = nbformat.v4.new_notebook(cells=cells, metadata=next(iter(executed.values()))[0].metadata)
     body, _ = html_exporter().from_notebook_node(report_nb, resources={"metadata": {"name": "Long-tailed recognition: report"}})
     (out / "index.html").write_text(body)

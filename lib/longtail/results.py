@@ -277,6 +277,28 @@ def settings(df: pd.DataFrame, by_train_set: bool = True) -> list[Setting]:
     return out
 
 
+#: run_metrics_table's columns: (metric key, column name, scale); accuracies, F1 and ECE in %, as in the report
+RUN_METRICS_COLUMNS = (("acc1", "top-1 (%)", 100), ("balanced_acc", "balanced acc. (%)", 100),
+                       ("macro_f1", "macro F1 (%)", 100), ("ece", "ECE (%)", 100), ("loss", "loss", 1),
+                       ("n", "test images", 1))
+
+
+def run_metrics_table(metrics: dict) -> pd.DataFrame:
+    """One run's ``metrics.json`` as a table: a row per test split and class group (those present),
+    columns ``RUN_METRICS_COLUMNS`` (top-1, balanced accuracy, macro F1 and ECE in %, loss, images;
+    the long-tailed split's "images" is the sum of its weights)."""
+    labels = {**{s: SPLIT_LABELS[s] for s in SPLITS[:2]}, "longtailed_sampled": "Long-tailed (sampled)",
+              **{s: SPLIT_LABELS[s] for s in SPLITS[2:]}}
+    rows = {}
+    for split, label in labels.items():
+        if f"{split}/acc1" in metrics:
+            rows[label] = {name: (None if metrics.get(f"{split}/{key}") is None else scale * metrics[f"{split}/{key}"])
+                           for key, name, scale in RUN_METRICS_COLUMNS}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "test split"
+    return frame
+
+
 def save_runs(runs: pd.DataFrame, out_dir) -> Path:
     """``<out_dir>/tables/runs.csv``: the collected runs, one row each (all metrics and parameters)."""
     path = Path(out_dir) / "tables" / "runs.csv"
@@ -538,20 +560,37 @@ def focus_runs(df: pd.DataFrame, baseline: str = "CE") -> tuple[dict, pd.DataFra
     return key, runs, list(dict.fromkeys(methods))
 
 
-def confusion_subsets(runs: pd.DataFrame, methods: list[str], k: int = 12) -> list[tuple[str, np.ndarray, list[str]]]:
-    """Confusion matrices (counts, summed over the seeds) of each method restricted to the ``k``
-    largest and the ``k`` smallest training classes: (title, matrix [k, k], class names)."""
+def confusion_subsets(runs: pd.DataFrame, methods: list[str], k: int = 12,
+                      extra_columns: int | None = None) -> list[tuple[str, np.ndarray, list[str], list[str]]]:
+    """Confusion matrices (counts, summed over the seeds) of each method for the ``k`` largest and
+    the ``k`` smallest training classes: (title, counts [rows, columns], row names, column names).
+    Rows are the chosen classes; columns are the same classes, then the ``extra_columns`` other
+    classes (default ``k``) that received most of their wrong predictions, then "other classes"
+    (the rest), so each row sums to the class's test images and no wrong prediction is hidden."""
     from .metrics import confusion
+    extra_columns = k if extra_columns is None else extra_columns
     panels = []
     for m in methods:
         p = pooled_predictions(runs[runs["method"] == m])
         cls = p["classes"].sort_values(["train_count", "class"], ascending=[False, True], kind="stable")
         cm = confusion(p["logits"], p["labels"], len(cls))
+        names = p["classes"].set_index("class")["name"]
         parts = ((("all classes", cls),) if len(cls) <= 2 * k else
                  (("largest classes", cls.head(k)), ("tail (smallest classes)", cls.tail(k))))
         for part, sel in parts:
-            idx = sel["class"].to_numpy()
-            panels.append((f"{m}: {part}", cm[np.ix_(idx, idx)], sel["name"].tolist()))
+            rows = sel["class"].to_numpy()
+            outside = np.setdiff1d(np.arange(cm.shape[1]), rows)
+            received = cm[np.ix_(rows, outside)].sum(axis=0)
+            order = np.argsort(-received, kind="stable")
+            extra = outside[order[:extra_columns]][received[order[:extra_columns]] > 0]
+            cols = np.r_[rows, extra].astype(int)
+            block = cm[np.ix_(rows, cols)]
+            col_names = sel["name"].tolist() + [names[c] for c in extra]
+            rest = cm[rows].sum(axis=1) - block.sum(axis=1)
+            if rest.any():
+                block = np.c_[block, rest]
+                col_names.append("other classes")
+            panels.append((f"{m}: {part}", block, sel["name"].tolist(), col_names))
     return panels
 
 

@@ -45,10 +45,10 @@ class RunResult:
 
     @property
     def groups_table(self) -> pd.DataFrame:
-        """Top-1 and macro F1 per split (rows) as a small table for the notebook."""
-        splits = ["balanced", "longtailed", "head", "middle", "tail"]
-        return pd.DataFrame({s: {m: self.metrics.get(f"{s}/{m}") for m in ("acc1", "macro_f1", "loss", "n")}
-                             for s in splits}).T
+        """Top-1, F1, ECE (in %) and loss per test split and class group, for the notebook
+        (``results.run_metrics_table``, the same table as the run's page in the report)."""
+        from .results import run_metrics_table
+        return run_metrics_table(self.metrics)
 
 
 def run_training(params: dict, log=print) -> RunResult:
