@@ -168,7 +168,7 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
 
 
 # Metric-like columns of metrics.json that are not parameters (they never tell two methods apart)
-_METRIC_COLS = ("best_epoch", "train_images", "num_classes", "wall_s", "image_size")
+_METRIC_COLS = ("best_epoch", "train_images", "num_classes", "wall_s", "cpu_s", "image_size", "posthoc_tau_used")
 
 
 def _is_metric_col(c: str) -> bool:
