@@ -56,6 +56,10 @@ TECHNIQUES: dict[str, Technique] = {
 }
 
 
+#: techniques that replace the trained classifier by class prototypes (no loss, no sampler)
+PROTOTYPE_TECHNIQUES = ("ncm", "cosine_prototypes")
+
+
 def technique_param_names(name: str) -> list[str]:
     return list(TECHNIQUES[name].params)
 
@@ -266,7 +270,7 @@ def train_classifier(name: str, params: dict | None, make_head: Callable[[], nn.
     ``weight_decay``, ``loss_params``, ``on_step`` (called with the module after each step).
     """
     p = technique_params(name, params)
-    if name in ("ncm", "cosine_prototypes"):
+    if name in PROTOTYPE_TECHNIQUES:
         return NearestClassMean(x, y, num_classes, "euclidean" if name == "ncm" else "cosine", p["scale"]), []
     if name == "feature_calibration":
         gen = torch.Generator().manual_seed(seed)
