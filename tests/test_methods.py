@@ -203,3 +203,31 @@ def test_eu_moths_unused_validation_split_in_a_run(data_root, weights_dir, tmp_p
                  for c in np.unique(pred["val_labels"])]
     assert result.metrics["val/balanced_acc"] == pytest.approx(np.mean(per_class))
     assert json.loads((out / "metrics.json").read_text())["cpu_s"] > 0
+
+
+SYNTH_LINEAR = dict(dataset="synthetic", backbone="resnet32", mode="linear", epochs=3, batch_size=16, image_size=16,
+                    imbalance_factor=4, lr=0.05, val_fraction=0.0, val_source="unused", save_checkpoints=False)
+
+
+@pytest.mark.parametrize("extra", [
+    {"technique": "lws", "tta": "flip", "posthoc": "logit_adjust", "posthoc_tau_grid": [0.0, 1.0]},
+    {"technique": "weight_balancing", "technique_params": {"wd_grid": [0.0, 0.01]}, "posthoc": "tau_norm",
+     "posthoc_tau_grid": [0.0, 0.5]},
+    {"technique": "cosine_prototypes", "loss": "balanced_softmax"},
+    {"technique": "feature_calibration", "technique_params": {"base_min": 3, "tukey": 1.0}, "crt_epochs": 2},
+])
+def test_techniques_run_end_to_end(tmp_path, tmp_cache, extra):
+    from longtail.run import run_training
+    result = run_training({**SYNTH_LINEAR, **extra, "output_dir": str(tmp_path / "run")}, log=lambda s: None)
+    m = result.metrics
+    assert 0 <= m["balanced/acc1"] <= 1 and 0 <= m["val/balanced_acc"] <= 1
+    assert m["posthoc_tau_used"] in extra.get("posthoc_tau_grid", [1.0])
+    stages = set(result.history.get("stage", pd.Series(dtype=str)).dropna())
+    if extra["technique"] == "lws":
+        assert stages == {"lws"} and (result.history["stage"] == "lws").sum() == 10  # crt_epochs, the default
+    if extra["technique"] == "weight_balancing":
+        assert stages & {"wb1 wd=0", "wb1 wd=0.01"} and "wb2" in stages
+    if extra["technique"] == "cosine_prototypes":
+        assert len(result.history) == 0  # nothing trained
+    pred = np.load(tmp_path / "run" / "predictions.npz")
+    assert not set(pred["val_ids"]) & set(pred["train_ids"])
