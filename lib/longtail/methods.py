@@ -292,7 +292,9 @@ def _weight_balancing(p: dict, make_head, x, y, fit):
     """Alshammari et al., CVPR 2022: stage 1 trains the classifier with the run's loss, weight decay
     λ and MaxNorm; λ is chosen from ``wd_grid`` on the validation split.  Stage 2 fine-tunes the
     classifier of the chosen stage 1 with the class-balanced loss (Cui et al. 2019, ``beta``), the
-    same λ and MaxNorm for ``crt_epochs``."""
+    same λ and MaxNorm for ``crt_epochs``.  The paper tunes the MaxNorm radius δ too; the default
+    ``max_norm`` 1.0 is about the mean class-weight norm of a plain CE head on the EU Moths features
+    (measured: 0.9-2.9, mean 1.25), so MaxNorm caps the head classes' larger norms."""
     project = lambda m: max_norm_(m.weight.data, float(p["max_norm"]))  # noqa: E731
     best = None
     for wd in p["wd_grid"]:

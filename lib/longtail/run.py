@@ -8,10 +8,12 @@ The run folder (``output_dir``) holds:
 | ``classes.csv``       | per class: name, train count (realised), long-tailed profile count,   |
 |                       | val and test counts, group (from the long-tailed profile)             |
 | ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
-| ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids        |
+| ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids;       |
+|                       | validation logits, labels and ids; training image ids                 |
 | ``environment.json``  | package versions, device, git commit, host, wall time                 |
 | ``last.pt``/``best.pt`` | checkpoints of the head (linear) or model (``save_checkpoints``)   |
-| ``metrics.csv``       | the final metrics row (pandas reads it in one call)                   |
+| ``metrics.csv``       | the final metrics row (pandas reads it in one call), with ``wall_s``  |
+|                       | and ``cpu_s`` (process CPU seconds, all threads)                      |
 | ``metrics.json``      | the same row; written last and atomically: its presence means *done*  |
 | ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
 """
