@@ -60,8 +60,9 @@ if len(tradeoff):
 # beyond the thesis's losses), best balanced-test top-1 first: top-1 on the balanced test set, its
 # tail and head classes (mean ± standard deviation over the seeds), the balanced validation score
 # that tuned it (unused training-fold images), its family in the survey's taxonomy and the CPU
-# seconds of one run.  The ensemble averages the softmax of the two methods with the best
-# validation score.  ● marks the tail/head front, ✓ the goal.
+# seconds of one run (training and evaluation).  The ensemble averages the softmax of two of the
+# five methods with the best validation score, the pair whose ensemble scores best on validation.
+# ● marks the tail/head front, ✓ the goal.
 
 # %%
 from longtail import leaderboard
