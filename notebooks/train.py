@@ -90,11 +90,14 @@ result.groups_table
 
 # %%
 hist = result.history
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-hist.plot(x="epoch", y=[c for c in ("train_loss", "val_loss") if c in hist], ax=axes[0], title="loss")
-hist.plot(x="epoch", y=[c for c in ("train_acc", "val_acc", "val_balanced_acc") if c in hist], ax=axes[1],
-          title="accuracy")
-plt.tight_layout()
+if len(hist):  # class prototypes (technique ncm, cosine_prototypes) train nothing
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    hist.plot(x="epoch", y=[c for c in ("train_loss", "val_loss") if c in hist], ax=axes[0], title="loss")
+    hist.plot(x="epoch", y=[c for c in ("train_acc", "val_acc", "val_balanced_acc") if c in hist], ax=axes[1],
+              title="accuracy")
+    plt.tight_layout()
+else:
+    print("no training epochs: the classifier is built from class means")
 
 # %% [markdown]
 # ## Top-1 accuracy per test split and class group
