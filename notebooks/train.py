@@ -32,6 +32,8 @@ balanced_size = 'matched'  # matched (same total as the long-tailed set, spread 
 subset_seed = 0  # seed of the training subset and validation split
 subset_method = 'permutation'  # how a class's kept images are drawn: permutation (numpy Generator) | reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)
 val_fraction = 0.0  # fraction of each training class held out for model selection
+val_source = 'split'  # split (val_fraction of the training set) | unused (a balanced set of the training-fold images no training subset uses, val_per_class a class; needs val_fraction 0)
+val_per_class = 2  # images a class of the unused validation set (val_source unused)
 group_scheme = 'auto'  # auto | thresholds | thirds (head/middle/tail)
 eval_protocol = 'weighted'  # what the tables show (every run computes both): weighted (balanced test set weighted by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition it, support-weighted F1, the method's own loss)
 on_error = 'raise'  # unreadable image: raise | skip
@@ -49,6 +51,11 @@ sampler = 'instance'  # instance | class_balanced | square_root | power | progre
 sampler_params = {}  # parameters of the sampler, e.g. {'q': 0.5}
 posthoc = 'none'  # evaluation-time adjustment: none | logit_adjust | tau_norm
 posthoc_tau = 1.0  # tau of the post-hoc adjustment
+posthoc_tau_grid = []  # tau values tried on the validation split, the best one used (empty: posthoc_tau)
+technique = 'none'  # mode linear: none | lws | weight_balancing | ncm | cosine_prototypes | feature_calibration
+technique_params = {}  # parameters of the technique, e.g. {'k': 2} (longtail.methods.TECHNIQUES)
+tta = 'none'  # mode linear: views whose features are averaged, for training and test alike: none | flip
+label = None  # a free name of a grid entry (a leaderboard row); computes nothing
 epochs = 30  # training epochs
 crt_epochs = 10  # classifier re-training epochs (mode crt)
 batch_size = 64  # training batch size
@@ -91,7 +98,10 @@ show_table(result.groups_table, caption=f"{loss} on the {train_set} training set
 # ## Learning curves
 
 # %%
-show_figure(figures.learning_curves(result.history))
+if len(result.history):
+    show_figure(figures.learning_curves(result.history))
+else:  # class prototypes (technique ncm, cosine_prototypes) train nothing
+    print("no training epochs: the classifier is built from class means")
 
 # %% [markdown]
 # ## Top-1 accuracy per test split and class group

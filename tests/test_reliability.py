@@ -184,6 +184,9 @@ BAD_VALUES = {
     "save_checkpoints": [0, "false"], "output_dir": [1, ""],
     "subset_method": ["first", 1], "nesterov": [1, "yes"], "decay_norm_and_bias": [None, "true"],
     "warmup_unit": ["steps", True], "monitor_test": [1, "no"], "eval_protocol": ["paper", 1],
+    "val_source": ["held_out", 1], "val_per_class": [0, "2", 1.5], "posthoc_tau_grid": [0.5, ["a"], "1,2"],
+    "technique": ["lsw", None], "technique_params": ["k", [1], {"kk": 2}], "tta": ["crop", True],
+    "label": [3, "", ["a"]],
 }
 
 

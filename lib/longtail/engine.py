@@ -136,8 +136,9 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
 
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn: nn.Module, sampler,
         cfg: TrainConfig, *, transform=None, eval_transform=None, val_x=None, val_y=None, drw=None,
-        log=print, on_epoch=None, monitor_x=None, monitor_y=None):
+        log=print, on_epoch=None, on_step=None, monitor_x=None, monitor_y=None):
     """Train ``model``; returns (history rows, best state dict, best epoch).
+    ``on_step(model)`` runs after every optimiser step (e.g. a projection such as MaxNorm).
 
     Model selection: the epoch with the highest balanced accuracy (mean per-class recall) on the
     validation split, which is carved from training data and long-tailed like it; never the test
@@ -197,6 +198,8 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if on_step is not None:
+                on_step(model)
             step += 1
             seen += len(yb)
             loss_sum += loss.detach() * len(yb)

@@ -331,3 +331,32 @@ def examples(table: pd.DataFrame, images, ncols: int = 6):
               for _, r in table.iterrows()]
     colors = ["#2E7D32" if c else "#C62828" for c in table["correct"]]
     return image_grid(images, titles, colors, ncols=ncols, size=1.9)
+
+
+# ------------------------------------------------------------------------------------ leaderboard
+
+def tail_vs_head(board: pd.DataFrame, goal_tail: float, title: str | None = None):
+    """Tail against head top-1 (%) of every leaderboard method (``leaderboard.leaderboard``), error
+    bars the standard deviation over seeds; the Pareto front joined by a line and labelled; the
+    tail goal a dashed line."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    front = board[board["front"]].sort_values("head_mean")
+    ax.errorbar(board["head_mean"], board["tail_mean"], xerr=board["head_sd"].fillna(0),
+                yerr=board["tail_sd"].fillna(0), fmt="none", ecolor="0.75", elinewidth=0.8, zorder=1)
+    ax.scatter(board["head_mean"], board["tail_mean"], c=np.where(board["front"], GROUP_COLORS["tail"], "0.45"),
+               s=30, zorder=2)
+    ax.plot(front["head_mean"], front["tail_mean"], color=GROUP_COLORS["tail"], lw=1, zorder=2,
+            label="front (no method better on both)")
+    for _, r in board.iterrows():
+        if r["front"] or r["Rank"] <= 3:
+            ax.annotate(f"{r['Rank']}. {r['Method']}", (r["head_mean"], r["tail_mean"]), xytext=(4, 3),
+                        textcoords="offset points", fontsize="x-small")
+    ax.axhline(goal_tail, ls="--", color="0.3", lw=1, label=f"goal: tail {goal_tail:.0f} %")
+    ax.set_xlabel("head top-1 (%)")
+    ax.set_ylabel("tail top-1 (%)")
+    ax.set_ylim(min(board["tail_mean"].min() - 5, goal_tail - 10), max(board["tail_mean"].max(), goal_tail) + 5)
+    ax.legend(fontsize="small", loc="lower left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

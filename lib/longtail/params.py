@@ -27,6 +27,9 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "subset_method": ("permutation", "how a class's kept images are drawn: permutation (numpy Generator) | "
                       "reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)"),
     "val_fraction": (0.1, "fraction of each training class held out for model selection"),
+    "val_source": ("split", "split (val_fraction of the training set) | unused (a balanced set of the training-fold "
+                            "images no training subset uses, val_per_class a class; needs val_fraction 0)"),
+    "val_per_class": (2, "images a class of the unused validation set (val_source unused)"),
     "group_scheme": ("auto", "auto | thresholds | thirds (head/middle/tail)"),
     "eval_protocol": ("weighted", "what the tables show (every run computes both): weighted (balanced test set weighted "
                       "by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition "
@@ -48,6 +51,12 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "sampler_params": ({}, "parameters of the sampler, e.g. {'q': 0.5}"),
     "posthoc": ("none", "evaluation-time adjustment: none | logit_adjust | tau_norm"),
     "posthoc_tau": (1.0, "tau of the post-hoc adjustment"),
+    "posthoc_tau_grid": ([], "tau values tried on the validation split, the best one used (empty: posthoc_tau)"),
+    # classifier-stage techniques on frozen features (longtail.methods)
+    "technique": ("none", "mode linear: none | lws | weight_balancing | ncm | cosine_prototypes | feature_calibration"),
+    "technique_params": ({}, "parameters of the technique, e.g. {'k': 2} (longtail.methods.TECHNIQUES)"),
+    "tta": ("none", "mode linear: views whose features are averaged, for training and test alike: none | flip"),
+    "label": (None, "a free name of a grid entry (a leaderboard row); computes nothing"),
     # optimisation
     "epochs": (30, "training epochs"),
     "crt_epochs": (10, "classifier re-training epochs (mode crt)"),
@@ -87,6 +96,8 @@ MODES = ("linear", "finetune", "crt")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 POSTHOC = ("none", "logit_adjust", "tau_norm")
+VAL_SOURCES = ("split", "unused")
+TTA_VIEWS = ("none", "flip")
 PRECISIONS = ("auto", "bf16", "fp32")
 BALANCED_SIZES = ("matched", "full")
 WARMUP_UNITS = ("step", "epoch")
@@ -210,6 +221,8 @@ RULES = {
     "randaugment": _BOOL, "mixup_alpha": _range("float", 0), "cutmix_alpha": _range("float", 0),
     "device": _device, "channels_last": _BOOL, "compile": _BOOL, "save_checkpoints": _BOOL,
     "nesterov": _BOOL, "decay_norm_and_bias": _BOOL, "monitor_test": _BOOL,
+    "val_per_class": _range("int", 1), "technique_params": _MAPPING,
+    "label": _of_type(str, none=True, what="null or a name (a non-empty string)"),
 }
 
 
@@ -317,10 +330,47 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
         if not is_known_backbone(str(p["backbone"])):
             errors.append(f"backbone={p['backbone']!r}: choose one of {', '.join(ALIASES)}, resnet32, "
                           "or any name in timm.list_models()")
+    _technique_errors(errors, p)
     if errors:
         raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
     p["imbalance_factor"] = float(p["imbalance_factor"])
     return p
+
+
+def _technique_errors(errors: list, p: dict) -> None:
+    """The validation split's source, the techniques of ``longtail.methods``, TTA and τ tuning."""
+    from . import methods
+    _choice(errors, p, "val_source", VAL_SOURCES)
+    _choice(errors, p, "tta", TTA_VIEWS)
+    fraction = float(p["val_fraction"]) if _is_number(p["val_fraction"]) else 0.0  # a bad one is reported by its rule
+    if p["val_source"] == "unused" and fraction > 0:
+        errors.append(f"val_fraction={p['val_fraction']!r} with val_source='unused': the validation set is drawn "
+                      "from unused training-fold images; set val_fraction 0")
+    if not isinstance(p["val_per_class"], int) or p["val_per_class"] < 1:
+        errors.append(f"val_per_class={p['val_per_class']!r}: must be a positive integer")
+    has_val = p["val_source"] == "unused" or fraction > 0
+    _named_with_params(errors, "technique", p["technique"], p["technique_params"], methods.TECHNIQUES,
+                       methods.technique_param_names,
+                       lambda: methods.technique_params(p["technique"], p["technique_params"]))
+    if p["mode"] != "linear":
+        for key in ("technique", "tta"):
+            if p[key] != "none":
+                errors.append(f"{key}={p[key]!r} with mode={p['mode']!r}: works on frozen features; use mode linear")
+    if p["technique"] in ("lws", "ncm", "cosine_prototypes") and p["posthoc"] == "tau_norm":
+        errors.append(f"posthoc='tau_norm' with technique={p['technique']!r}: τ-norm rescales a linear head's "
+                      "weights; use posthoc logit_adjust or none")
+    grid = p["posthoc_tau_grid"]
+    if not isinstance(grid, list) or not all(isinstance(t, (int, float)) for t in grid):
+        errors.append(f"posthoc_tau_grid={grid!r}: must be a list of numbers")
+    elif grid and p["posthoc"] == "none":
+        errors.append(f"posthoc_tau_grid={grid!r} with posthoc='none': choose posthoc logit_adjust or tau_norm")
+    elif grid and not has_val:
+        errors.append(f"posthoc_tau_grid={grid!r}: τ is tuned on a validation split; set val_source unused "
+                      "(or val_fraction > 0)")
+    if (p["technique"] == "weight_balancing" and not has_val
+            and len((p["technique_params"] or {}).get("wd_grid", methods.TECHNIQUES["weight_balancing"].params["wd_grid"])) > 1):
+        errors.append("technique='weight_balancing' tunes weight decay on a validation split; set val_source unused "
+                      "(or val_fraction > 0), or give technique_params {'wd_grid': [one value]}")
 
 
 def describe() -> str:

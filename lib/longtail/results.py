@@ -40,7 +40,7 @@ EXTRA_TABLE_KEYS = ("imbalance_factor", "profile", "n_max", "class_order", "bala
 REPLICATE_KEYS = ("seed", "subset_seed")
 #: where and how fast, not what: never distinguishes two methods
 _NOT_A_VARIANT = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "device", "precision",
-                  "eval_batch_size", "channels_last", "compile", "on_error", "eval_protocol")
+                  "eval_batch_size", "channels_last", "compile", "on_error", "eval_protocol", "label")
 RESULT_FILE = rundir.RESULT_FILE
 RUN_NOTEBOOK = rundir.NOTEBOOK_FILE
 
@@ -139,6 +139,16 @@ def base_method(row) -> str:
         name += "-DRW"
     if row.get("sampler") not in (None, "instance") and not _isnan(row.get("sampler")):
         name += f" + {str(row['sampler']).replace('_', '-')} sampling"
+    technique = row.get("technique")
+    if technique not in (None, "none") and not _isnan(technique):
+        from .methods import PROTOTYPE_TECHNIQUES, TECHNIQUES
+        label = TECHNIQUES[technique].label if technique in TECHNIQUES else str(technique)
+        # prototypes train nothing, so the loss and sampler play no part in them
+        name = label[0].upper() + label[1:] if technique in PROTOTYPE_TECHNIQUES else f"{name} + {label}"
+    if row.get("tta") not in (None, "none") and not _isnan(row.get("tta")):
+        name += f" + {row['tta']} TTA"
+    if _given(row.get("mixup_alpha")) and float(row["mixup_alpha"]) > 0:
+        name += " + feature mixup" if row.get("mode") == "linear" else " + mixup"
     if row.get("posthoc") not in (None, "none") and not _isnan(row.get("posthoc")):
         name += {"tau_norm": " + τ-norm", "logit_adjust": " + logit adjustment"}.get(row["posthoc"],
                                                                                     f" + {row['posthoc']}")
@@ -169,7 +179,7 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
 
 
 # Metric-like columns of metrics.json that are not parameters (they never tell two methods apart)
-_METRIC_COLS = ("best_epoch", "train_images", "num_classes", "wall_s", "image_size")
+_METRIC_COLS = ("best_epoch", "train_images", "num_classes", "wall_s", "cpu_s", "image_size", "posthoc_tau_used")
 
 
 def _is_metric_col(c: str) -> bool:

@@ -8,10 +8,12 @@ The run folder (``output_dir``; its file names, status and id live in ``longtail
 | ``classes.csv``       | per class: name, train count (realised), long-tailed profile count,   |
 |                       | val and test counts, group (from the long-tailed profile)             |
 | ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
-| ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids        |
+| ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids;       |
+|                       | validation logits, labels and ids; training image ids                 |
 | ``environment.json``  | package versions, device, git commit, host, wall time                 |
 | ``last.pt``/``best.pt`` | checkpoints of the head (linear) or model (``save_checkpoints``)   |
-| ``metrics.csv``       | the final metrics row (pandas reads it in one call)                   |
+| ``metrics.csv``       | the final metrics row (pandas reads it in one call), with ``wall_s``  |
+|                       | and ``cpu_s`` (process CPU seconds, all threads)                      |
 | ``metrics.json``      | the same row; written last and atomically (``rundir.status``: *done*) |
 | ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
 """
@@ -58,7 +60,7 @@ def run_training(params: dict, log=print) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     rundir.start(out)
     rundir.write_json(out, rundir.PARAMS_FILE, p)
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     try:
         result = _train_and_evaluate(p, out, log)
     except BaseException as exc:
@@ -67,15 +69,16 @@ def run_training(params: dict, log=print) -> RunResult:
         raise
     env = environment()
     env["wall_s"] = round(time.time() - started, 2)
+    env["cpu_s"] = round(time.process_time() - started_cpu, 2)  # all threads of this process
     rundir.write_json(out, rundir.ENVIRONMENT_FILE, env)
-    metrics = {**result["metrics"], "wall_s": env["wall_s"], "run_dir": str(out)}
+    metrics = {**result["metrics"], "wall_s": env["wall_s"], "cpu_s": env["cpu_s"], "run_dir": str(out)}
     pd.DataFrame([metrics]).to_csv(out / rundir.METRICS_CSV, index=False)
     rundir.write_json(out, RESULT_FILE, metrics)  # last: the run's results are complete
     return RunResult(out, p, metrics, result["history"], result["classes"])
 
 
 def _train_and_evaluate(p: dict, out: Path, log) -> dict:
-    from . import data, engine, features, losses, metrics, models, samplers, selection, subsets, transforms
+    from . import data, engine, features, losses, methods, metrics, models, samplers, selection, subsets, transforms
 
     device = engine.resolve_device(p["device"])
     torch.manual_seed(p["seed"])
@@ -116,8 +119,13 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     idx, lt_counts = sets.train, sets.lt_counts
     if ds.info.get("absent"):
         log(f"classes without a training image: {ds.info['absent']}")
-    fit_pos, val_pos = subsets.stratified_split(base_train.labels[idx], p["val_fraction"], seed=p["subset_seed"])
-    train_idx, val_idx = idx[fit_pos], idx[val_pos]
+    if p["val_source"] == "unused":  # balanced, and disjoint from both training sets and the test fold
+        train_idx = idx
+        val_idx = subsets.unused_validation_indices(base_train.labels, np.union1d(idx, sets.longtailed), C,
+                                                    p["val_per_class"], seed=p["subset_seed"])
+    else:
+        fit_pos, val_pos = subsets.stratified_split(base_train.labels[idx], p["val_fraction"], seed=p["subset_seed"])
+        train_idx, val_idx = idx[fit_pos], idx[val_pos]
     y_all = base_train.labels
     train_counts = subsets.class_counts(y_all[train_idx], C)
     groups = subsets.class_groups(lt_counts, p["group_scheme"])
@@ -155,18 +163,26 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
                          weights=features.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
         if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
             key_parts["init_seed"] = p["seed"]
-        feat = lambda imgs, split: torch.from_numpy(features.cached_features(  # noqa: E731
-            backbone, lambda: in_memory(imgs), eval_tf, features.feature_key(images=_images_id(split, cache_size), **key_parts),
+        views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
+        feat = lambda imgs, split, view: torch.from_numpy(features.cached_features(  # noqa: E731
+            backbone, lambda: in_memory(imgs), eval_tf if view is None else _flipped(eval_tf),
+            features.feature_key(images=_images_id(split, cache_size), **key_parts, **({"view": view} if view else {})),
             batch_size=p["eval_batch_size"], device=device, precision=p["precision"], log=log))
-        train_feats, test_feats = feat(train_imgs, base_train), feat(test_imgs, test)
-        torch.manual_seed(p["seed"])  # the head's initial weights: the same with a cold or a warm feature cache
-        head = models.make_head(card["num_features"], C, cosine)
-        _init_bias(head, loss_fn, C)
-        history, best, best_epoch = engine.fit(head, train_feats[train_idx], train_y, loss_fn, sampler, cfg,
-                                               val_x=train_feats[val_idx], val_y=val_y,
-                                               drw=drw, log=log, **monitor(test_feats))
-        _keep_checkpoints(head, best, out, p["save_checkpoints"])
-        trained, test_x = head, test_feats
+        mean_view = lambda imgs, split: torch.stack([feat(imgs, split, v) for v in views]).mean(0)  # noqa: E731
+        to_space = methods.feature_transform(p["technique"], p["technique_params"])
+        train_feats, test_feats = to_space(mean_view(train_imgs, base_train)), to_space(mean_view(test_imgs, test))
+
+        def new_head():  # seeded here, so the same with a cold or a warm feature cache
+            torch.manual_seed(p["seed"])
+            head = models.make_head(card["num_features"], C, cosine)
+            _init_bias(head, loss_fn, C)
+            return head
+
+        fit = _head_fitter(p, cfg, C, drw is not None, train_feats[val_idx], val_y, out, log, monitor(test_feats))
+        trained, history = methods.train_classifier(p["technique"], p["technique_params"], new_head,
+                                                    train_feats[train_idx], train_y, C, fit, seed=p["seed"])
+        best_epoch = history[-1]["best_epoch"] if history else -1
+        test_x, val_x = test_feats, train_feats[val_idx]
     else:
         _init_bias(model.get_classifier(), loss_fn, C)
         images_train, images_test = in_memory(train_imgs), in_memory(test_imgs)
@@ -193,17 +209,29 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
             if p["save_checkpoints"]:
                 torch.save(head.state_dict(), out / rundir.CRT_HEAD_FILE)
         trained, test_x = head, feats_of(images_test)
+        val_x = feats_of(images_train[val_idx]) if len(val_idx) else None
 
     hist = pd.DataFrame(history)
     hist.to_csv(out / rundir.HISTORY_FILE, index=False)
 
     # --- evaluation ---------------------------------------------------------------------------
-    head_eval = _posthoc_head(trained, p) if p["posthoc"] == "tau_norm" else trained
-    logits = engine.predict(head_eval, test_x, batch_size=p["eval_batch_size"], device=device, precision="fp32")
-    if cosine:  # a cosine head outputs cosines in [-1, 1]; the loss's scale s (LDAM) makes them logits,
-        logits = logits * getattr(loss_fn, "s", 1.0)  # so test loss and calibration mean what they say
-    if p["posthoc"] == "logit_adjust":
-        logits = losses.logit_adjust(logits, train_counts.tolist(), tau=p["posthoc_tau"])
+    def logits_of(x, tau):
+        head_eval = methods.tau_normalized(trained, tau) if p["posthoc"] == "tau_norm" else trained
+        z = engine.predict(head_eval, x, batch_size=p["eval_batch_size"], device=device, precision="fp32")
+        if cosine:  # a cosine head outputs cosines in [-1, 1]; the loss's scale s (LDAM) makes them logits,
+            z = z * getattr(loss_fn, "s", 1.0)  # so test loss and calibration mean what they say
+        if p["posthoc"] == "logit_adjust":
+            z = losses.logit_adjust(z, train_counts.tolist(), tau=tau)
+        return z
+
+    tau = p["posthoc_tau"]
+    if p["posthoc_tau_grid"]:  # τ chosen on the validation split, never on the test fold
+        tau, tau_scores = methods.best_on_validation(p["posthoc_tau_grid"], lambda t: logits_of(val_x, t),
+                                                     val_y.numpy(), C)
+        log(f"posthoc {p['posthoc']}: tau {tau} chosen on validation (balanced accuracy "
+            + ", ".join(f"{t}: {s:.3f}" for t, s in tau_scores.items()) + ")")
+    logits = logits_of(test_x, tau)
+    val_logits = logits_of(val_x, tau) if len(val_idx) else np.zeros((0, C), np.float32)
     activation = getattr(loss_fn, "activation", "softmax")  # a sigmoid-trained model's own probabilities
     tb, tl = sets.test_balanced, sets.test_longtailed
     results = metrics.evaluate(logits[tb], test.labels[tb], lt_counts, groups, activation=activation)
@@ -219,11 +247,18 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     np.savez_compressed(out / rundir.PREDICTIONS_FILE, logits=logits[tb].astype(np.float32), labels=test.labels[tb],
                         lt_weight=subsets.longtailed_test_weights(test.labels[tb], lt_counts), ids=ids[tb],
                         lt_logits=logits[tl].astype(np.float32), lt_labels=test.labels[tl], lt_ids=ids[tl],
-                        activation=activation)
+                        activation=activation, val_logits=val_logits.astype(np.float32), val_labels=y_all[val_idx],
+                        val_ids=_ids(base_train, val_idx), train_ids=_ids(base_train, train_idx))
     summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
                                  "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs",
                                  "eval_protocol")}
     summary["loss_params"] = json.dumps(p["loss_params"] or {}, sort_keys=True)
+    for k in ("technique", "tta", "val_source", "label"):
+        summary[k] = p[k]
+    summary["technique_params"] = json.dumps(p["technique_params"] or {}, sort_keys=True)
+    summary["posthoc_tau_used"] = float(tau)
+    if len(val_idx):
+        summary["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(val_logits, y_all[val_idx], C)))
     summary.update(best_epoch=best_epoch, train_images=int(len(train_idx)), num_classes=C,
                    device=str(device), image_size=image_size)
     if "monitor_acc" in hist:  # the best test epoch, as papers that select on the test set report it
@@ -262,16 +297,41 @@ def _images_id(split, cache_size: int) -> str:
     return hashlib.sha1(np.ascontiguousarray(split.images).tobytes()).hexdigest()[:16] + f"_{cache_size}"
 
 
-def _posthoc_head(head, p):
-    """τ-normalisation (Kang et al. 2020): w_j / |w_j|^τ, bias dropped."""
-    import copy
-    head = copy.deepcopy(head)
-    with torch.no_grad():
-        w = head.weight
-        head.weight.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) ** p["posthoc_tau"])
-        if getattr(head, "bias", None) is not None:
-            head.bias.zero_()
-    return head
+def _ids(split, idx) -> np.ndarray:
+    """Image ids (paths, else positions) of rows ``idx`` of a split."""
+    return np.asarray(np.asarray(split.paths)[idx] if split.paths is not None else idx, dtype=str)
+
+
+def _flipped(transform):
+    """``transform`` followed by a horizontal flip (the second TTA view)."""
+    return lambda batch: transform(batch).flip(-1)
+
+
+def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, out: Path, log, monitor: dict):
+    """``fit(module, x, y, **overrides)`` for ``methods.train_classifier``: the run's loss (built on
+    the counts of ``y``, which a feature augmentation may change), sampler, DRW and optimiser, with
+    model selection on the validation split (``monitor``: engine.fit's test monitor, recorded only);
+    the chosen state is loaded and saved (best.pt, last.pt).
+    Returns (history rows, validation balanced accuracy of the chosen epoch or None)."""
+    import dataclasses
+    from . import engine, losses, samplers, subsets
+
+    def fit(module, x, y, *, loss=None, loss_params=None, sampler=None, stage_epochs=False, weight_decay=None,
+            on_step=None):
+        counts = subsets.class_counts(y.numpy(), num_classes).tolist()
+        loss_fn = losses.build_loss(loss or p["loss"], counts,
+                                    **((loss_params or {}) if loss is not None else (p["loss_params"] or {})))
+        drw = losses.DRWSchedule(counts, p["drw_epoch"], beta=p["drw_beta"]) if use_drw and loss is None else None
+        smp = samplers.build_sampler(sampler or p["sampler"], y.numpy(), p["seed"],
+                                     **({} if sampler else (p["sampler_params"] or {})))
+        c = dataclasses.replace(cfg, **({"epochs": p["crt_epochs"], "warmup_epochs": 0} if stage_epochs else {}),
+                                **({"weight_decay": weight_decay} if weight_decay is not None else {}))
+        history, best, best_epoch = engine.fit(module, x, y, loss_fn, smp, c, val_x=val_x, val_y=val_y, drw=drw,
+                                               log=log, on_step=on_step, **monitor)
+        _keep_checkpoints(module, best, out, p["save_checkpoints"])
+        score = history[best_epoch].get("val_balanced_acc") if 0 <= best_epoch < len(history) else None
+        return history, score
+    return fit
 
 
 def environment() -> dict:

@@ -182,3 +182,24 @@ def longtailed_test_indices(test_labels, train_counts, *, seed: int = 0) -> np.n
         k = min(len(idx), max(1, int(round(r * n_c)))) if len(idx) else 0
         keep.append(idx[:k])
     return np.sort(np.concatenate(keep))
+
+
+def unused_validation_indices(labels, used, num_classes: int, per_class: int = 2, *, seed: int = 0) -> np.ndarray:
+    """A balanced validation split from the training-fold images that no training subset uses.
+
+    ``used``: indices (into ``labels``) of the training images (the long-tailed subset and, for a
+    balanced run, its own subset too).  Class c gets min(``per_class``, its unused images) images,
+    the first ones of a permutation drawn from ``seed``, so the split is disjoint from ``used`` by
+    construction and from the test fold because ``labels`` is the training fold.  A class without
+    a spare image (on EU Moths at IF 8 one head class) has no validation image: balanced accuracy on
+    the split then averages over the classes that have one (``metrics.per_class_accuracy`` gives
+    NaN for the others).  ImageNet-LT keeps such a balanced validation set (Liu et al., CVPR 2019).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class={per_class!r}: must be a positive integer")
+    spare = np.ones(len(labels), dtype=bool)
+    spare[np.asarray(used, dtype=np.int64)] = False
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero((labels == c) & spare))[:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64)

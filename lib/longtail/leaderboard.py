@@ -1,0 +1,205 @@
+"""The long-tailed leaderboard: every method trained on the long-tailed set, ranked by balanced-test top-1.
+
+``leaderboard(runs)`` (the collected runs of ``results.collect_runs``) gives one row per method of
+each long-tailed setting: top-1 (%) on the balanced test set, its tail and head classes (mean and
+sample standard deviation over the seeds), the validation score, the family of the survey's
+taxonomy (``method_family``), and the CPU seconds of a run (``cpu_s``, all threads; training and
+evaluation, without the notebook's start-up).  An ensemble of two methods (``ensemble``: their
+softmax probabilities averaged, seed by seed), the pair chosen on *validation* (``best_pair``),
+joins as one more row.  ``pareto_front`` marks the methods no other beats
+on both tail and head top-1, ``goal_text`` states the best result against ``GOAL``.
+Nothing here plots (``figures.tail_vs_head``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .results import settings
+
+#: the goal of issue 11, on the long-tailed set (mean of the seeds): balanced-test and tail top-1
+GOAL = {"balanced": 0.75, "tail": 0.60}
+#: the family in the survey's taxonomy (Zhang et al., TPAMI 2023, Fig. 2) of each loss
+LOSS_FAMILIES = {"focal": "class re-balancing: re-weighting", "weighted_ce": "class re-balancing: re-weighting",
+                 "class_balanced": "class re-balancing: re-weighting",
+                 "equalization": "class re-balancing: re-weighting", "ldam": "class re-balancing: re-margining",
+                 "balanced_softmax": "class re-balancing: logit adjustment",
+                 "logit_adjusted": "class re-balancing: logit adjustment"}
+ENSEMBLE_FAMILY = "module improvement: ensemble learning"
+METRIC_SPLITS = ("balanced", "tail", "head")
+
+
+def method_family(row) -> str:
+    """The survey families of a run's ingredients, joined by " + " ("baseline" for plain CE)."""
+    from .methods import PROTOTYPE_TECHNIQUES, TECHNIQUES
+    parts = []
+    technique = row.get("technique") if isinstance(row.get("technique"), str) else "none"
+    if technique not in PROTOTYPE_TECHNIQUES:
+        if row.get("loss") in LOSS_FAMILIES:
+            parts.append(LOSS_FAMILIES[row["loss"]])
+        if isinstance(row.get("sampler"), str) and row["sampler"] != "instance":
+            parts.append("class re-balancing: re-sampling")
+        if _number(row.get("drw_epoch")) is not None:
+            parts.append("class re-balancing: re-weighting")
+    if technique != "none":
+        parts.append(TECHNIQUES[technique].family if technique in TECHNIQUES else str(technique))
+    if isinstance(row.get("tta"), str) and row["tta"] != "none":
+        parts.append("information augmentation: test-time augmentation")
+    if (_number(row.get("mixup_alpha")) or 0) > 0:
+        parts.append("information augmentation: data augmentation")
+    posthoc = row.get("posthoc")
+    if posthoc == "logit_adjust":
+        parts.append("class re-balancing: logit adjustment")
+    elif posthoc == "tau_norm":
+        parts.append("module improvement: decoupled training")
+    return " + ".join(dict.fromkeys(parts)) or "baseline"
+
+
+def _number(v):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(v) else v
+
+
+def _stats(values) -> tuple[float, float]:
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(dtype=float) * 100
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def _row(method: str, family: str, sub: pd.DataFrame) -> dict:
+    row = {"Method": method, "Family": family}
+    for s in METRIC_SPLITS:
+        row[f"{s}_mean"], row[f"{s}_sd"] = _stats(sub.get(f"{s}/acc1", pd.Series(dtype=float)))
+    row["val_mean"], _ = _stats(sub.get("val/balanced_acc", pd.Series(dtype=float)))
+    row["cpu_s"] = float(pd.to_numeric(sub.get("cpu_s", pd.Series(dtype=float)), errors="coerce").mean())
+    row["Seeds"] = len(sub)
+    return row
+
+
+def ensemble(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """One row per seed that all ``methods`` ran: the metrics of the mean of their softmax
+    probabilities (log of it as logits) on the test set, from their ``predictions.npz``; ``cpu_s``
+    the sum of theirs."""
+    rows = []
+    for seed, sub in runs[runs["method"].isin(methods)].groupby("seed"):
+        members = [sub[sub["method"] == m] for m in methods]
+        if any(len(m) != 1 for m in members):
+            continue
+        dirs = [Path(m.iloc[0]["run_dir"]) for m in members]
+        preds = [np.load(d / "predictions.npz") for d in dirs]
+        prob = np.mean([np.exp(metrics.log_softmax(p["logits"])) for p in preds], axis=0)
+        labels = preds[0]["labels"]
+        classes = pd.read_csv(dirs[0] / "classes.csv")
+        res = metrics.flatten(metrics.evaluate(np.log(np.clip(prob, 1e-12, None)), labels,
+                                               classes["longtailed_count"].to_numpy(), classes["group"].to_numpy()))
+        val = [p["val_logits"] for p in preds if "val_logits" in p.files]
+        if len(val) == len(preds) and len(val[0]):
+            vprob = np.mean([np.exp(metrics.log_softmax(v)) for v in val], axis=0)
+            res["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(
+                vprob, preds[0]["val_labels"], vprob.shape[1])))
+        res.update(seed=seed, cpu_s=float(sum(pd.to_numeric(m["cpu_s"], errors="coerce").iloc[0] for m in members)))
+        rows.append(res)
+    return pd.DataFrame(rows)
+
+
+def best_pair(runs: pd.DataFrame, pool: list[str]) -> tuple[list[str], pd.DataFrame]:
+    """The two methods of ``pool`` (ordered best validation score first) whose ensemble has the
+    best mean validation balanced accuracy (ties: the earlier pair), and that ensemble's rows.
+    Choosing on the ensemble's validation score, not on the members' alone, keeps two methods
+    with the same predictions (balanced softmax and the logit-adjusted loss at τ = 1 are one
+    formula) from being paired for nothing."""
+    best, best_rows, best_score = [], pd.DataFrame(), -np.inf
+    for i, a in enumerate(pool):
+        for b in pool[i + 1:]:
+            rows = ensemble(runs, [a, b])
+            score = rows["val/balanced_acc"].mean() if "val/balanced_acc" in rows and len(rows) else np.nan
+            if np.isfinite(score) and score > best_score:
+                best, best_rows, best_score = [a, b], rows, score
+    return best, best_rows
+
+
+def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
+    """One row per method of every long-tailed setting (column ``Setting``), best balanced-test top-1
+    first; numbers in %, ``*_mean`` / ``*_sd`` over the seeds; ``front``: on the tail/head Pareto
+    front.  Where the runs stored validation logits, the ensemble of two of the ``ensemble_pool``
+    methods with the best mean validation score joins, the pair chosen on the ensemble's validation
+    score (``best_pair``; never on the test score)."""
+    frames = []
+    for st in settings(runs):
+        if st.key.get("train_set") != "longtailed":
+            continue
+        sub = st.runs
+        rows = [_row(m, method_family(g.iloc[0]), g) for m, g in sub.groupby("method", sort=False)]
+        board = pd.DataFrame(rows)
+        if "val/balanced_acc" in sub and board["val_mean"].notna().sum() >= 2:
+            pool = board.dropna(subset=["val_mean"]).nlargest(ensemble_pool, "val_mean")["Method"].tolist()
+            best, ens = best_pair(sub, pool)
+            if best:
+                board = pd.concat([board, pd.DataFrame([_row("Ensemble: " + " & ".join(best), ENSEMBLE_FAMILY, ens)])],
+                                  ignore_index=True)
+        board = board.sort_values("balanced_mean", ascending=False, kind="stable").reset_index(drop=True)
+        board.insert(0, "Rank", np.arange(1, len(board) + 1))
+        board.insert(0, "Setting", st.text)
+        board["front"] = pareto_front(board["head_mean"].to_numpy(), board["tail_mean"].to_numpy())
+        board["goal"] = (board["balanced_mean"] >= GOAL["balanced"] * 100) & (board["tail_mean"] >= GOAL["tail"] * 100)
+        frames.append(board)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def pareto_front(head, tail) -> np.ndarray:
+    """True for each point that no other point beats on one coordinate while at least matching it
+    on the other (higher is better on both)."""
+    head, tail = np.asarray(head, dtype=float), np.asarray(tail, dtype=float)
+    dominated = [((head >= h) & (tail >= t) & ((head > h) | (tail > t))).any() for h, t in zip(head, tail)]
+    return ~np.asarray(dominated, dtype=bool)
+
+
+def table(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard formatted: mean ± sd cells, the family, CPU seconds, front and goal marks."""
+    def cell(r, s):
+        sd = f" ± {r[f'{s}_sd']:.1f}" if np.isfinite(r[f"{s}_sd"]) else ""
+        return f"{r[f'{s}_mean']:.1f}{sd}"
+    out = pd.DataFrame({
+        "Rank": board["Rank"], "Method": board["Method"],
+        "Balanced top-1 (%)": [cell(r, "balanced") for _, r in board.iterrows()],
+        "Tail top-1 (%)": [cell(r, "tail") for _, r in board.iterrows()],
+        "Head top-1 (%)": [cell(r, "head") for _, r in board.iterrows()],
+        "Validation (%)": board["val_mean"].round(1), "Seeds": board["Seeds"],
+        "CPU s / run": board["cpu_s"].round(1), "Family": board["Family"],
+        "Front": np.where(board["front"], "●", ""), "Goal": np.where(board["goal"], "✓", ""),
+    })
+    return out.set_index(["Rank", "Method"])
+
+
+def goal_text(board: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
+    """The best long-tailed result of each setting against ``GOAL`` (and against CE on the balanced
+    training set of the same size, when ``reference``, the collected runs, holds it)."""
+    if not len(board):
+        return "No finished run on a long-tailed training set: no leaderboard."
+    lines = []
+    for setting, b in board.groupby("Setting", sort=False):
+        top, tail = b.iloc[0], b.loc[b["tail_mean"].idxmax()]
+        met = b[b["goal"]]
+        goal = (f"goal: ≥ {GOAL['balanced'] * 100:.0f} % balanced and ≥ {GOAL['tail'] * 100:.0f} % tail top-1")
+        text = (f"{setting}: best balanced-test top-1 {top['balanced_mean']:.1f} % ({top['Method']}, tail "
+                f"{top['tail_mean']:.1f} %); best tail top-1 {tail['tail_mean']:.1f} % ({tail['Method']}). "
+                + (f"{len(met)} method(s) reach the {goal}." if len(met) else
+                   f"No method reaches the {goal}: {GOAL['balanced'] * 100 - top['balanced_mean']:.1f} points short "
+                   f"on balanced, {GOAL['tail'] * 100 - tail['tail_mean']:.1f} on tail."))
+        if reference is not None and len(reference) and "train_set" in reference:
+            technique = reference["technique"].fillna("none") if "technique" in reference else "none"
+            ref = reference[(reference["train_set"] == "balanced") & (reference["loss"] == "ce") & (technique == "none")]
+            if len(ref):
+                mean, _ = _stats(ref["balanced/acc1"])
+                text += f" CE on the balanced training set of the same size: {mean:.1f} %."
+        lines.append(text)
+    return "\n".join(lines)
+

@@ -1,0 +1,233 @@
+"""The classifier-stage methods of longtail.methods against hand-computed values and special cases,
+the unused-image validation split, and their parameters."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+
+from longtail import methods, subsets
+from longtail.params import ParameterError, validate
+
+
+def _linear(weight, bias):
+    head = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        head.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return head
+
+
+# ---------------------------------------------------------------------------- decoupling
+
+def test_lws_scales_each_class_logit_and_trains_only_the_scales():
+    head = _linear([[1.0, 2.0], [3.0, -1.0]], [0.5, -0.5])
+    lws = methods.LearnableWeightScaling(head, 2)
+    x = torch.tensor([[1.0, 1.0]])
+    assert lws(x).tolist() == [[3.5, 1.5]]  # f = 1 at the start: the head itself
+    with torch.no_grad():
+        lws.scales.copy_(torch.tensor([2.0, -1.0]))
+    assert lws(x).tolist() == [[7.0, -1.5]]  # f_j (w_j·x + b_j)
+    assert [n for n, q in lws.named_parameters() if q.requires_grad] == ["scales"]
+    assert head.weight.requires_grad  # the original head is copied, not frozen in place
+
+
+def test_tau_normalization_by_hand():
+    head = _linear([[3.0, 4.0], [0.0, 2.0]], [1.0, 1.0])
+    unit = methods.tau_normalized(head, 1.0)
+    assert torch.allclose(unit.weight, torch.tensor([[0.6, 0.8], [0.0, 1.0]]))
+    assert unit.bias.tolist() == [0.0, 0.0]
+    half = methods.tau_normalized(head, 0.5)
+    assert torch.allclose(half.weight[0], torch.tensor([3.0, 4.0]) / 5 ** 0.5)
+    assert torch.equal(methods.tau_normalized(head, 0.0).weight, head.weight)  # τ = 0: unchanged
+    assert head.weight[0].tolist() == [3.0, 4.0]  # a copy
+
+
+def test_max_norm_projects_rows_onto_the_ball():
+    w = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    methods.max_norm_(w, 1.0)
+    assert torch.allclose(w, torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]]))
+
+
+# ---------------------------------------------------------------------------- prototypes
+
+def test_class_means_and_ncm_by_hand():
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1, 1])
+    assert methods.class_means(x, y, 3).tolist() == [[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]]
+    ncm = methods.NearestClassMean(x, y, 2, "euclidean", scale=1.0)
+    # normalised features: (1,0), (0,1), (0,1); class means (1,0), (0,1)
+    out = ncm(torch.tensor([[3.0, 4.0]]))  # x̂ = (0.6, 0.8)
+    assert torch.allclose(out, torch.tensor([[-(0.4 ** 2 + 0.8 ** 2), -(0.6 ** 2 + 0.2 ** 2)]]))
+
+
+def test_cosine_prototypes_are_centred_by_hand():
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1])
+    proto = methods.NearestClassMean(x, y, 2, "cosine", scale=2.0)
+    # centre (1, 1): prototypes (1, -1) and (-1, 1); a query (3, 1) centred is (2, 0)
+    out = proto(torch.tensor([[3.0, 1.0]]))
+    assert torch.allclose(out, torch.tensor([[2.0 / 2 ** 0.5, -2.0 / 2 ** 0.5]]))
+
+
+# ---------------------------------------------------------------------------- tail calibration
+
+def test_tukey_transform():
+    x = torch.tensor([[4.0, 1.0]])
+    assert methods.tukey(x, 0.5).tolist() == [[2.0, 1.0]]
+    assert torch.allclose(methods.tukey(x, 0.0), torch.log(x))
+    with pytest.raises(ValueError, match="non-negative"):
+        methods.tukey(-x, 0.5)
+
+
+def test_calibration_without_spread_gives_the_calibrated_mean():
+    """k = 1, α = 0 and a base class of identical images: Σ' = 0, so every draw is μ' = (μ_b + x̃)/2,
+    with μ_b the nearest base class; the tail class is topped up to the largest class's count."""
+    x = torch.tensor([[0.0, 0.0]] * 5 + [[10.0, 10.0]] * 5 + [[1.0, 0.0]])
+    y = torch.tensor([0] * 5 + [1] * 5 + [2])
+    new_x, new_y = methods.calibrated_samples(x, y, 3, k=1, alpha=0.0, base_min=5,
+                                              generator=torch.Generator().manual_seed(0))
+    assert new_y.tolist() == [2, 2, 2, 2]
+    assert torch.allclose(new_x, torch.tensor([[0.5, 0.0]] * 4))
+
+
+def test_calibration_covariance_is_the_mean_base_covariance_plus_alpha():
+    """Draws of one tail image with k = 2: their covariance matches Σ_1/2 + Σ_2/2 + α I."""
+    rng = torch.Generator().manual_seed(1)
+    base1 = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])  # variance 4/3 along x
+    base2 = torch.tensor([[5.0, 0.0], [5.0, 2.0], [5.0, 0.0], [5.0, 2.0]])  # variance 4/3 along y
+    x = torch.cat([base1, base2, torch.tensor([[3.0, 3.0]])])
+    y = torch.tensor([0] * 4 + [1] * 4 + [2])
+    new_x, _ = methods.calibrated_samples(x, y, 3, k=2, alpha=0.5, base_min=4, target=20001, generator=rng)
+    assert len(new_x) == 20000
+    expected_mean = (torch.tensor([1.0, 0.0]) + torch.tensor([5.0, 1.0]) + torch.tensor([3.0, 3.0])) / 3
+    assert torch.allclose(new_x.mean(0), expected_mean, atol=0.03)
+    cov = torch.cov(new_x.T)
+    assert torch.allclose(cov, torch.tensor([[4 / 6 + 0.5, 0.0], [0.0, 4 / 6 + 0.5]]), atol=0.03)
+
+
+def test_calibration_needs_enough_base_classes():
+    x, y = torch.rand(6, 2), torch.tensor([0, 0, 0, 1, 1, 2])
+    with pytest.raises(ValueError, match="1 base classes"):
+        methods.calibrated_samples(x, y, 3, k=2, base_min=3)
+
+
+# ---------------------------------------------------------------------------- tuning and the techniques
+
+def test_best_on_validation_picks_the_highest_balanced_accuracy_first_on_ties():
+    labels = np.array([0, 0, 0, 1])
+    # candidate a: class 0 all right, class 1 wrong -> 0.5; b: 2/3 of class 0, class 1 right -> 0.833
+    preds = {"a": [0, 0, 0, 0], "b": [0, 0, 1, 1], "c": [0, 1, 0, 1]}
+    best, scores = methods.best_on_validation(preds, lambda c: np.eye(2)[preds[c]], labels, 2)
+    assert best == "b" and scores["a"] == 0.5 and scores["b"] == pytest.approx(5 / 6)
+    assert scores["c"] == scores["b"]  # a tie: the first candidate wins
+    with pytest.raises(ValueError, match="validation split"):
+        methods.best_on_validation([1.0], lambda c: np.zeros((0, 2)), [], 2)
+
+
+def test_weight_balancing_tunes_weight_decay_on_validation_then_fine_tunes_class_balanced():
+    calls = []
+
+    def fit(module, x, y, **kw):
+        calls.append(kw)
+        module.weight.data.mul_(100.0)
+        kw.get("on_step", lambda m: None)(module)  # the projection, as after an optimiser step
+        return [{"epoch": 0}], {5e-4: 0.4, 5e-3: 0.7, 2e-2: 0.6}.get(kw.get("weight_decay"))
+
+    head, history = methods.train_classifier("weight_balancing", {"max_norm": 0.5}, lambda: nn.Linear(3, 2),
+                                             torch.rand(4, 3), torch.tensor([0, 0, 1, 1]), 2, fit)
+    assert [c["weight_decay"] for c in calls] == [5e-4, 5e-3, 2e-2, 5e-3]
+    assert calls[-1]["loss"] == "class_balanced" and calls[-1]["stage_epochs"]
+    assert head.weight.norm(dim=1).max() <= 0.5 + 1e-6
+    assert [r["stage"] for r in history] == ["wb1 wd=0.005", "wb2"]
+
+
+def test_technique_parameters_are_checked():
+    with pytest.raises(ValueError, match="choose one of none, lws"):
+        methods.technique_params("lw", {})
+    with pytest.raises(ValueError, match="valid: tukey, k, alpha, base_min"):
+        methods.technique_params("feature_calibration", {"beta": 1})
+    with pytest.raises(ValueError, match="max_norm"):
+        methods.technique_params("weight_balancing", {"max_norm": 0})
+    assert methods.technique_params("ncm", None) == {"scale": 16.0}
+
+
+@pytest.mark.parametrize("bad,expected", [
+    ({"technique": "lsw"}, "choose one of none, lws, weight_balancing"),
+    ({"technique": "ncm", "mode": "finetune"}, "use mode linear"),
+    ({"tta": "crops"}, "choose one of none, flip"),
+    ({"val_source": "unused"}, "set val_fraction 0"),
+    ({"posthoc_tau_grid": [0.5, 1]}, "posthoc='none'"),
+    ({"posthoc": "logit_adjust", "posthoc_tau_grid": [0.5, 1], "val_fraction": 0.0}, "tuned on a validation split"),
+    ({"technique": "ncm", "posthoc": "tau_norm"}, "use posthoc logit_adjust"),
+    ({"technique": "weight_balancing", "val_fraction": 0.0}, "tunes weight decay"),
+])
+def test_technique_run_parameters_fail_with_their_choices(bad, expected):
+    with pytest.raises(ParameterError) as err:
+        validate(bad)
+    assert expected in str(err.value)
+
+
+# ---------------------------------------------------------------------------- the unused-image validation split
+
+def test_unused_validation_split_is_balanced_and_disjoint():
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    used = np.array([0, 1, 2, 5, 8, 9])  # class 0: 2 spare, class 1: 2 spare, class 2: none
+    val = subsets.unused_validation_indices(labels, used, 3, per_class=2, seed=0)
+    assert not set(val) & set(used)
+    assert np.bincount(labels[val], minlength=3).tolist() == [2, 2, 0]
+    assert subsets.unused_validation_indices(labels, used, 3, per_class=1, seed=0).size == 2
+    with pytest.raises(ValueError, match="per_class=0"):
+        subsets.unused_validation_indices(labels, used, 3, per_class=0)
+
+
+def test_eu_moths_unused_validation_split_in_a_run(data_root, weights_dir, tmp_path):
+    """A real run: no validation image is a training image or a test image, each class has
+    min(2, spare images) of them, and the stored validation logits give the stored score."""
+    from longtail.run import run_training
+    out = tmp_path / "run"
+    result = run_training(dict(dataset="eu_moths", backbone="mobilenetv2", pretrained="inat_insects", mode="linear",
+                               imbalance_factor=8, val_fraction=0.0, val_source="unused", technique="ncm",
+                               save_checkpoints=False, output_dir=str(out)), log=lambda s: None)
+    pred = np.load(out / "predictions.npz")
+    val, train, test = set(pred["val_ids"]), set(pred["train_ids"]), set(pred["ids"])
+    assert len(train) == 581 and not val & train and not val & test
+    classes = pd.read_csv(out / "classes.csv")
+    from longtail.data import load_dataset
+    fold = subsets.class_counts(load_dataset("eu_moths", data_root).train.labels, 200)
+    assert (classes["val_count"] == np.minimum(2, fold - classes["train_count"])).all()
+    assert classes["val_count"].sum() == len(val) and (classes["val_count"] == 0).sum() == 1  # one head class
+    per_class = [(pred["val_logits"][pred["val_labels"] == c].argmax(1) == c).mean()
+                 for c in np.unique(pred["val_labels"])]
+    assert result.metrics["val/balanced_acc"] == pytest.approx(np.mean(per_class))
+    assert json.loads((out / "metrics.json").read_text())["cpu_s"] > 0
+
+
+SYNTH_LINEAR = dict(dataset="synthetic", backbone="resnet32", mode="linear", epochs=3, batch_size=16, image_size=16,
+                    imbalance_factor=4, lr=0.05, val_fraction=0.0, val_source="unused", save_checkpoints=False)
+
+
+@pytest.mark.parametrize("extra", [
+    {"technique": "lws", "tta": "flip", "posthoc": "logit_adjust", "posthoc_tau_grid": [0.0, 1.0]},
+    {"technique": "weight_balancing", "technique_params": {"wd_grid": [0.0, 0.01]}, "posthoc": "tau_norm",
+     "posthoc_tau_grid": [0.0, 0.5]},
+    {"technique": "cosine_prototypes", "loss": "balanced_softmax"},
+    {"technique": "feature_calibration", "technique_params": {"base_min": 3, "tukey": 1.0}, "crt_epochs": 2},
+])
+def test_techniques_run_end_to_end(tmp_path, tmp_cache, extra):
+    from longtail.run import run_training
+    result = run_training({**SYNTH_LINEAR, **extra, "output_dir": str(tmp_path / "run")}, log=lambda s: None)
+    m = result.metrics
+    assert 0 <= m["balanced/acc1"] <= 1 and 0 <= m["val/balanced_acc"] <= 1
+    assert m["posthoc_tau_used"] in extra.get("posthoc_tau_grid", [1.0])
+    stages = set(result.history.get("stage", pd.Series(dtype=str)).dropna())
+    if extra["technique"] == "lws":
+        assert stages == {"lws"} and (result.history["stage"] == "lws").sum() == 10  # crt_epochs, the default
+    if extra["technique"] == "weight_balancing":
+        assert stages & {"wb1 wd=0", "wb1 wd=0.01"} and "wb2" in stages
+    if extra["technique"] == "cosine_prototypes":
+        assert len(result.history) == 0  # nothing trained
+    pred = np.load(tmp_path / "run" / "predictions.npz")
+    assert not set(pred["val_ids"]) & set(pred["train_ids"])
