@@ -27,11 +27,22 @@ not.  Numbers such as ``1e-4`` are read as floats (YAML 1.2), not as strings.
 Every run is validated with :func:`longtail.params.validate` before any run starts; all problems
 of all runs are reported together (one line per distinct problem, with the runs it concerns).
 
-Each run gets the folder ``<output_root>/<run id>/`` (``longtail.run.run_id``: a hash of the
+Values are JSON types only (str, int, float, bool, null, lists, mappings): a ``!!binary``, ``!!set``
+or date is refused, and before a kernel starts each value's injected source must be a literal of it.
+An empty or non-UTF-8 file, and an override value that is no valid value of its parameter, are refused.
+
+Each run gets the folder ``<output_root>/<run id>/`` (``longtail.rundir.run_id``: a hash of the
 resolved parameters), holding the executed notebook ``train.ipynb`` and the run files.  A run is
-done when its notebook completed and wrote ``metrics.json`` (``longtail.rundir.status``); done runs are
-skipped, failed or partial ones are rerun from an empty folder.  One run's failure never stops the others.  At the end the grid's table
-is written to ``<output_root>/runs.csv``.
+done when its notebook completed and wrote ``metrics.json`` (``status.json``, ``longtail.rundir.status``);
+done runs are skipped, failed or partial ones are rerun from an empty folder.  One run's failure
+never stops the others.  At the end the grid's table is written to ``<output_root>/runs.csv``
+(``runs-set-<hash>.csv`` for a ``--set`` variant); if it cannot be written (a full disk) the summary
+still is, naming the problem.
+
+Ctrl-C (or SIGTERM) stops every worker and kernel at once, prints one line (what is done, what the
+next call will run) and exits 130 (143).  Workers die with the grid even when it is killed (Linux
+``PR_SET_PDEATHSIG``; their kernels follow through ipykernel's parent poller), and so do the tasks
+of submitit's local executor.
 
 Command line::
 
@@ -50,7 +61,8 @@ oversubscribe the cores.  Kernels started at the same moment can, rarely, collid
 busy: a kernel start-up failure (any error before the run wrote its ``params.json``) is retried
 twice after a short random pause; a cell error (``PapermillExecutionError``) is a run failure and
 is not retried.  A per-run lock file (``<output_root>/.locks/<id>.lock``, ``fcntl.flock``) keeps
-two grid processes from running the same run at once; such a run is reported as ``busy``.
+two grid processes from running the same run at once; such a run is ``busy``: after its own runs
+the grid waits for the other process to let go of it and reports what it left (done or failed).
 
 SLURM (``--executor slurm``): the runs to do are submitted as one job array with submitit
 (``AutoExecutor``; logs in ``<output_root>/slurm_logs``), one run per array task (``--slurm-gpus-per-task``
