@@ -522,3 +522,94 @@ def test_atomic_writes_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o664
+
+
+def _report_run(root: Path, rid: str, metrics_text: str | None = None) -> Path:
+    d = root / rid
+    d.mkdir(parents=True)
+    p = {**validate({}), "output_dir": str(d)}
+    (d / "params.json").write_text(json.dumps(p))
+    m = {k: p[k] for k in ("dataset", "backbone", "train_set", "imbalance_factor", "loss", "seed")}
+    for s in ("balanced", "longtailed", "head", "middle", "tail"):
+        m.update({f"{s}/acc1": 0.5, f"{s}/macro_f1": 0.4, f"{s}/loss": 1.0, f"{s}/n": 10})
+    (d / "metrics.json").write_text(json.dumps(m) if metrics_text is None else metrics_text)
+    return d
+
+
+@pytest.mark.parametrize("bad", ["", "{\"balanced/acc1\": 0.5,"])
+def test_a_corrupt_metrics_file_is_named_and_its_run_skipped(tmp_path, bad):
+    """Before: a JSONDecodeError naming no file, and no report."""
+    from longtail.results import collect_runs
+
+    _report_run(tmp_path / "runs", "good")
+    broken = _report_run(tmp_path / "runs", "broken", bad)
+    with pytest.warns(UserWarning, match=f"{broken / 'metrics.json'}: not valid JSON .*; run skipped"):
+        runs = collect_runs(tmp_path / "runs")
+    assert list(runs["run_id"]) == ["good"] and runs.attrs["unfinished"] == [str(broken)]
+
+
+def test_report_of_a_missing_parameter_file_is_one_line(tmp_path, capsys):
+    from longtail import report
+    assert report.main([str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.yaml does not exist" in err
+
+
+def test_the_report_header_counts_runs_without_results_when_none_finished(tmp_path):
+    """Before: '0 finished, 0 without results' for a grid of 8 runs not run yet."""
+    from longtail import report
+    from longtail.results import collect_runs
+
+    for i in range(8):
+        (tmp_path / "runs" / f"r{i}").mkdir(parents=True)
+    runs = collect_runs(tmp_path / "runs")
+    info = report.provenance([str(tmp_path / "runs")], runs)
+    assert "0 finished, 8 without results" in report.header_html(info, None, [])
+
+
+def test_missing_weights_in_linear_mode_give_the_weights_hint(tmp_path, tmp_cache):
+    """Before: a bare os.stat FileNotFoundError; the LT_WEIGHTS_DIR hint was never reached."""
+    from longtail.run import run_training
+
+    with pytest.raises(FileNotFoundError, match="pretrained weights .*mobilenetv2_100.coral_inat_insects.pt not "
+                                                "found .*set LT_WEIGHTS_DIR or weights_dir"):
+        run_training({"dataset": "synthetic", "mode": "linear", "pretrained": "inat_insects",
+                      "weights_dir": str(tmp_path / "empty"), "output_dir": str(tmp_path / "run")})
+
+
+def test_a_set_variant_keeps_the_grid_table(tmp_path, env, capsys):
+    """Before: a --set variant (other run ids, same output root) replaced the grid's runs.csv."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "runs.csv").write_text("the main grid's table\n")
+    variant = G.load_grid(TINY, output_root=out, sets={"epochs": 1})
+    for r in variant.runs:
+        _done_folder(Path(r["output_dir"]))
+    assert G.main([str(TINY), "--output-root", str(out), "--set", "epochs=1"]) == 0
+    assert (out / "runs.csv").read_text() == "the main grid's table\n"
+    assert variant.table_path.name.startswith("runs-set-") and variant.table_path.exists()
+    assert f"table: {variant.table_path}" in capsys.readouterr().out
+
+
+def test_two_grids_on_one_folder_both_finish_and_agree(tmp_path, env):
+    """Before: the second grid's runs.csv said busy for runs the first one finished, and both exited 1."""
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    out = tmp_path / "out"
+    g = G.load_grid(TINY, output_root=out)
+    first = subprocess.Popen([sys.executable, "-m", "longtail.grid", str(TINY), "--output-root", str(out)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not Path(g.runs[0]["output_dir"], "params.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = G.run_grid(TINY, output_root=out)
+    text = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, text
+    assert second.ok and {o.status for o in second.outcomes} <= {G.DONE, G.SKIPPED}
+    assert second.skipped  # at least run 0 was finished by the first grid
+    assert set(pd.read_csv(out / "runs.csv")["status"]) == {"done"}
+    assert g.statuses() == ["done"] * len(g)

@@ -29,7 +29,12 @@ def weights_id(pretrained, weights_dir=None) -> str:
         return str(pretrained)
     path = config.weights_dir(weights_dir) / LOCAL_WEIGHTS[pretrained]["file"] if pretrained in LOCAL_WEIGHTS \
         else os.fspath(pretrained)
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        from .models import PRETRAINED_CHOICES
+        raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
+                                f"{', '.join(PRETRAINED_CHOICES)}; set LT_WEIGHTS_DIR or weights_dir)") from None
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 

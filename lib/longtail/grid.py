@@ -27,11 +27,22 @@ not.  Numbers such as ``1e-4`` are read as floats (YAML 1.2), not as strings.
 Every run is validated with :func:`longtail.params.validate` before any run starts; all problems
 of all runs are reported together (one line per distinct problem, with the runs it concerns).
 
-Each run gets the folder ``<output_root>/<run id>/`` (``longtail.run.run_id``: a hash of the
+Values are JSON types only (str, int, float, bool, null, lists, mappings): a ``!!binary``, ``!!set``
+or date is refused, and before a kernel starts each value's injected source must be a literal of it.
+An empty or non-UTF-8 file, and an override value that is no valid value of its parameter, are refused.
+
+Each run gets the folder ``<output_root>/<run id>/`` (``longtail.rundir.run_id``: a hash of the
 resolved parameters), holding the executed notebook ``train.ipynb`` and the run files.  A run is
-done when its notebook completed and wrote ``metrics.json`` (``longtail.rundir.status``); done runs are
-skipped, failed or partial ones are rerun from an empty folder.  One run's failure never stops the others.  At the end the grid's table
-is written to ``<output_root>/runs.csv``.
+done when its notebook completed and wrote ``metrics.json`` (``status.json``, ``longtail.rundir.status``);
+done runs are skipped, failed or partial ones are rerun from an empty folder.  One run's failure
+never stops the others.  At the end the grid's table is written to ``<output_root>/runs.csv``
+(``runs-set-<hash>.csv`` for a ``--set`` variant); if it cannot be written (a full disk) the summary
+still is, naming the problem.
+
+Ctrl-C (or SIGTERM) stops every worker and kernel at once, prints one line (what is done, what the
+next call will run) and exits 130 (143).  Workers die with the grid even when it is killed (Linux
+``PR_SET_PDEATHSIG``; their kernels follow through ipykernel's parent poller), and so do the tasks
+of submitit's local executor.
 
 Command line::
 
@@ -50,7 +61,8 @@ oversubscribe the cores.  Kernels started at the same moment can, rarely, collid
 busy: a kernel start-up failure (any error before the run wrote its ``params.json``) is retried
 twice after a short random pause; a cell error (``PapermillExecutionError``) is a run failure and
 is not retried.  A per-run lock file (``<output_root>/.locks/<id>.lock``, ``fcntl.flock``) keeps
-two grid processes from running the same run at once; such a run is reported as ``busy``.
+two grid processes from running the same run at once; such a run is ``busy``: after its own runs
+the grid waits for the other process to let go of it and reports what it left (done or failed).
 
 SLURM (``--executor slurm``): the runs to do are submitted as one job array with submitit
 (``AutoExecutor``; logs in ``<output_root>/slurm_logs``), one run per array task (``--slurm-gpus-per-task``
@@ -69,6 +81,7 @@ import contextlib
 import copy
 import errno
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -305,6 +318,12 @@ class Grid:
     path: Path | None = None
     spec: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    variant: str = ""  # "set-<hash>" for a grid changed by --set: its table must not replace the file's
+
+    @property
+    def table_path(self) -> Path:
+        """``<output_root>/runs.csv``, or ``runs-set-<hash>.csv`` for a ``--set`` variant of the grid."""
+        return self.output_root / (TABLE_FILE if not self.variant else f"runs-{self.variant}.csv")
 
     @property
     def ids(self) -> list[str]:
@@ -389,8 +408,10 @@ def build_grid(spec: dict, *, output_root: str | os.PathLike | None = None, sets
                     more = f" (+{len(labs) - 3} more)" if len(labs) > 3 else ""
                     lines.append(f"      in {len(labs)} run(s): {shown}{more}")
         raise GridError("\n".join(lines))
+    variant = ("set-" + hashlib.sha1(json.dumps(sets, sort_keys=True).encode()).hexdigest()[:8]) if sets else ""
     return Grid(name=name, notebook=notebook, output_root=root, runs=runs, labels=labels,
-                axes=dict(spec["grid"]), path=Path(spec["path"]) if spec.get("path") else None, spec=spec, notes=notes)
+                axes=dict(spec["grid"]), path=Path(spec["path"]) if spec.get("path") else None, spec=spec, notes=notes,
+                variant=variant)
 
 
 def load_grid(path: str | os.PathLike, *, output_root: str | os.PathLike | None = None, sets: dict | None = None,
@@ -452,8 +473,8 @@ def _quiet(logger_name: str, level: int = logging.ERROR):
 
 
 @contextlib.contextmanager
-def _run_lock(out: Path):
-    """Exclusive, non-blocking lock of one run across processes; yields False when another holds it."""
+def _run_lock(out: Path, wait: bool = False):
+    """Exclusive lock of one run across processes; yields False when another holds it (``wait``: waits for it)."""
     try:
         import fcntl
         lock_dir = out.parent / ".locks"
@@ -464,7 +485,7 @@ def _run_lock(out: Path):
         return
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -643,7 +664,7 @@ class Summary:
                 f"({len(self.done)} now), {len(self.failed)} failed; {left.count(PARTIAL)} stopped and "
                 f"{left.count(TODO)} not started will be run by the next call of the same command; "
                 + (f"table NOT written: {self.table_error}" if self.table_error else
-                   f"table: {self.grid.output_root / TABLE_FILE}"))
+                   f"table: {self.grid.table_path}"))
 
     def text(self) -> str:
         if self.interrupted is not None:
@@ -659,7 +680,7 @@ class Summary:
         for o in self.busy:
             lines.append(f"  busy {o.id} {label_text(o.label)}: {o.error}")
         lines.append(f"table NOT written: {self.table_error}" if self.table_error else
-                     f"table: {self.grid.output_root / TABLE_FILE}")
+                     f"table: {self.grid.table_path}")
         return "\n".join(lines)
 
 
@@ -946,6 +967,7 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
                 array_parallelism=slurm_array_parallelism, timeout_min=slurm_timeout_min,
                 gpus_per_task=slurm_gpus_per_task, cpus_per_task=slurm_cpus_per_task, mem_gb=slurm_mem_gb,
                 extra=slurm_extra)
+        _settle_busy(outcomes, grid, out)
     except KeyboardInterrupt as exc:  # workers and kernels were stopped by the executor
         interrupted = getattr(exc, "signum", int(signal.SIGINT))
     finally:
@@ -959,6 +981,24 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
                for i, (r, lab) in enumerate(zip(grid.runs, grid.labels))]
     return Summary(grid=grid, outcomes=ordered, wall_s=time.time() - t0, jobs=submitted_jobs, interrupted=interrupted,
                    table_error=table_error)
+
+
+def _settle_busy(outcomes: dict, grid: Grid, out) -> None:
+    """Runs another grid process was running when this one reached them: wait until it let go of
+    them (their lock), then report what it left on disk (done: skipped; failed: failed)."""
+    busy = [i for i, o in outcomes.items() if o.status == BUSY]
+    if busy:
+        print(f"waiting for {len(busy)} run(s) that another grid process is running", file=out, flush=True)
+    for i in busy:
+        o = outcomes[i]
+        with _run_lock(Path(o.output_dir), wait=True):
+            state = status_of(o.output_dir)
+        if state == DONE:
+            outcomes[i] = RunOutcome(o.id, o.label, SKIPPED, o.output_dir, o.notebook,
+                                     wall_s=_notebook_meta(Path(o.output_dir)).get("duration"))
+        elif state == FAILED:
+            outcomes[i] = RunOutcome(o.id, o.label, FAILED, o.output_dir, o.notebook,
+                                     error="in another grid process: " + _failure_reason(Path(o.output_dir)))
 
 
 def write_table(grid: Grid, outcomes: dict[str, RunOutcome] | None = None) -> Path:
@@ -980,7 +1020,7 @@ def write_table(grid: Grid, outcomes: dict[str, RunOutcome] | None = None) -> Pa
         rows.append({"id": out.name, **{k: _short(v) if isinstance(v, (dict, list)) else v for k, v in label.items()},
                      "status": status, "wall_s": None if wall is None else round(float(wall), 2), "error": error,
                      "output_dir": str(out)})
-    path = grid.output_root / TABLE_FILE
+    path = grid.table_path
     grid.output_root.mkdir(parents=True, exist_ok=True)
     from .fileio import atomic_write_text
     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))

@@ -189,15 +189,16 @@ def provenance(sources, runs: pd.DataFrame | None = None) -> dict:
     info = {"git_commit": commit, "git_dirty": dirty, "parameter_files": files, "packages": versions,
             "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "gpu": gpu, "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    if runs is not None and len(runs):
+    if runs is not None:  # also with no finished run: "0 finished, 8 without results"
         hw = []
-        for d in runs["run_dir"]:
-            env = Path(d) / "environment.json"
+        for d in (runs["run_dir"] if "run_dir" in runs else []):
+            env = Path(d) / rundir.ENVIRONMENT_FILE
             if env.exists():
                 e = json.loads(env.read_text())
                 hw.append(e.get("gpu") or f"CPU ({e.get('cpu_count')} cores)")
         info["runs"] = {"finished": len(runs), "unfinished": len(runs.attrs.get("unfinished", [])),
-                        "hardware": sorted(set(hw)), "run_wall_s": round(float(runs.get("wall_s", pd.Series()).sum()), 1)}
+                        "hardware": sorted(set(hw)),
+                        "run_wall_s": round(float(runs["wall_s"].sum()) if "wall_s" in runs else 0.0, 1)}
     return info
 
 
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_report(args.sources, args.out, kernel_name=args.kernel, explore=not args.no_explore,
                      run_pages=not args.no_run_pages)
-    except (RuntimeError, FileNotFoundError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:  # ValueError: a bad or missing parameter file (GridError)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

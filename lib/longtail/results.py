@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +115,13 @@ def collect_runs(sources) -> pd.DataFrame:
                 unfinished.append(str(d))
                 continue
             pj = d / rundir.PARAMS_FILE
-            params = json.loads(pj.read_text()) if pj.exists() else {}
-            metrics = json.loads((d / RESULT_FILE).read_text())
+            try:
+                params = rundir.read_json(pj) if pj.exists() else {}
+                metrics = rundir.read_json(d / RESULT_FILE)
+            except ValueError as exc:  # empty or corrupt: the file is named, the others are reported
+                warnings.warn(f"{exc}; run skipped", stacklevel=2)
+                unfinished.append(str(d))
+                continue
             row = {k: _cell(v) for k, v in params.items()}
             row.update({k: _cell(v) for k, v in metrics.items()})
             nb = d / RUN_NOTEBOOK
