@@ -215,10 +215,17 @@ def test_run_all_in_a_fresh_lab_trains_the_main_jobs_model_and_saving_changes_no
             kind = await js("document.querySelector('.jp-FileEditor') ? 'text editor' : "
                             "(document.querySelector('.jp-NotebookPanel') ? 'notebook' : 'nothing')")
             assert opened and kind == "notebook", kind
-            await js("jupyterapp.commands.execute('notebook:run-all-cells')")
+            # the kernel the notebook names starts by itself; Run All once it is ready, as a user would
+            ready = await until("Array.from(jupyterapp.shell.widgets('main')).some(w => w.sessionContext"
+                                "?.session?.kernel?.status === 'idle')", 180)  # (headless: no current widget)
+            assert ready, "the notebook's kernel did not start"
+            await js("void jupyterapp.commands.execute('notebook:run-all-cells')")  # not awaited: it ends with the run
             done = ("(() => { const p = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'));"
-                    " return p.length > 0 && p.every(x => /\\[\\d+\\]/.test(x.textContent)); })()")
+                    " return document.querySelector('.jp-Dialog') ? 'dialog' :"
+                    " p.length > 0 && p.every(x => /\\[\\d+\\]/.test(x.textContent)); })()")
             assert await until(done, 600), "Run All did not finish in 10 minutes"
+            dialog = await js("document.querySelector('.jp-Dialog') ? document.querySelector('.jp-Dialog').innerText : ''")
+            assert not dialog, f"Lab asked the user: {dialog}"  # e.g. "Select Kernel": the kernel was not found
             text = await js("Array.from(document.querySelectorAll('.jp-OutputArea-output')).map(o => o.innerText).join('\\n')")
             images = await js("document.querySelectorAll('.jp-OutputArea-output img').length")
             await js("jupyterapp.commands.execute('docmanager:save')")
