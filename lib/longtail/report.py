@@ -129,9 +129,8 @@ def figure_alt(fig) -> str:
     for ax in fig.axes:
         if ax.get_label() == "<colorbar>":
             continue
-        words = [t for t in (ax.get_title(loc="left") or ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) if t]
-        if words:
-            parts.append(": ".join([words[0], " against ".join(words[1:][::-1])]) if len(words) > 1 else words[0])
+        plotted = " against ".join(t for t in (ax.get_ylabel(), ax.get_xlabel()) if t)
+        parts.append(": ".join(t for t in (ax.get_title(loc="left") or ax.get_title(), plotted) if t))
     text = "; ".join(dict.fromkeys(p.replace("\n", " ") for p in parts if p))
     return text or "figure"
 
@@ -245,14 +244,14 @@ def runs_html(runs: pd.DataFrame, links: dict[str, str]) -> str:
     runs = runs.assign(_m=runs["method"].map(rank)).sort_values(
         ["grid", "dataset", "backbone", "train_set", "_m", "seed"], kind="stable")
     head = ["grid", "run", "dataset", "backbone", "training set", "loss", "seed", "balanced top-1", "tail top-1",
-            "notebook"]
+            "run page"]
     body = []
     for _, r in runs.iterrows():
         link = links.get(r["run_dir"])
         cells = [r["grid"], r["run_id"], r["dataset"], r["backbone"], r["train_set"], r["method"], r.get("seed"),
                  f"{100 * r['balanced/acc1']:.1f} %", f"{100 * r['tail/acc1']:.1f} %"]
         row = "".join(f"<td>{e(c)}</td>" for c in cells)
-        row += f'<td><a href="{e(link)}">train.ipynb</a></td>' if link else "<td>–</td>"
+        row += f'<td><a href="{e(link)}">metrics, parameters, notebook</a></td>' if link else "<td>–</td>"
         body.append(f"<tr>{row}</tr>")
     unfinished = runs.attrs.get("unfinished", [])
     note = (f"<p>{len(unfinished)} run(s) of the grids have no results (not run yet or failed; "
