@@ -125,7 +125,7 @@ def show_table(table: Table | pd.DataFrame, out_dir=None, name: str | None = Non
 
 def figure_alt(fig) -> str:
     """Alternative text of a figure from its own words: its title, the panel titles and axis labels."""
-    parts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    parts = [fig.get_suptitle()]
     for ax in fig.axes:
         if ax.get_label() == "<colorbar>":
             continue
@@ -206,9 +206,9 @@ def _html_escape(s) -> str:
 
 
 def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]],
-                files: list[tuple[str, str]] | None = None) -> str:
-    """The report's first cell: title, contents, provenance (the parameter files folded) and links
-    to ``files`` ((label, path relative to the report))."""
+                links: list[tuple[str, str]] | None = None) -> str:
+    """The report's first cell: title, contents, provenance (the parameter files folded) and
+    ``links`` to its files ((label, path relative to the report))."""
     e = _html_escape
     commit = info.get("git_commit") or "unknown"
     commit_txt = f"{commit[:12]}{' (with uncommitted changes)' if info.get('git_dirty') else ''}"
@@ -225,8 +225,8 @@ def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]
     if wall_s is not None:
         rows.append(("Report wall time", f"{wall_s:.1f} s (executing the notebooks and rendering)"))
     table = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
-    if files:
-        table += ("<tr><th>Files</th><td>" + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in files)
+    if links:
+        table += ("<tr><th>Files</th><td>" + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links)
                   + "</td></tr>")
     files = "".join(f"<details><summary><code>{e(k)}</code></summary><pre>{e(v)}</pre></details>"
                     for k, v in info["parameter_files"].items())
@@ -318,7 +318,7 @@ def html_exporter(exclude_input: bool = True):
 
 def run_page_head(run: pd.Series | dict, back: str) -> str:
     """The top of a run's page: a link back to the report, what the run is, its metrics (in %, as in
-    the report) and its effective parameters (``params.json``: the notebook's defaults with the
+    the report) and its effective parameters (``params.json``: the schema's defaults with the
     grid's values), before the executed notebook."""
     from .results import run_metrics_table
     e = _html_escape
