@@ -184,8 +184,9 @@ for s in results.settings(runs):
 # ## Confusion matrices, calibration and examples
 #
 # For the first long-tailed setting: the baseline and the loss with the best tail accuracy.
-# Confusion matrices are row-normalised (% of a true class's test images), seeds summed, restricted
-# to the largest and to the smallest training classes.
+# Confusion matrices are row-normalised (% of a true class's test images), seeds summed; rows: the
+# largest and the smallest training classes; columns: the same classes, then the classes their wrong
+# predictions went to most, then all other classes together.
 
 # %%
 focus = results.focus_runs(runs, baseline)

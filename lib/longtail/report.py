@@ -125,13 +125,12 @@ def show_table(table: Table | pd.DataFrame, out_dir=None, name: str | None = Non
 
 def figure_alt(fig) -> str:
     """Alternative text of a figure from its own words: its title, the panel titles and axis labels."""
-    parts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    parts = [fig.get_suptitle()]
     for ax in fig.axes:
         if ax.get_label() == "<colorbar>":
             continue
-        words = [t for t in (ax.get_title(loc="left") or ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) if t]
-        if words:
-            parts.append(": ".join([words[0], " against ".join(words[1:][::-1])]) if len(words) > 1 else words[0])
+        plotted = " against ".join(t for t in (ax.get_ylabel(), ax.get_xlabel()) if t)
+        parts.append(": ".join(t for t in (ax.get_title(loc="left") or ax.get_title(), plotted) if t))
     text = "; ".join(dict.fromkeys(p.replace("\n", " ") for p in parts if p))
     return text or "figure"
 
@@ -208,9 +207,9 @@ def _html_escape(s) -> str:
 
 
 def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]],
-                files: list[tuple[str, str]] | None = None) -> str:
-    """The report's first cell: title, contents, provenance (the parameter files folded) and links
-    to ``files`` ((label, path relative to the report))."""
+                links: list[tuple[str, str]] | None = None) -> str:
+    """The report's first cell: title, contents, provenance (the parameter files folded) and
+    ``links`` to its files ((label, path relative to the report))."""
     e = _html_escape
     commit = info.get("git_commit") or "unknown"
     commit_txt = f"{commit[:12]}{' (with uncommitted changes)' if info.get('git_dirty') else ''}"
@@ -227,8 +226,8 @@ def header_html(info: dict, wall_s: float | None, sections: list[tuple[str, str]
     if wall_s is not None:
         rows.append(("Report wall time", f"{wall_s:.1f} s (executing the notebooks and rendering)"))
     table = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
-    if files:
-        table += ("<tr><th>Files</th><td>" + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in files)
+    if links:
+        table += ("<tr><th>Files</th><td>" + " · ".join(f'<a href="{e(href)}">{e(label)}</a>' for label, href in links)
                   + "</td></tr>")
     files = "".join(f"<details><summary><code>{e(k)}</code></summary><pre>{e(v)}</pre></details>"
                     for k, v in info["parameter_files"].items())
@@ -246,14 +245,14 @@ def runs_html(runs: pd.DataFrame, links: dict[str, str]) -> str:
     runs = runs.assign(_m=runs["method"].map(rank)).sort_values(
         ["grid", "dataset", "backbone", "train_set", "_m", "seed"], kind="stable")
     head = ["grid", "run", "dataset", "backbone", "training set", "loss", "seed", "balanced top-1", "tail top-1",
-            "notebook"]
+            "run page"]
     body = []
     for _, r in runs.iterrows():
         link = links.get(r["run_dir"])
         cells = [r["grid"], r["run_id"], r["dataset"], r["backbone"], r["train_set"], r["method"], r.get("seed"),
                  f"{100 * r['balanced/acc1']:.1f} %", f"{100 * r['tail/acc1']:.1f} %"]
         row = "".join(f"<td>{e(c)}</td>" for c in cells)
-        row += f'<td><a href="{e(link)}">train.ipynb</a></td>' if link else "<td>–</td>"
+        row += f'<td><a href="{e(link)}">metrics, parameters, notebook</a></td>' if link else "<td>–</td>"
         body.append(f"<tr>{row}</tr>")
     unfinished = runs.attrs.get("unfinished", [])
     note = (f"<p>{len(unfinished)} run(s) of the grids have no results (not run yet or failed; "
@@ -320,7 +319,7 @@ def html_exporter(exclude_input: bool = True):
 
 def run_page_head(run: pd.Series | dict, back: str) -> str:
     """The top of a run's page: a link back to the report, what the run is, its metrics (in %, as in
-    the report) and its effective parameters (``params.json``: the notebook's defaults with the
+    the report) and its effective parameters (``params.json``: the schema's defaults with the
     grid's values), before the executed notebook."""
     from .results import run_metrics_table
     e = _html_escape
