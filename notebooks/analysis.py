@@ -76,8 +76,7 @@ for setting, b in (board.groupby("Setting", sort=False) if len(board) else []):
     display(report.show_table(leaderboard.table(b), out_dir, "leaderboard" if board["Setting"].nunique() == 1
                               else f"leaderboard_{b.index[0]}", f"Leaderboard, long-tailed training set: {setting}"))
     fig = figures.tail_vs_head(b, leaderboard.GOAL["tail"] * 100, title=setting)
-    report.save_figure(fig, out_dir, "tail_vs_head" if board["Setting"].nunique() == 1 else f"tail_vs_head_{b.index[0]}")
-    plt.show()
+    report.show_figure(fig, out_dir, "tail_vs_head" if board["Setting"].nunique() == 1 else f"tail_vs_head_{b.index[0]}")
 
 # %% [markdown]
 # ## Tables (the thesis's appendix layout)
