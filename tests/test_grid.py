@@ -353,7 +353,7 @@ def test_two_workers_give_the_same_results_as_one(tmp_path, env):
     for o in serial.outcomes:
         a, b = metrics_of(o.output_dir), metrics_of(tmp_path / "parallel" / o.id)
         for key, value in a.items():
-            if isinstance(value, float) and key != "wall_s" and value == value:
+            if isinstance(value, float) and key not in ("wall_s", "cpu_s") and value == value:  # timings differ
                 assert b[key] == pytest.approx(value, abs=1e-6), key
         ha = pd.read_csv(Path(o.output_dir, "history.csv"))
         hb = pd.read_csv(tmp_path / "parallel" / o.id / "history.csv")
