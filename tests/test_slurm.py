@@ -94,6 +94,27 @@ def test_queue_watch_when_squeue_fails_or_forgot_the_array(tmp_path, monkeypatch
     assert sorted(watch.ended(jobs)) == ["7_0", "7_1"]  # the controller forgot the array: it has ended
 
 
+def test_a_job_that_raised_is_reported_with_its_log_tail(tmp_path, monkeypatch):
+    """A task whose function raised (here: a stand-in job) is a failed run quoting the end of its log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    stand_in(bin_dir, "squeue", "7_0|COMPLETED\n")
+    job = fake_job(tmp_path, "7_0", result=True, err="Traceback (most recent call last):\n  ...\n"
+                                                      "ModuleNotFoundError: No module named 'longtail'\n")
+
+    def result():
+        raise RuntimeError("Job (task=0) failed during processing with trace: ...")
+    job.result = result
+    run = {"output_dir": str(tmp_path / "run")}
+    outcomes = []
+    G._wait_for([(run, {"loss": "ce"}, job)], "slurm", 0, outcomes.append)
+    (o,) = outcomes
+    assert o.status == "failed" and o.error == (f"job 7_0: RuntimeError in the job; last lines of "
+                                                f"{tmp_path / '7_0_0_log.err'}: Traceback (most recent call last): "
+                                                "| ... | ModuleNotFoundError: No module named 'longtail'")
+
+
 # ------------------------------------------------------------------------------------- a real cluster
 
 @pytest.fixture(scope="module")

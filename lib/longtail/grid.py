@@ -96,7 +96,7 @@ from . import config, rundir
 from .data import missing_inputs
 from .fileio import write_error
 from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
-from .slurm import LOG_FOLDER as SLURM_LOG_FOLDER, POLL_S as SLURM_POLL_S, QueueWatch
+from .slurm import LOG_FOLDER as SLURM_LOG_FOLDER, POLL_S as SLURM_POLL_S, QueueWatch, log_quote as slurm_log_quote
 
 KERNEL = "longtail"
 #: extra kernel command-line arguments: no start-up / shut-down chatter on the grid's terminal ("running
@@ -894,8 +894,11 @@ def _wait_for(pending, cluster, poll_s, report) -> None:
                 r = job.result()
             except Exception as exc:  # noqa: BLE001 - the task died (time limit, node failure, cancelled)
                 out = Path(run["output_dir"])
+                why = _failure_reason(out, exc)
+                if watch is not None and not rundir.failure_reason(out):  # the traceback is at the log's end
+                    why = f"{type(exc).__name__} in the job; {slurm_log_quote(job)}"
                 r = {"id": out.name, "output_dir": str(out), "notebook": str(out / EXECUTED_NOTEBOOK),
-                     "status": FAILED, "error": f"job {job.job_id}: {_failure_reason(out, exc)}"}
+                     "status": FAILED, "error": f"job {job.job_id}: {why}"}
             report(_outcome(run, label, r))
         pending[:] = still
         if pending:

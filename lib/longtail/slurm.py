@@ -88,7 +88,7 @@ def log_tail(job, lines: int = LOG_TAIL_LINES) -> tuple[Path | None, list[str]]:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+        kept = [line.strip() for line in text.splitlines() if line.strip()]
         if kept:
             return path, kept[-lines:]
     return None, []
@@ -106,11 +106,14 @@ def lost_reason(job, state: str | None) -> str:
             what += f", {details['Reason']}"
     else:
         what = "no longer in the queue (cancelled before it started, or its record expired)"
+    return f"job {job.job_id} {what}; it wrote no result; {log_quote(job)}"
+
+
+def log_quote(job) -> str:
+    """``last lines of <log>: a | b | c`` (at most LOG_TAIL_CHARS characters, from the end), or where no log is."""
     path, tail = log_tail(job)
     log = f"last lines of {path}: " + " | ".join(tail) if tail else f"no log in {Path(job.paths.stdout).parent}"
-    if len(log) > LOG_TAIL_CHARS:
-        log = "..." + log[-LOG_TAIL_CHARS:]
-    return f"job {job.job_id} {what}; it wrote no result; {log}"
+    return log if len(log) <= LOG_TAIL_CHARS else "..." + log[-LOG_TAIL_CHARS:]
 
 
 class QueueWatch:
