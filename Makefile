@@ -60,8 +60,9 @@ bench: setup  ## speed benchmarks; tables land in bench/results/ and in the next
 	$(PY) bench/throughput.py | tee bench/results/throughput.md
 	$(PY) bench/scaling.py | tee bench/results/scaling.md
 
-# A one-node SLURM cluster on localhost (root, Debian: installs slurm-wlm and munge where missing) for
-# tests/test_slurm.py and for trying `--executor slurm`; idempotent.  slurm-down stops its daemons.
+# A one-node SLURM cluster on localhost (root, Debian: installs slurmctld, slurmd, slurm-client, munge
+# where missing) for tests/test_slurm.py and for trying `--executor slurm`; idempotent.  slurm-down
+# stops its daemons.
 slurm-up:
 	tests/slurm/local_cluster.sh up
 

@@ -1068,8 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--slurm-mem-gb", type=float, default=None)
     s.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other submitit parameter, e.g. slurm_account=abc (repeatable)")
-    s.add_argument("--slurm-poll-s", type=float, default=SLURM_POLL_S,
-                   help="seconds between looks at the queue while waiting (default: %(default)s)")
+    s.add_argument("--slurm-poll-s", type=float, default=None,
+                   help=f"seconds between looks at the queue while waiting (default: {SLURM_POLL_S:g})")
     s.add_argument("--no-wait", action="store_true", help="submit and return; rerun with --dry-run for the state")
     s.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help=argparse.SUPPRESS)  # local / debug: the submitit code path without SLURM (tests)
