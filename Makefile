@@ -21,7 +21,7 @@ export LT_DATA_ROOT    ?= $(firstword $(wildcard $(CURDIR)/../shared/data) $(CUR
 export LT_WEIGHTS_DIR  ?= $(firstword $(wildcard $(CURDIR)/../shared/weights) $(CURDIR)/weights)
 export PYTHONUNBUFFERED = 1
 
-.PHONY: all setup test grid report lab bench clean
+.PHONY: all setup test grid report lab bench slurm-up slurm-down clean
 all: grid report  ## the main job: default grid, then the report
 
 $(STAMP): requirements.txt pyproject.toml
@@ -59,6 +59,15 @@ bench: setup  ## speed benchmarks; tables land in bench/results/ and in the next
 	$(PY) bench/main_job.py | tee bench/results/main_job.md
 	$(PY) bench/throughput.py | tee bench/results/throughput.md
 	$(PY) bench/scaling.py | tee bench/results/scaling.md
+
+# A one-node SLURM cluster on localhost (root, Debian: installs slurmctld, slurmd, slurm-client, munge
+# where missing) for tests/test_slurm.py and for trying `--executor slurm`; idempotent.  slurm-down
+# stops its daemons.
+slurm-up:
+	tests/slurm/local_cluster.sh up
+
+slurm-down:
+	tests/slurm/local_cluster.sh down
 
 clean:
 	rm -rf runs report/*.html report/figures report/tables

@@ -68,8 +68,14 @@ SLURM (``--executor slurm``): the runs to do are submitted as one job array with
 (``AutoExecutor``; logs in ``<output_root>/slurm_logs``), one run per array task (``--slurm-gpus-per-task``
 GPUs, ``--slurm-cpus-per-task`` CPUs, which also set the kernel's ``OMP_NUM_THREADS``); the command
 waits for them and prints the same progress and summary (``--no-wait`` submits and returns; a
-later ``--dry-run`` shows what is done).  The project folder, its ``.venv`` (with the ``longtail``
-kernel) and the output root must be on the cluster's shared file system.  Other sbatch options go
+later ``--dry-run`` shows what is done).  While it waits it reads ``squeue`` and the jobs' result files
+every ``--slurm-poll-s`` seconds, not ``sacct`` (``longtail.slurm``: clusters without accounting work
+too); a job that ends without a result (``scancel``, its time limit, a broken node) is a failed run,
+reported with its state, exit code and the last lines of its log, and the next call redoes it.  The
+project folder, its ``.venv`` (with the ``longtail`` kernel) and the output root must be on the
+cluster's shared file system.  A job runs the grid's own Python (submitit: ``sys.executable``), so the
+``longtail`` kernel of that ``.venv`` is found whatever the node's PATH, and it inherits the submitting
+shell's environment (sbatch's default ``--export=ALL``: ``LT_DATA_ROOT`` and the others).  Other sbatch options go
 through ``--slurm-param``, e.g. ``--slurm-param slurm_account=abc``, or on clusters that only know
 ``--gres``: ``--slurm-gpus-per-task 0 --slurm-param slurm_gres=gpu:1``.  ``--submitit-cluster
 local|debug`` (hidden) runs the same code path without SLURM; the tests use it.
@@ -103,6 +109,7 @@ from . import config, rundir
 from .data import missing_inputs
 from .fileio import write_error
 from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
+from .slurm import LOG_FOLDER as SLURM_LOG_FOLDER, POLL_S as SLURM_POLL_S, QueueWatch, log_quote as slurm_log_quote
 
 KERNEL = "longtail"
 #: extra kernel command-line arguments: no start-up / shut-down chatter on the grid's terminal ("running
@@ -860,21 +867,21 @@ def _run_one_task(run: dict, grid_pid: int | None = None, **kw) -> dict:
 
 def _run_submitit(todo, labels, grid: Grid, *, kernel_name, start_retries, report, wait: bool, cluster: str,
                   poll_s: float | None = None, **executor_kw) -> list:
-    ex = make_submitit_executor(grid.output_root / "slurm_logs", cluster=cluster, name=f"lt-{grid.name}",
-                                **executor_kw)
+    logs = grid.output_root / SLURM_LOG_FOLDER
+    ex = make_submitit_executor(logs, cluster=cluster, name=f"lt-{grid.name}", **executor_kw)
     one = functools.partial(_run_one_task, notebook=str(grid.notebook), kernel_name=kernel_name,
                             start_retries=start_retries, grid_pid=os.getpid() if cluster == "local" else None)
     jobs = ex.map_array(one, todo)
     if jobs:
         print(f"submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]} ({cluster}); "
-              f"logs: {grid.output_root / 'slurm_logs'}", flush=True)
+              f"logs: {logs}", flush=True)
     if not wait:
         for run, label, job in zip(todo, labels, jobs):
             out = Path(run["output_dir"])
             report(RunOutcome(out.name, label, SUBMITTED, str(out), str(out / EXECUTED_NOTEBOOK),
                               error=f"job {job.job_id}"))
         return jobs
-    poll_s = poll_s if poll_s is not None else (15.0 if cluster == "slurm" else 0.5)
+    poll_s = poll_s if poll_s is not None else (SLURM_POLL_S if cluster == "slurm" else 0.5)
     pending = list(zip(todo, labels, jobs))
     try:
         _wait_for(pending, cluster, poll_s, report)
@@ -889,18 +896,30 @@ def _run_submitit(todo, labels, grid: Grid, *, kernel_name, start_retries, repor
 
 
 def _wait_for(pending, cluster, poll_s, report) -> None:
+    # on SLURM: squeue and the result files, not submitit's sacct (absent without accounting; see longtail.slurm)
+    watch = QueueWatch() if cluster == "slurm" else None
     while pending:
         still = []
+        ended = watch.ended([job for *_, job in pending]) if watch else {}
         for run, label, job in pending:
-            if cluster != "debug" and not job.done():
+            running = job.job_id not in ended if watch else cluster != "debug" and not job.done()
+            if running:
                 still.append((run, label, job))
+                continue
+            if ended.get(job.job_id):  # the task ended without a result: its state and log tail
+                out = Path(run["output_dir"])
+                report(_outcome(run, label, {"id": out.name, "output_dir": str(out), "status": FAILED,
+                                             "notebook": str(out / EXECUTED_NOTEBOOK), "error": ended[job.job_id]}))
                 continue
             try:
                 r = job.result()
             except Exception as exc:  # noqa: BLE001 - the task died (time limit, node failure, cancelled)
                 out = Path(run["output_dir"])
+                why = _failure_reason(out, exc)
+                if watch is not None and not rundir.failure_reason(out):  # the traceback is at the log's end
+                    why = f"{type(exc).__name__} in the job; {slurm_log_quote(job)}"
                 r = {"id": out.name, "output_dir": str(out), "notebook": str(out / EXECUTED_NOTEBOOK),
-                     "status": FAILED, "error": f"job {job.job_id}: {_failure_reason(out, exc)}"}
+                     "status": FAILED, "error": f"job {job.job_id}: {why}"}
             report(_outcome(run, label, r))
         pending[:] = still
         if pending:
@@ -912,7 +931,7 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
              submitit_cluster: str = "slurm", slurm_partition: str | None = None, slurm_array_parallelism: int = 8,
              slurm_timeout_min: int = 240, slurm_gpus_per_task: int = 1, slurm_cpus_per_task: int | None = 8,
              slurm_mem_gb: float | None = None, slurm_extra: dict | None = None, wait: bool = True,
-             out=None) -> Summary:
+             slurm_poll_s: float | None = None, out=None) -> Summary:
     """Run (the selected runs of) a grid; returns the Summary (``.ok`` False when a run failed).
 
     Raises GridError, before any run starts, when the file or any run's parameters are invalid.
@@ -966,7 +985,7 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
                 wait=wait, cluster=submitit_cluster, partition=slurm_partition,
                 array_parallelism=slurm_array_parallelism, timeout_min=slurm_timeout_min,
                 gpus_per_task=slurm_gpus_per_task, cpus_per_task=slurm_cpus_per_task, mem_gb=slurm_mem_gb,
-                extra=slurm_extra)
+                extra=slurm_extra, poll_s=slurm_poll_s)
         _settle_busy(outcomes, grid, out)
     except KeyboardInterrupt as exc:  # workers and kernels were stopped by the executor
         interrupted = getattr(exc, "signum", int(signal.SIGINT))
@@ -1089,6 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--slurm-mem-gb", type=float, default=None)
     s.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other submitit parameter, e.g. slurm_account=abc (repeatable)")
+    s.add_argument("--slurm-poll-s", type=float, default=None,
+                   help=f"seconds between looks at the queue while waiting (default: {SLURM_POLL_S:g})")
     s.add_argument("--no-wait", action="store_true", help="submit and return; rerun with --dry-run for the state")
     s.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help=argparse.SUPPRESS)  # local / debug: the submitit code path without SLURM (tests)
@@ -1116,7 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
                            slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_array_parallelism,
                            slurm_timeout_min=args.slurm_timeout_min, slurm_gpus_per_task=args.slurm_gpus_per_task,
                            slurm_cpus_per_task=args.slurm_cpus_per_task, slurm_mem_gb=args.slurm_mem_gb,
-                           slurm_extra=extra, wait=not args.no_wait)
+                           slurm_extra=extra, wait=not args.no_wait, slurm_poll_s=args.slurm_poll_s)
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -89,7 +89,8 @@ def source_runs(source) -> tuple[str, list[Path]]:
         raise FileNotFoundError(f"{p}: neither a parameter file (.yaml) nor a folder of runs")
     if (p / rundir.PARAMS_FILE).exists():
         return p.parent.name, [p]
-    return p.name, sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    from .slurm import LOG_FOLDER  # the grid's SLURM logs beside its runs: not a run
+    return p.name, sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != LOG_FOLDER)
 
 
 def _cell(v):
