@@ -233,10 +233,11 @@ if focus:
 # %%
 from IPython.display import Markdown, display
 
-benchmarks = results.benchmark_tables()
-for name, text in benchmarks:
-    display(Markdown(f"### `{name}`\n\n{text}"))
-if not benchmarks:
-    display(Markdown("*No benchmark results yet.* `make bench` runs `bench/main_job.py`, `bench/throughput.py` "
+from longtail import config
+
+if not results.benchmark_tables(config.PROJECT_ROOT / results.BENCH_FOLDERS[0]):  # none measured here yet
+    display(Markdown("*No benchmark results yet* from this machine: `make bench` runs `bench/main_job.py`, `bench/throughput.py` "
                      "and `bench/scaling.py` and writes their tables to `bench/results/`; the next report shows "
                      "them here (`bench/gpu.sh` does the same on a GPU)."))
+for name, text in results.benchmark_tables():
+    display(Markdown(f"### `{name}`\n\n{text}"))

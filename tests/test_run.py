@@ -121,13 +121,14 @@ def result_labels(tmp_path):
 
 
 def test_sigmoid_class_balanced_run_starts_from_cui_bias_and_is_scored_with_sigmoid(tmp_path, tmp_cache):
-    """epochs 0: the stored classifier is the initial one, bias -log(C - 1) (C = 6); the test loss is the
-    one-vs-all BCE of the stored logits, recomputed here in float64; the own training loss is reported."""
+    """One epoch at lr 1e-12 (epochs 0 is refused): the stored classifier is the initial one, bias
+    -log(C - 1) (C = 6); the test loss is the one-vs-all BCE of the stored logits, recomputed here in
+    float64; the own training loss is reported."""
     import math
 
     import torch
     out = tmp_path / "run"
-    run_training({**TINY, "epochs": 0, "loss": "class_balanced", "val_fraction": 0.0,
+    run_training({**TINY, "epochs": 1, "lr": 1e-12, "loss": "class_balanced", "val_fraction": 0.0,
                   "loss_params": {"base": "sigmoid"}, "output_dir": str(out)}, log=_quiet)
     state = torch.load(out / "last.pt", weights_only=True)
     assert torch.allclose(state["fc.bias"].double(), torch.full((6,), -math.log(5), dtype=torch.float64))
