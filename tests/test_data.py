@@ -155,3 +155,17 @@ def test_missing_data_and_weights_stop_the_grid_once_before_any_run(tmp_path, mo
 def test_missing_inputs_is_empty_for_the_real_data(data_root, weights_dir):
     assert data.missing_inputs([{"dataset": "eu_moths", "data_root": None, "pretrained": "inat_insects",
                                  "weights_dir": None}]) == []
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / cls / f"{i}.jpg")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("no image here")
+    with pytest.raises(FileNotFoundError, match=f"without an image .*{tmp_path / 'c'}; add images"):
+        data.load_imagefolder(tmp_path)
+    (tmp_path / "c" / "notes.txt").unlink()
+    (tmp_path / "c").rmdir()
+    assert data.load_imagefolder(tmp_path).num_classes == 2

@@ -222,12 +222,23 @@ def load_imagefolder(root=None, *, name="imagefolder", test_fraction=0.2, split_
     if (root / "train").is_dir() and (root / "test").is_dir():
         names = _class_folders(root / "train")
         train, test = (_scan(root / s, names) for s in ("train", "test"))
+        _no_empty_classes(train, names, root / "train")
     else:
         names = _class_folders(root)
         everything = _scan(root, names)
+        _no_empty_classes(everything, names, root)
         rest, held = stratified_split(everything.labels, test_fraction, seed=split_seed)
         train, test = everything.subset(rest), everything.subset(held)
     return ImageDataset(name, names, train, test, info={"source": str(root)})
+
+
+def _no_empty_classes(split: ImageSplit, names: list[str], root: Path) -> None:
+    """A class folder without an image file is an error naming it (given sets may lack a class: see
+    :func:`load_given_sets`)."""
+    empty = [str(root / names[c]) for c in np.flatnonzero(np.bincount(split.labels, minlength=len(names)) == 0)]
+    if empty:
+        raise FileNotFoundError(f"class folder(s) without an image ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                                f"{', '.join(empty)}; add images or remove the folder")
 
 
 def load_given_sets(root, *, name: str = "imagefolder") -> ImageDataset:
