@@ -328,6 +328,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _default_interrupt() -> None:
+    """Ctrl-C as in a terminal: a shell without job control (a CI script run in the background)
+    starts its children with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_grid(out: Path, jobs: int):
     """The tiny grid in a process of its own session (as a terminal runs it); returns it once a run's
     kernel is working, with the pids of its workers and kernels."""
@@ -338,7 +345,8 @@ def _start_grid(out: Path, jobs: int):
     g = G.load_grid(TINY, output_root=out)
     proc = subprocess.Popen([sys.executable, "-m", "longtail.grid", str(TINY), "--jobs", str(jobs),
                              "--output-root", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, text=True)
+                            stderr=subprocess.PIPE, start_new_session=True, text=True,
+                            preexec_fn=_default_interrupt)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         started = [Path(r["output_dir"], "params.json").exists() and G.status_of(r["output_dir"]) != "done"
