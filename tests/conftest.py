@@ -29,3 +29,14 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
     """A private cache folder, so a test sees its own cache behaviour."""
     monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A grid's caches and runs in tmp_path; one thread a kernel (bit-identical across executors)."""
+    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LT_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    return tmp_path

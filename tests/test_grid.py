@@ -28,15 +28,6 @@ TINY = ROOT / "params" / "tiny.yaml"
 PY = sys.executable
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LT_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    return tmp_path
-
-
 def write_yaml(path: Path, obj) -> Path:
     path.write_text(yaml.safe_dump(obj, sort_keys=False))
     return path

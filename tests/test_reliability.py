@@ -16,15 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "params" / "tiny.yaml"
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LT_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    return tmp_path
-
-
 # ------------------------------------------------------------------ 1. a parameter cannot run code
 
 def _payload(marker: Path) -> bytes:

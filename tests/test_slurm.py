@@ -134,17 +134,6 @@ def slurm_cluster() -> str:
     return idle[0]
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """The runs' caches in tmp_path; one thread a kernel (bit-identical to the local executor)."""
-    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LT_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    return tmp_path
-
-
 def grid_command(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "longtail.grid", str(TINY), "--executor", "slurm", "--output-root", str(out),
             "--slurm-gpus-per-task", "0", "--slurm-cpus-per-task", "1", "--slurm-timeout-min", "10",
