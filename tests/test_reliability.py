@@ -156,6 +156,7 @@ def test_a_notebook_failing_after_metrics_is_failed_redone_and_never_reported(tm
 BAD_VALUES = {
     "dataset": [3, "imagenet"], "data_root": [3, "", ["a"]],
     "dataset_params": ["abc", [1], {"num_class": 2}, {"num_classes": "2"}, {"noise": "high"}],
+    # (cifar10's jpeg_quality out of range: test_jpeg_quality_is_checked_before_any_work)
     "train_set": [True, "long"], "imbalance_factor": ["abc", 0.5, True], "profile": [1, "linear"],
     "class_order": [None, "sorted"], "n_max": ["abc", 0, 2.5], "balanced_size": [1, "half"],
     "subset_seed": ["abc", -1, 1.5, 2**32], "val_fraction": ["abc", None, 1.0, -0.1],
@@ -612,3 +613,10 @@ def test_two_grids_on_one_folder_both_finish_and_agree(tmp_path, env):
     assert second.skipped  # at least run 0 was finished by the first grid
     assert set(pd.read_csv(out / "runs.csv")["status"]) == {"done"}
     assert g.statuses() == ["done"] * len(g)
+
+
+def test_jpeg_quality_is_checked_before_any_work():
+    for bad in (0, 101, 75.5, "75", True):
+        with pytest.raises(ParameterError, match=r"dataset_params.jpeg_quality=.*must be an integer in 1..100"):
+            validate({"dataset": "cifar10", "dataset_params": {"jpeg_quality": bad}})
+    assert validate({"dataset": "cifar10", "dataset_params": {"jpeg_quality": 75}})["dataset_params"] == {"jpeg_quality": 75}

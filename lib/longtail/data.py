@@ -111,6 +111,11 @@ def _find_eu_moths(root: Path) -> Path:
     return next(cached.glob("*/images.txt")).parent
 
 
+def _jpeg_quality_problem(q) -> str | None:
+    ok = q is None or (isinstance(q, int) and not isinstance(q, bool) and 1 <= q <= 100)
+    return None if ok else f"jpeg_quality={q!r}: must be an integer in 1..100 (or None: off)"
+
+
 def load_cifar10(root=None, *, jpeg_quality: int | None = None, **_) -> ImageDataset:
     """CIFAR-10 (Krizhevsky 2009) from a local JPEG tree or archive, or torchvision's download.
 
@@ -119,9 +124,9 @@ def load_cifar10(root=None, *, jpeg_quality: int | None = None, **_) -> ImageDat
     an ablation that measures what a JPEG pass costs, as an estimate of what the first pass (the
     local copy's) cost against the original arrays."""
     ds = _load_cifar10(config.data_root(root))
+    if (problem := _jpeg_quality_problem(jpeg_quality)) is not None:
+        raise ValueError(problem)
     if jpeg_quality is not None:
-        if not (isinstance(jpeg_quality, int) and 1 <= jpeg_quality <= 100):
-            raise ValueError(f"jpeg_quality={jpeg_quality!r}: must be an integer in 1..100 (or None: off)")
         ds.train, ds.test = (jpeg_round_trip(s, jpeg_quality) for s in (ds.train, ds.test))
         ds.info = {**ds.info, "note": f"{ds.info.get('note', 'CIFAR-10')}; one more JPEG pass at quality {jpeg_quality}"}
     return ds
@@ -346,6 +351,10 @@ def load_synthetic(root=None, *, num_classes=6, train_per_class=40, test_per_cla
     return ImageDataset("synthetic", [f"class_{c}" for c in range(num_classes)], make(train_per_class),
                         make(test_per_class), info={"source": f"generated (seed {seed})"})
 
+
+#: checks of loader parameters that a default's type cannot express: {dataset: {name: check}},
+#: each check returning None or what is wrong (params.validate runs them before any work)
+DATASET_PARAM_CHECKS = {"cifar10": {"jpeg_quality": _jpeg_quality_problem}}
 
 DATASETS = {
     "eu_moths": load_eu_moths,

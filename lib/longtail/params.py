@@ -235,6 +235,7 @@ def dataset_param_names(dataset: str) -> dict:
 
 
 def _dataset_params_errors(dataset: str, given: dict) -> list[str]:
+    from .data import DATASET_PARAM_CHECKS
     valid = dataset_param_names(dataset)
     bad = sorted(set(given) - set(valid))
     if bad:
@@ -248,6 +249,8 @@ def _dataset_params_errors(dataset: str, given: dict) -> list[str]:
               or (isinstance(d, (tuple, list)) and isinstance(v, list)))
         if not ok:
             errors.append(f"dataset_params.{k}={v!r}: must be of the type of its default {d!r}")
+        elif (check := DATASET_PARAM_CHECKS.get(dataset, {}).get(k)) is not None and (problem := check(v)):
+            errors.append(f"dataset_params.{problem}")
     return errors
 
 
