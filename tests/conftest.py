@@ -40,3 +40,22 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     return tmp_path
+
+
+def _pids_with_environ(entry: str) -> list[int]:
+    """Live processes of this machine whose environment holds ``entry`` (``NAME=value``)."""
+    mark, found = entry.encode(), []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def pids_with_environ():
+    """``pids_with_environ("NAME=value")``: the live processes whose environment holds it (kernels
+    carry JPY_PARENT_PID of their starter, SLURM tasks SLURM_JOB_ID)."""
+    return _pids_with_environ

@@ -251,19 +251,7 @@ def test_dry_run_lists_runs_and_creates_nothing(tmp_path, env, capsys):
 
 # ------------------------------------------------------------------------ real papermill executions
 
-def _kernels_of(pid: int) -> list[int]:
-    """Live kernels started by process ``pid`` (jupyter_client sets JPY_PARENT_PID in their environment)."""
-    mark, found = f"JPY_PARENT_PID={pid}".encode(), []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if mark in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            pass
-    return found
-
-
-def test_killed_grid_resumes_with_only_the_unfinished_runs(tmp_path, env):
+def test_killed_grid_resumes_with_only_the_unfinished_runs(tmp_path, env, pids_with_environ):
     out = tmp_path / "out"
     g = G.load_grid(TINY, output_root=out)
     proc = subprocess.Popen([PY, "-m", "longtail.grid", str(TINY), "--output-root", str(out)], cwd=ROOT,
@@ -278,16 +266,16 @@ def test_killed_grid_resumes_with_only_the_unfinished_runs(tmp_path, env):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stdout.read().decode()
-        assert _kernels_of(proc.pid)  # the in-flight run's kernel
+        assert pids_with_environ(f"JPY_PARENT_PID={proc.pid}")  # the in-flight run's kernel
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     # the killed process's kernel (its own session) notices its parent is gone and exits (ipykernel's
     # parent poller, ~1 s); wait for that so that it cannot write into the folder the rerun cleans
     deadline = time.time() + 60
-    while _kernels_of(proc.pid) and time.time() < deadline:
+    while pids_with_environ(f"JPY_PARENT_PID={proc.pid}") and time.time() < deadline:
         time.sleep(0.2)
-    assert not _kernels_of(proc.pid)
+    assert not pids_with_environ(f"JPY_PARENT_PID={proc.pid}")
     states = g.statuses()
     finished = {rid: (Path(r["output_dir"], "metrics.json").stat().st_mtime_ns, metrics_of(r["output_dir"]))
                 for rid, r, s in zip(g.ids, g.runs, states) if s == "done"}

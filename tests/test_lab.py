@@ -83,6 +83,21 @@ def _get(url: str, data: bytes | None = None, method: str = "GET"):
         return json.loads(r.read())
 
 
+def _start_lab(tmp_path, root, port: int, token: str, extra_args: list, extra_env: dict):
+    """A JupyterLab server with `make lab`'s flags, bound to localhost, on the venv's settings only
+    (its config, settings and workspace folders in tmp_path); returns (process, log file)."""
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), **extra_env}
+    cmd = [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", f"--ServerApp.root_dir={root}",
+           "--LabApp.default_url=/lab/tree/notebooks/train.py", f"--ServerApp.port={port}", "--no-browser",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", *extra_args]
+    if os.getuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp_path / "lab.log", "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path), log
+
+
 @pytest.mark.skipif(shutil.which("jupyter", path=str(Path(sys.prefix) / "bin")) is None, reason="no jupyter in this venv")
 def test_lab_server_opens_py_notebooks_as_notebooks_and_saves_them_unchanged(tmp_path):
     """A real JupyterLab server with `make lab`'s flags and the venv's settings (nothing from the
@@ -92,16 +107,8 @@ def test_lab_server_opens_py_notebooks_as_notebooks_and_saves_them_unchanged(tmp
         f"{INSTALLED_SETTINGS} differs from {TRACKED_SETTINGS}: run `make setup`"
     root = _project_copy(tmp_path / "project")
     port, token = _free_port(), "lt-test-token"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
-    cmd = [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", f"--ServerApp.root_dir={root}",
-           "--LabApp.default_url=/lab/tree/notebooks/train.py", f"--ServerApp.port={port}", "--no-browser",
-           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
-    if os.getuid() == 0:
-        cmd.append("--allow-root")
-    log = open(tmp_path / "lab.log", "w")
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    server, log = _start_lab(tmp_path, root, port, token, ["--ServerApp.port_retries=0"],
+                             {"JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -158,17 +165,8 @@ def test_run_all_in_a_fresh_lab_trains_the_main_jobs_model_and_saving_changes_no
         pytest.skip("headless Chromium not installed (Debian: apt-get install chromium; .ci/run installs it)")
     root = _project_copy(tmp_path / "project")
     port, cdp_port, token = _free_port(), _free_port(), "lt-test-token"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "LT_RUNS_DIR": str(tmp_path / "runs"),
-           "PYTHONUNBUFFERED": "1"}
-    cmd = [str(Path(sys.prefix) / "bin" / "jupyter"), "lab", f"--ServerApp.root_dir={root}",
-           "--LabApp.default_url=/lab/tree/notebooks/train.py", f"--ServerApp.port={port}", "--no-browser",
-           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True"]
-    if os.getuid() == 0:
-        cmd.append("--allow-root")
-    log = open(tmp_path / "lab.log", "w")
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    server, log = _start_lab(tmp_path, root, port, token, ["--LabApp.expose_app_in_browser=True"],
+                             {"LT_RUNS_DIR": str(tmp_path / "runs"), "PYTHONUNBUFFERED": "1"})
     chrome = None
     try:
         for _ in range(120):

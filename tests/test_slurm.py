@@ -146,21 +146,9 @@ def job_state(job_id: str) -> str:
     return m.group(1) if m else "gone"
 
 
-def processes_of(job_id: str) -> list[int]:
-    """Live processes of this machine started inside SLURM job ``job_id`` (SLURM_JOB_ID in their environment)."""
-    mark, found = f"SLURM_JOB_ID={job_id}".encode(), []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if mark in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            pass
-    return found
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path):
+def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path, pids_with_environ):
     out = tmp_path / "out"
     grid = G.load_grid(TINY, output_root=out)
     ids = grid.ids  # array task i runs grid run i (all four are to do)
@@ -182,7 +170,7 @@ def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path):
     assert G.status_of(started) == "partial" and job_state(f"{array}_0") == "RUNNING"
     job0 = re.search(r"\bJobId=(\d+)", subprocess.run(["scontrol", "show", "job", "--oneliner", f"{array}_0"],
                                                        capture_output=True, text=True).stdout).group(1)
-    assert processes_of(job0)  # its task and the notebook's kernel
+    assert pids_with_environ(f"SLURM_JOB_ID={job0}")  # its task and the notebook's kernel
     subprocess.run(["scancel", f"{array}_0"], check=True)
     rest, _ = proc.communicate(timeout=480)
     first = "".join(lines) + rest
@@ -199,7 +187,7 @@ def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path):
     assert str(out / "slurm_logs" / f"{array}_2_0_log.err") in broken  # where to read on
     assert f"reason:   {broken}" in first  # the summary quotes the log's tail too
     assert G.status_of(out / ids[0]) == "partial" and G.status_of(out / ids[2]) == "todo"
-    assert not processes_of(job0)  # the cancelled job's kernel went with it
+    assert not pids_with_environ(f"SLURM_JOB_ID={job0}")  # the cancelled job's kernel went with it
     for i in (1, 3):  # results collected: each done run's notebook ran in the venv's kernel `longtail`
         nb = json.loads((out / ids[i] / G.EXECUTED_NOTEBOOK).read_text())
         assert nb["metadata"]["kernelspec"]["name"] == G.KERNEL
