@@ -142,3 +142,15 @@ def test_sigmoid_class_balanced_run_starts_from_cui_bias_and_is_scored_with_sigm
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["balanced/loss"] == pytest.approx(bce, rel=1e-5)
     assert np.isfinite(metrics["thesis_longtailed/train_loss"]) and metrics["thesis_balanced/loss"] == metrics["balanced/loss"]
+
+
+def test_monitor_test_records_the_balanced_test_top1_of_the_last_epoch(tmp_path, tmp_cache):
+    """Without a validation split the last epoch is the model evaluated, so its monitored top-1 is
+    the run's balanced top-1; the best test epoch is reported beside it, never used for selection."""
+    out = tmp_path / "run"
+    result = run_training({**TINY, "epochs": 3, "val_fraction": 0.0, "monitor_test": True,
+                           "output_dir": str(out)}, log=_quiet)
+    hist = pd.read_csv(out / "history.csv")
+    assert hist["monitor_acc"].iloc[-1] == pytest.approx(result.metrics["balanced/acc1"])
+    assert result.metrics["monitor/best_test_acc1"] == pytest.approx(hist["monitor_acc"].max())
+    assert result.metrics["best_epoch"] == 2

@@ -152,8 +152,9 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
                                          channels_last=channels_last, seed=p["seed"], randaugment=p["randaugment"])
 
-    def monitor(test_x) -> dict:  # test top-1 after every epoch, recorded only (see monitor_test)
-        return {"monitor_x": test_x, "monitor_y": test.labels} if p["monitor_test"] else {}
+    def monitor(test_x) -> dict:  # balanced-test top-1 after every epoch, recorded only (see monitor_test)
+        tb = torch.as_tensor(sets.test_balanced)  # the test split also holds a given long-tailed test set
+        return {"monitor_x": test_x[tb], "monitor_y": test.labels[sets.test_balanced]} if p["monitor_test"] else {}
 
     if p["mode"] == "linear":
         def backbone():
