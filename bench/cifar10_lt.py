@@ -124,7 +124,8 @@ def _run_one(params: dict) -> dict:
 
 
 def _load_done(params: dict) -> dict | None:
-    f = Path(params["output_dir"]) / "metrics.json"
+    from longtail import rundir
+    f = Path(params["output_dir"]) / rundir.RESULT_FILE
     return {**params, "metrics": json.loads(f.read_text()), "seconds": None} if f.exists() else None
 
 

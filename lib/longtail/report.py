@@ -324,8 +324,8 @@ def run_page_head(run: pd.Series | dict, back: str) -> str:
     from .results import run_metrics_table
     e = _html_escape
     run_dir = Path(run["run_dir"])
-    params = json.loads((run_dir / "params.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    params = json.loads((run_dir / rundir.PARAMS_FILE).read_text())
+    metrics = json.loads((run_dir / rundir.RESULT_FILE).read_text())
     table = run_metrics_table(metrics)
     metrics_html = table.to_html(classes="lt-run-head", float_format=lambda v: f"{v:.1f}", na_rep="–", border=0)
     items = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
