@@ -28,6 +28,22 @@ def test_cifar_augmentation_shifts_by_whole_pixels():
     assert set(np.round(out.numpy().ravel(), 6)) <= values
 
 
+def test_cifar_augmentation_is_the_reference_pad_crop_flip():
+    """Each output is exactly one of torchvision's RandomCrop(padding=pad) + RandomHorizontalFlip
+    results (zero padding, whole-pixel offsets), and every offset and flip occurs (issue 16)."""
+    pad, n = 2, 2000
+    x = torch.rand(n, 3, 6, 6)
+    out = transforms.pad_crop_flip(x, pad=pad, generator=torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(n):
+        matches = [(flip, dy, dx) for flip in (False, True) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                   if torch.allclose(torch.nn.functional.pad(x[i].flip(-1) if flip else x[i], (pad,) * 4)
+                                     [:, dy:dy + 6, dx:dx + 6], out[i], atol=1e-6)]
+        assert len(matches) == 1, f"image {i}: {matches}"
+        seen.add(matches[0])
+    assert len(seen) == 2 * (2 * pad + 1) ** 2
+
+
 def test_random_resized_crop_with_full_scale_and_no_flip_is_identity():
     x = torch.rand(3, 3, 16, 16)
     gen = torch.Generator().manual_seed(0)
