@@ -676,6 +676,8 @@ def _short(v) -> str:
 
 
 BENCH_FOLDERS = ("bench/results", "bench/measured")  # written by `make bench`; kept from lent GPU machines
+#: bench tables that belong beside the published numbers (issue 16's ablation), not among the speed figures
+PUBLISHED_ABLATION_PREFIX = "cifar10_lt_ablation"
 
 
 def benchmark_tables(folder=None) -> list[tuple[str, str]]:
