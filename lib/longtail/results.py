@@ -82,9 +82,8 @@ def source_runs(source) -> tuple[str, list[Path]]:
     """(grid name, run folders) of a parameter file, a folder of run folders, or one run folder."""
     p = project_path(source)
     if p.suffix in (".yaml", ".yml"):
-        from .grid import load_grid
-        grid = load_grid(p, check_backbone=False)
-        return grid.name, [Path(r["output_dir"]) for r in grid.runs]
+        from .gridspec import run_folders
+        return run_folders(p)
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: neither a parameter file (.yaml) nor a folder of runs")
     if (p / rundir.PARAMS_FILE).exists():

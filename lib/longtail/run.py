@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import config, params as params_mod, rundir
-from .rundir import RESULT_FILE, is_done, run_id  # noqa: F401  (public API of longtail.run)
+from .rundir import RESULT_FILE, run_id  # noqa: F401  (run_id: public API of longtail.run)
 
 
 @dataclass
