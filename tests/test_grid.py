@@ -125,6 +125,40 @@ def test_load_grid_resolves_runs_into_output_root(tmp_path, env):
     assert len(g.select({"imbalance_factor": [4]})) == 4 and len(g.select({"imbalance_factor": [5]})) == 0
 
 
+def test_run_folders_are_those_of_the_validated_grid_without_torch():
+    """The report finds a grid's run folders from the file alone (``params.resolve``, no validation):
+    the same folders, in the same order, as ``load_grid`` for every shipped file, and no torch."""
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        g = G.load_grid(path, check_backbone=False)
+        assert gridspec.run_folders(path) == (g.name, [Path(r["output_dir"]) for r in g.runs]), path.name
+    code = ("import sys; from longtail import gridspec; gridspec.run_folders('params/techniques.yaml'); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([PY, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_help_and_readme_show_the_parameter_file_format_as_it_is(capsys):
+    with pytest.raises(SystemExit):
+        G.main(["--help"])
+    text = capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    for block in (gridspec.SPEC_EXAMPLE, gridspec.SPEC_RULES):
+        assert block in readme
+        assert all(line.strip() in text for line in block.splitlines())
+    assert all(line.strip() in text for line in G.EXAMPLES.splitlines())
+    assert "--slurm-timeout-min" in text and f"default: {executors.SlurmOptions().timeout_min}" in text
+
+
+def test_every_module_is_in_the_readme_table_and_the_package_docstring():
+    import re
+
+    import longtail
+    modules = {p.stem for p in (ROOT / "lib" / "longtail").glob("*.py")} - {"__init__"}
+    table = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "README.md").read_text(), re.M))
+    listed = set(re.findall(r"\w+", longtail.__doc__.split("\n\n", 2)[2]))
+    assert modules <= table and modules <= listed
+    assert not (table - modules - {"lib", "notebooks", "params", "tests", "bench", "report"})
+
+
 def test_shipped_parameter_files_are_valid():
     counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 42, "cifar10_lt": 14, "tiny": 4}
     grids = {name: G.load_grid(ROOT / "params" / f"{name}.yaml") for name in counts}
