@@ -125,12 +125,12 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
     if unsafe:  # validate() refuses these; a caller that skipped it gets no code run either
         return {**result, "status": FAILED, "error": "refused before running: " + "; ".join(unsafe)}
     if rundir.is_done(out):
-        return {**result, "status": SKIPPED, "wall_s": rundir.notebook_meta(out).get("duration")}
+        return {**result, "status": SKIPPED, "wall_s": rundir.notebook_seconds(out)}
     with _run_lock(out) as mine:
         if not mine:
             return {**result, "status": BUSY, "error": "another process is running this run"}
         if rundir.is_done(out):
-            return {**result, "status": SKIPPED, "wall_s": rundir.notebook_meta(out).get("duration")}
+            return {**result, "status": SKIPPED, "wall_s": rundir.notebook_seconds(out)}
         from jupyter_client.kernelspec import NoSuchKernel
 
         t0 = time.time()

@@ -179,7 +179,7 @@ def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = 
         if rundir.status(run["output_dir"]) == DONE:
             outcomes[i] = RunOutcome(Path(run["output_dir"]).name, label, SKIPPED, run["output_dir"],
                                      str(Path(run["output_dir"]) / rundir.NOTEBOOK_FILE),
-                                     wall_s=rundir.notebook_meta(Path(run["output_dir"])).get("duration"))
+                                     wall_s=rundir.notebook_seconds(Path(run["output_dir"])))
         else:
             todo.append(run), todo_labels.append(label), todo_idx.append(i)
     where = f" ({grid.path})" if grid.path else ""
@@ -236,7 +236,7 @@ def _settle_busy(outcomes: dict, grid: Grid, out) -> None:
             state = rundir.status(o.output_dir)
         if state == DONE:
             outcomes[i] = RunOutcome(o.id, o.label, SKIPPED, o.output_dir, o.notebook,
-                                     wall_s=rundir.notebook_meta(Path(o.output_dir)).get("duration"))
+                                     wall_s=rundir.notebook_seconds(Path(o.output_dir)))
         elif state == FAILED:
             outcomes[i] = RunOutcome(o.id, o.label, FAILED, o.output_dir, o.notebook,
                                      error="in another grid process: " + failure_reason(Path(o.output_dir)))
@@ -256,7 +256,7 @@ def write_table(grid: Grid, outcomes: dict[str, RunOutcome] | None = None) -> Pa
         out = Path(run["output_dir"])
         o = outcomes.get(out.name)
         status = o.status if o is not None and o.status != SKIPPED else rundir.status(out)
-        wall = o.wall_s if o is not None and o.wall_s is not None else rundir.notebook_meta(out).get("duration")
+        wall = o.wall_s if o is not None and o.wall_s is not None else rundir.notebook_seconds(out)
         error = o.error if o is not None else (failure_reason(out) if status == FAILED else None)
         rows.append({"id": out.name, **{k: value_text(v) if isinstance(v, (dict, list)) else v for k, v in label.items()},
                      "status": status, "wall_s": None if wall is None else round(float(wall), 2), "error": error,

@@ -88,6 +88,11 @@ def notebook_meta(out: str | os.PathLike) -> dict:
         return {}
 
 
+def notebook_seconds(out: str | os.PathLike) -> float | None:
+    """The executed notebook's wall time (papermill's ``duration``; None when unknown)."""
+    return notebook_meta(out).get("duration")
+
+
 def recorded_status(out: str | os.PathLike) -> dict:
     """The grid's ``status.json`` (``{}`` when absent or unreadable)."""
     try:
