@@ -88,7 +88,7 @@ def _outcome(run: dict, label: dict, r: dict) -> RunOutcome:
 # ------------------------------------------------------------------------------------------ one run
 
 @contextlib.contextmanager
-def _run_lock(out: Path, wait: bool = False):
+def run_lock(out: Path, wait: bool = False):
     """Exclusive lock of one run across processes; yields False when another holds it (``wait``: waits for it)."""
     try:
         import fcntl
@@ -126,7 +126,7 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
         return {**result, "status": FAILED, "error": "refused before running: " + "; ".join(unsafe)}
     if rundir.is_done(out):
         return {**result, "status": SKIPPED, "wall_s": rundir.notebook_seconds(out)}
-    with _run_lock(out) as mine:
+    with run_lock(out) as mine:
         if not mine:
             return {**result, "status": BUSY, "error": "another process is running this run"}
         if rundir.is_done(out):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import rundir
 from .data import missing_inputs
-from .executors import (BUSY, SKIPPED, SUBMITTED, RunOutcome, SlurmOptions, _run_lock, failure_reason, run_local,
+from .executors import (BUSY, SKIPPED, SUBMITTED, RunOutcome, SlurmOptions, failure_reason, run_local, run_lock,
                         run_submitit)
 from .fileio import atomic_write_text, one_line
 from .gridspec import SPEC_FORMAT, Grid, GridError, label_text, load_grid, parse_value, value_text
@@ -232,7 +232,7 @@ def _settle_busy(outcomes: dict, grid: Grid, out) -> None:
         print(f"waiting for {len(busy)} run(s) that another grid process is running", file=out, flush=True)
     for i in busy:
         o = outcomes[i]
-        with _run_lock(Path(o.output_dir), wait=True):
+        with run_lock(Path(o.output_dir), wait=True):
             state = rundir.status(o.output_dir)
         if state == DONE:
             outcomes[i] = RunOutcome(o.id, o.label, SKIPPED, o.output_dir, o.notebook,

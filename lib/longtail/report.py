@@ -18,7 +18,8 @@ Command line (``make report``)::
     python -m longtail.report params/default.yaml [params/cifar10_lt.yaml ...] [--out report]
 
 A source is a grid's parameter file (its runs, in ``<output_root>/<id>``), a folder of run folders,
-or one run folder.  Only finished runs (``metrics.json`` present) are analysed.
+or one run folder.  Only finished runs (``rundir.status`` done) are analysed; finding and reading them
+needs only the run folders' JSON and CSV files (this process imports no torch; its notebooks' kernels do).
 """
 from __future__ import annotations
 
