@@ -111,8 +111,6 @@ def run_lock(out: Path, wait: bool = False):
         fh.close()
 
 
-
-
 def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: str = KERNEL,
             cwd: str | os.PathLike | None = None, start_retries: int = 2) -> dict:
     """Execute the notebook for one run into its folder; never raises for a failed run.
@@ -179,7 +177,6 @@ def _clean(out: Path) -> None:
     if out.is_dir():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-
 
 
 # ------------------------------------------------------------------------------- local processes

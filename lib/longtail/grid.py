@@ -151,7 +151,6 @@ class _Progress:
               f"| ETA {eta:.0f}s", file=self.out, flush=True)
 
 
-
 def run_grid(grid: Grid | str | os.PathLike, jobs: int = 1, only: dict | None = None, executor: str = "local", *,
              output_root=None, sets: dict | None = None, kernel_name: str = KERNEL, start_retries: int = 2,
              slurm: SlurmOptions | None = None, out=None) -> Summary:
