@@ -32,9 +32,10 @@ timeout $((DEADLINE + 40)) "$PY" bench/cifar10_lt.py --runs ablation --max-runs 
 "$PY" - "$OUT/cifar10_lt_runs.jsonl" <<'PY'
 import json, sys
 from pathlib import Path
+from longtail import rundir
 with open(sys.argv[1], "w") as out:
-    for m in sorted(Path("/tmp/longtail-runs/cifar10_lt").glob("*/metrics.json")):
-        out.write(json.dumps({"params": json.loads((m.parent / "params.json").read_text()),
+    for m in sorted(Path("/tmp/longtail-runs/cifar10_lt").glob(f"*/{rundir.RESULT_FILE}")):
+        out.write(json.dumps({"params": json.loads((m.parent / rundir.PARAMS_FILE).read_text()),
                               "metrics": json.loads(m.read_text())}) + "\n")
 PY
 left=$((start + DEADLINE + 70 - $(date +%s)))

@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from longtail import rundir
+from longtail.gridspec import TABLE_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -70,7 +73,7 @@ def main():
               [PY, "-m", "longtail.grid", args.params, "--jobs", str(args.jobs)], env),
         stage("report", [PY, "-m", "longtail.report", args.params, "--out", str(tmp / "report")], env),
     ]
-    runs = [json.loads(p.read_text()) for p in (tmp / "runs").rglob("metrics.json")]
+    runs = [json.loads(p.read_text()) for p in (tmp / "runs").rglob(rundir.RESULT_FILE)]
     notebook_walls = _notebook_walls(tmp / "runs")
     overheads = [notebook_walls[Path(m["run_dir"]).name] - m["wall_s"] for m in runs if Path(m["run_dir"]).name in notebook_walls]
     total = sum(r["wall_s"] for r in rows)
@@ -92,7 +95,7 @@ def main():
 def _notebook_walls(root: Path) -> dict:
     import pandas as pd
     walls = {}
-    for table in root.rglob("runs.csv"):
+    for table in root.rglob(TABLE_FILE):
         df = pd.read_csv(table)
         walls.update({str(i): float(w) for i, w in zip(df["id"], df["wall_s"]) if w == w})
     return walls

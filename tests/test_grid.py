@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from longtail import executors, gridspec, rundir
 from longtail import grid as G
 from longtail.params import ParameterError
 from longtail.run import run_id
@@ -44,7 +45,7 @@ def test_expand_is_the_cartesian_product_with_overrides():
             "grid": {"loss": ["ce", "focal", "ldam"], "seed": [0, 1]},
             "overrides": {"loss": {"focal": {"loss_params": {"gamma": 2.0}},
                                    "ldam": {"drw_epoch": 2, "loss_params": {"max_m": 0.5, "s": 30}}}}}
-    runs = G.expand(spec)
+    runs = gridspec.expand(spec)
     assert [(r["loss"], r["seed"]) for r in runs] == [("ce", 0), ("ce", 1), ("focal", 0), ("focal", 1),
                                                        ("ldam", 0), ("ldam", 1)]  # last axis fastest
     assert all(r["dataset"] == "synthetic" and r["epochs"] == 3 for r in runs)
@@ -52,7 +53,7 @@ def test_expand_is_the_cartesian_product_with_overrides():
     assert runs[2]["loss_params"] == {"gamma": 2.0} and "drw_epoch" not in runs[2]
     assert runs[4]["loss_params"] == {"max_m": 0.5, "s": 30} and runs[4]["drw_epoch"] == 2
     runs[2]["loss_params"]["gamma"] = 5.0  # runs are independent copies
-    assert G.expand(spec)[3]["loss_params"] == {"gamma": 2.0}
+    assert gridspec.expand(spec)[3]["loss_params"] == {"gamma": 2.0}
 
 
 def test_overrides_match_numbers_bools_and_defaults():
@@ -60,11 +61,11 @@ def test_overrides_match_numbers_bools_and_defaults():
             "overrides": {"imbalance_factor": {100.0: {"epochs": 7}, 10: {"epochs": 8}},
                           "compile": {True: {"lr": 0.5}},
                           "loss": {"ce": {"weight_decay": 0.0}}}}  # loss not set: matched on its default (ce)
-    runs = G.expand(spec)
+    runs = gridspec.expand(spec)
     assert [r["epochs"] for r in runs] == [7, 7, 8, 8]
     assert [r.get("lr") for r in runs] == [0.5, None, 0.5, None]
     assert all(r["weight_decay"] == 0.0 for r in runs)
-    assert G._same(1, 1.0) and not G._same(True, 1) and G._same("ce", "ce") and not G._same(None, "None")
+    assert gridspec._same(1, 1.0) and not gridspec._same(True, 1) and gridspec._same("ce", "ce") and not gridspec._same(None, "None")
 
 
 def test_extends_merges_base_and_overrides_and_replaces_axes(tmp_path):
@@ -79,27 +80,27 @@ def test_extends_merges_base_and_overrides_and_replaces_axes(tmp_path):
         "base: {epochs: 1, weight_decay: 1e-4}\n"  # 1e-4: a float, not the string YAML 1.1 would make
         "grid: {seed: [7]}\n"
         "overrides: {loss: {focal: {epochs: 9}, ce: {lr: 0.01}}}\n")
-    spec = G.read_spec(tmp_path / "sub" / "child.yaml")
+    spec = gridspec.read_spec(tmp_path / "sub" / "child.yaml")
     assert spec["name"] == "child"  # not inherited (nor output_root): the child's runs go to runs/child
     assert spec["notebook"] == str(ROOT / "notebooks" / "train.py")  # inherited
     assert spec["base"] == {"dataset": "synthetic", "epochs": 1, "lr": 0.1, "weight_decay": 1e-4}
     assert isinstance(spec["base"]["weight_decay"], float)
     assert spec["grid"] == {"loss": ["ce", "focal"], "seed": [7]}
     assert spec["overrides"]["loss"] == {"focal": {"loss_params": {"gamma": 2.0}, "epochs": 9}, "ce": {"lr": 0.01}}
-    runs = G.expand(spec)
+    runs = gridspec.expand(spec)
     assert [(r["loss"], r["seed"], r["epochs"], r["lr"]) for r in runs] == [("ce", 7, 1, 0.01), ("focal", 7, 9, 0.1)]
 
 
 def test_bad_files_are_refused(tmp_path):
     with pytest.raises(G.GridError, match="unknown top-level key"):
-        G.read_spec(write_yaml(tmp_path / "a.yaml", {"bsae": {"epochs": 1}}))
+        gridspec.read_spec(write_yaml(tmp_path / "a.yaml", {"bsae": {"epochs": 1}}))
     with pytest.raises(G.GridError, match="non-empty list"):
         G.load_grid(write_yaml(tmp_path / "b.yaml", {"grid": {"seed": 0}}))
     with pytest.raises(G.GridError, match="cycle"):
         write_yaml(tmp_path / "c.yaml", {"extends": "d.yaml"})
-        G.read_spec(write_yaml(tmp_path / "d.yaml", {"extends": "c.yaml"}))
+        gridspec.read_spec(write_yaml(tmp_path / "d.yaml", {"extends": "c.yaml"}))
     with pytest.raises(G.GridError, match="does not exist"):
-        G.read_spec(write_yaml(tmp_path / "e.yaml", {"extends": "missing.yaml"}))
+        gridspec.read_spec(write_yaml(tmp_path / "e.yaml", {"extends": "missing.yaml"}))
     with pytest.raises(G.GridError, match="output_dir is set by the grid"):
         G.load_grid(write_yaml(tmp_path / "f.yaml", {"base": {"output_dir": "x"}}))
 
@@ -122,6 +123,40 @@ def test_load_grid_resolves_runs_into_output_root(tmp_path, env):
     sub = g.select({"loss": ["ldam"], "train_set": ["longtailed", "balanced"]})
     assert [lab["loss"] for lab in sub.labels] == ["ldam", "ldam"] and len(g) == 4
     assert len(g.select({"imbalance_factor": [4]})) == 4 and len(g.select({"imbalance_factor": [5]})) == 0
+
+
+def test_run_folders_are_those_of_the_validated_grid_without_torch():
+    """The report finds a grid's run folders from the file alone (``params.resolve``, no validation):
+    the same folders, in the same order, as ``load_grid`` for every shipped file, and no torch."""
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        g = G.load_grid(path, check_backbone=False)
+        assert gridspec.run_folders(path) == (g.name, [Path(r["output_dir"]) for r in g.runs]), path.name
+    code = ("import sys; from longtail import gridspec; gridspec.run_folders('params/techniques.yaml'); "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([PY, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_help_and_readme_show_the_parameter_file_format_as_it_is(capsys):
+    with pytest.raises(SystemExit):
+        G.main(["--help"])
+    text = capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    for block in (gridspec.SPEC_EXAMPLE, gridspec.SPEC_RULES):
+        assert block in readme
+        assert all(line.strip() in text for line in block.splitlines())
+    assert all(line.strip() in text for line in G.EXAMPLES.splitlines())
+    assert "--slurm-timeout-min" in text and f"default: {executors.SlurmOptions().timeout_min}" in text
+
+
+def test_every_module_is_in_the_readme_table_and_the_package_docstring():
+    import re
+
+    import longtail
+    modules = {p.stem for p in (ROOT / "lib" / "longtail").glob("*.py")} - {"__init__"}
+    table = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "README.md").read_text(), re.M))
+    listed = set(re.findall(r"\w+", longtail.__doc__.split("\n\n", 2)[2]))
+    assert modules <= table and modules <= listed
+    assert not (table - modules - {"lib", "notebooks", "params", "tests", "bench", "report"})
 
 
 def test_shipped_parameter_files_are_valid():
@@ -196,10 +231,10 @@ def test_kernel_startup_failure_is_retried_but_a_cell_error_is_not(tmp_path, mon
         Path(out_path).parent.joinpath("metrics.json").write_text("{}")
 
     monkeypatch.setattr(papermill, "execute_notebook", flaky)
-    monkeypatch.setattr(G.time, "sleep", lambda s: None)
-    r = G.run_one(run)
+    monkeypatch.setattr(executors.time, "sleep", lambda s: None)
+    r = executors.run_one(run)
     assert (r["status"], r["attempts"], len(calls)) == ("done", 2, 2) and calls[0]["epochs"] == 1
-    assert G.run_one(run)["status"] == "skipped"
+    assert executors.run_one(run)["status"] == "skipped"
 
     def cell_error(nb, out_path, **kw):
         calls.append(1)
@@ -207,7 +242,7 @@ def test_kernel_startup_failure_is_retried_but_a_cell_error_is_not(tmp_path, mon
 
     monkeypatch.setattr(papermill, "execute_notebook", cell_error)
     calls.clear()
-    r = G.run_one({"output_dir": str(tmp_path / "def")})
+    r = executors.run_one({"output_dir": str(tmp_path / "def")})
     assert (r["status"], r["attempts"], len(calls), r["error"]) == ("failed", 1, 1, "ValueError: bad thing")
 
 
@@ -217,7 +252,7 @@ def test_a_run_held_by_another_process_is_busy(tmp_path):
     (tmp_path / "root" / ".locks").mkdir(parents=True)
     with open(tmp_path / "root" / ".locks" / "abc.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        assert subprocess.run([PY, "-c", f"from longtail.grid import run_one; import sys; "
+        assert subprocess.run([PY, "-c", f"from longtail.executors import run_one; import sys; "
                                          f"sys.exit(run_one({{'output_dir': {str(out)!r}}})['status'] != 'busy')"],
                               cwd=ROOT).returncode == 0
     assert not out.exists()
@@ -230,8 +265,9 @@ def test_sbatch_script_of_the_slurm_executor(tmp_path, monkeypatch):
         (bin_dir / tool).write_text("#!/bin/sh\necho 'Submitted batch job 1'\n")
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    ex = G.make_submitit_executor(tmp_path / "logs", cluster="slurm", partition="gpu", array_parallelism=8,
-                                  timeout_min=90, gpus_per_task=1, name="lt-thesis", extra={"slurm_account": "abc"})
+    options = executors.SlurmOptions(cluster="slurm", partition="gpu", array_parallelism=8, timeout_min=90,
+                                     gpus_per_task=1, extra={"slurm_account": "abc"})
+    ex = executors.make_submitit_executor(tmp_path / "logs", options, name="lt-thesis")
     text = ex._executor._make_submission_file_text("python -m x", "uid")
     for line in ("--partition=gpu", "--gpus-per-node=1", "--time=90", "--job-name=lt-thesis", "--cpus-per-task=8",
                  "--account=abc", f"--output={tmp_path / 'logs'}"):
@@ -260,7 +296,7 @@ def test_killed_grid_resumes_with_only_the_unfinished_runs(tmp_path, env, pids_w
         deadline = time.time() + 240
         # kill when one run is done and the next is half-way (its params.json written, no metrics.json)
         while time.time() < deadline and proc.poll() is None:
-            states = [G.status_of(r["output_dir"]) for r in g.runs]
+            states = [rundir.status(r["output_dir"]) for r in g.runs]
             started = [Path(r["output_dir"], "params.json").exists() for r in g.runs]
             if "done" in states and any(s and st != "done" for s, st in zip(started, states)):
                 break
@@ -307,7 +343,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, env, capsys):
     text = capsys.readouterr().out
     g = G.load_grid(path, output_root=out)
     bad, good = g.runs
-    assert G.status_of(good["output_dir"]) == "done" and G.status_of(bad["output_dir"]) == "failed"
+    assert rundir.status(good["output_dir"]) == "done" and rundir.status(bad["output_dir"]) == "failed"
     nb = Path(bad["output_dir"], "train.ipynb")
     assert nb.exists() and json.loads(nb.read_text())["metadata"]["papermill"]["exception"]
     assert "1 done, 0 skipped (done before), 1 failed" in text
@@ -346,12 +382,12 @@ def test_two_workers_give_the_same_results_as_one(tmp_path, env):
 
 def test_slurm_path_through_submitit_local_executor(tmp_path, env):
     out = tmp_path / "out"
-    summary = G.run_grid(TINY, executor="slurm", submitit_cluster="local", slurm_gpus_per_task=0,
-                         slurm_cpus_per_task=1, slurm_timeout_min=10, output_root=out,
+    summary = G.run_grid(TINY, executor="slurm", output_root=out,
+                         slurm=executors.SlurmOptions(cluster="local", gpus_per_task=0, cpus_per_task=1, timeout_min=10),
                          only={"loss": ["ce"], "train_set": ["balanced"]})
     assert summary.ok and len(summary.done) == 1 and len(summary.jobs) == 1
     (o,) = summary.done
-    assert G.status_of(o.output_dir) == "done" and Path(o.notebook).exists()
+    assert rundir.status(o.output_dir) == "done" and Path(o.notebook).exists()
     logs = list((out / "slurm_logs").glob("*_log.out"))
     assert logs  # the job's logs, beside the runs
     table = pd.read_csv(out / "runs.csv")  # the whole grid's table: one run done, three to do

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from longtail import executors, notebook, rundir
 from longtail import grid as G
 from longtail.params import ParameterError, json_type_errors, validate
 
@@ -72,7 +73,7 @@ def test_run_one_refuses_a_value_whose_cell_would_not_be_a_literal(tmp_path):
     """Defence in depth: a caller that skipped validation still gets no code run, and no kernel."""
     marker = tmp_path / "pwned"
     run = {**validate({}), "output_dir": str(tmp_path / "run"), "data_root": _payload(marker)}
-    r = G.run_one(run)
+    r = executors.run_one(run)
     assert r["status"] == G.FAILED and "data_root" in r["error"] and not marker.exists()
     assert not (tmp_path / "run").exists()
 
@@ -90,7 +91,7 @@ def test_every_json_value_is_injected_as_an_equal_literal(value):
     """Quotes, backslashes, newlines, unicode, nested containers: papermill's source of any accepted
     value is a literal that evaluates back to the value."""
     assert json_type_errors(value, "x") == []
-    assert G.injection_problems({"dataset_params": {"k": value}, "data_root": value}) == []
+    assert notebook.injection_problems({"dataset_params": {"k": value}, "data_root": value}) == []
 
 
 # ------------------------------------------------------ 2. done means the whole notebook completed
@@ -140,7 +141,7 @@ def test_a_notebook_failing_after_metrics_is_failed_redone_and_never_reported(tm
     (o,) = [o for o in first.outcomes if o.status != G.TODO]
     assert o.status == G.FAILED and "a plotting cell failed" in o.error
     assert (Path(o.output_dir) / "metrics.json").exists()  # run_training did finish
-    assert G.status_of(o.output_dir) == G.FAILED
+    assert rundir.status(o.output_dir) == G.FAILED
     G.print_dry_run(G.load_grid(path).select(only))
     assert f"failed   {o.id}" in capsys.readouterr().out
     runs = collect_runs(Path(o.output_dir).parent)
@@ -341,13 +342,13 @@ def _start_grid(out: Path, jobs: int):
                             preexec_fn=_default_interrupt)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        started = [Path(r["output_dir"], "params.json").exists() and G.status_of(r["output_dir"]) != "done"
+        started = [Path(r["output_dir"], "params.json").exists() and rundir.status(r["output_dir"]) != "done"
                    for r in g.runs]
         if any(started):
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
-    return g, proc, G._descendants(proc.pid)
+    return g, proc, executors._descendants(proc.pid)
 
 
 def _gone(pids, timeout=15.0) -> bool:
@@ -503,7 +504,7 @@ def test_a_full_disk_fails_the_run_without_start_up_retries(tmp_path, env, monke
     """Before: a full disk was taken for a kernel start-up failure and retried."""
     run = {**G.load_grid(TINY, output_root=tmp_path / "out").runs[0]}
     _full_disk(monkeypatch)
-    r = G.run_one(run)
+    r = executors.run_one(run)
     assert r["status"] == G.FAILED and r["attempts"] == 1
     assert "no space left on device while writing" in r["error"] and "status.json" in r["error"]
     assert "retrying" not in capsys.readouterr().err

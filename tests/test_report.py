@@ -151,11 +151,31 @@ def rendered(tmp_path_factory):
                           env=env, capture_output=True, text=True, timeout=300)
     assert grid.returncode == 0, grid.stdout + grid.stderr
     out = tmp / "report"
-    rep = subprocess.run(py + ["longtail.report", "params/tiny.yaml", "--out", str(out)], cwd=config.PROJECT_ROOT,
-                         env=env, capture_output=True, text=True, timeout=300)
+    # -X importtime: every module the report process imports, on its stderr (kernels are other processes)
+    rep = subprocess.run([sys.executable, "-X", "importtime", "-m", "longtail.report", "params/tiny.yaml", "--out",
+                          str(out)], cwd=config.PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stdout + rep.stderr
+    (tmp / "report-imports.txt").write_text(rep.stderr)
     assert "report: 4 finished runs" in rep.stdout, grid.stdout + rep.stdout + rep.stderr
     return out, rep.stdout
+
+
+@pytest.mark.slow
+def test_building_the_report_imports_no_torch(rendered):
+    """Reading finished runs needs only their folders' JSON and CSV files: the report process
+    (``python -m longtail.report``) never imports torch; its notebooks' kernels may."""
+    imports = (rendered[0].parent / "report-imports.txt").read_text()
+    modules = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", imports, re.M)
+    assert "longtail.results" in modules and "longtail.gridspec" in modules  # the log is the report's imports
+    assert not [m for m in modules if m.split(".")[0] in ("torch", "torchvision", "timm")]
+
+
+def test_display_names_follow_their_owners_order():
+    from longtail import losses, metrics, params
+    assert list(results.LOSS_LABELS) == list(losses.LOSS_NAMES)  # also the tables' row order (method_order)
+    assert list(results.SPLIT_LABELS) == list(metrics.SPLITS) and list(results.TRAIN_SET_LABELS) == list(params.TRAIN_SETS)
+    assert results.method_order(["LDAM-DRW", "Focal", "CE", "Class-balanced focal"]) == [
+        "CE", "Focal", "Class-balanced focal", "LDAM-DRW"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from longtail import grid as G
-from longtail import rundir, slurm
+from longtail import executors, gridspec, notebook, rundir, slurm
 from longtail.results import collect_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_a_job_that_raised_is_reported_with_its_log_tail(tmp_path, monkeypatch):
     job.result = result
     run = {"output_dir": str(tmp_path / "run")}
     outcomes = []
-    G._wait_for([(run, {"loss": "ce"}, job)], "slurm", 0, outcomes.append)
+    executors._wait_for([(run, {"loss": "ce"}, job)], "slurm", 0, outcomes.append)
     (o,) = outcomes
     assert o.status == "failed" and o.error == (f"job 7_0: RuntimeError in the job; last lines of "
                                                 f"{tmp_path / '7_0_0_log.err'}: Traceback (most recent call last): "
@@ -165,9 +165,9 @@ def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path, pids_wi
             break
     assert array, "".join(lines)
     started = out / ids[0]
-    while G.status_of(started) != "partial" and time.time() - t0 < 240:
+    while rundir.status(started) != "partial" and time.time() - t0 < 240:
         time.sleep(0.2)  # the run has begun inside its job: its folder exists, its notebook runs
-    assert G.status_of(started) == "partial" and job_state(f"{array}_0") == "RUNNING"
+    assert rundir.status(started) == "partial" and job_state(f"{array}_0") == "RUNNING"
     job0 = re.search(r"\bJobId=(\d+)", subprocess.run(["scontrol", "show", "job", "--oneliner", f"{array}_0"],
                                                        capture_output=True, text=True).stdout).group(1)
     assert pids_with_environ(f"SLURM_JOB_ID={job0}")  # its task and the notebook's kernel
@@ -179,18 +179,18 @@ def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path, pids_wi
     assert "grid tiny: 4 runs: 2 done, 0 skipped (done before), 2 failed" in first, first
     # the jobs really went through SLURM: the controller knows how each ended
     assert [job_state(f"{array}_{i}") for i in range(4)] == ["CANCELLED", "COMPLETED", "FAILED", "COMPLETED"]
-    table = pd.read_csv(out / G.TABLE_FILE).set_index("id")
+    table = pd.read_csv(out / gridspec.TABLE_FILE).set_index("id")
     assert list(table.loc[ids, "status"]) == ["failed", "done", "failed", "done"]
     cancelled, broken = table.loc[ids[0], "error"], table.loc[ids[2], "error"]
     assert cancelled.startswith(f"job {array}_0 CANCELLED") and "CANCELLED AT" in cancelled, cancelled
     assert broken.startswith(f"job {array}_2 FAILED, exit code 3:0") and BROKEN_NODE in broken, broken
     assert str(out / "slurm_logs" / f"{array}_2_0_log.err") in broken  # where to read on
     assert f"reason:   {broken}" in first  # the summary quotes the log's tail too
-    assert G.status_of(out / ids[0]) == "partial" and G.status_of(out / ids[2]) == "todo"
+    assert rundir.status(out / ids[0]) == "partial" and rundir.status(out / ids[2]) == "todo"
     assert not pids_with_environ(f"SLURM_JOB_ID={job0}")  # the cancelled job's kernel went with it
     for i in (1, 3):  # results collected: each done run's notebook ran in the venv's kernel `longtail`
-        nb = json.loads((out / ids[i] / G.EXECUTED_NOTEBOOK).read_text())
-        assert nb["metadata"]["kernelspec"]["name"] == G.KERNEL
+        nb = json.loads((out / ids[i] / rundir.NOTEBOOK_FILE).read_text())
+        assert nb["metadata"]["kernelspec"]["name"] == notebook.KERNEL
         assert (out / "slurm_logs" / f"{array}_{i}_0_result.pkl").exists()
     first_s = time.time() - t0
 

@@ -61,6 +61,15 @@ def test_mixup_keeps_hard_labels_and_mixes():
     assert lam < 1 and not torch.allclose(xm, x)
 
 
+def test_train_config_defaults_are_the_run_parameters_defaults():
+    from longtail.params import DEFAULTS, validate
+    cfg = engine.TrainConfig()
+    assert {k: getattr(cfg, k) for k in cfg.__dataclass_fields__} == {k: DEFAULTS[k] for k in cfg.__dataclass_fields__}
+    assert cfg.eval_batch_size == 32 and engine.TrainConfig.from_params(validate({})) == cfg
+    cfg.lr_steps.append(60)  # a list default is the config's own
+    assert engine.TrainConfig().lr_steps == []
+
+
 def test_lr_schedule_warmup_cosine_step():
     cfg = engine.TrainConfig(epochs=10, warmup_epochs=2, schedule="cosine")
     assert engine.lr_factor(0, 10, cfg) == pytest.approx(1 / 20)

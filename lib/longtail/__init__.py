@@ -1,6 +1,11 @@
 """longtail: deep long-tailed image recognition, the thesis companion's helper library.
 
-Modules (one concern each): config, data, subsets, imagecache, transforms, losses,
-samplers, models, features, engine, metrics, params, run, grid, report.
+Modules, one concern each (the README's module table says what each holds):
+
+- where things are: config, fileio, rundir
+- data: data, subsets, selection, imagecache, transforms, datasummary
+- one run: params, models, features, losses, samplers, methods, engine, metrics, run
+- grids: gridspec, notebook, executors, slurm, grid
+- analysis: results, leaderboard, thesis, figures, report
 """
 __version__ = "0.1.0"

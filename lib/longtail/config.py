@@ -11,6 +11,9 @@ decoded-image caches and feature caches go to the cache folder.
 | weights dir  | ``LT_WEIGHTS_DIR``   | ``<project>/weights`` |
 | cache dir    | ``LT_CACHE_DIR``     | ``<project>/.cache``  |
 | runs dir     | ``LT_RUNS_DIR``      | ``<project>/runs``    |
+
+Paths written in project files (a grid's ``notebook``, ``output_root``) are relative to the
+project root (``from_project_root``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,13 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def from_project_root(path: str | os.PathLike) -> Path:
+    """A path written in a project file (a grid's ``notebook``, ``output_root``): relative to the
+    project root whatever the working directory, ``~`` expanded, resolved."""
+    p = Path(str(path)).expanduser()
+    return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
 
 
 def _resolve(value: str | os.PathLike | None, env: str, default: Path) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import config
 from .fileio import atomic_write_text, download, sha256
-from .subsets import longtail_counts, stratified_split  # noqa: F401  (longtail_counts: public API)
+from .subsets import stratified_split
 
 #: the given sets of an imagefolder root, used as they are (no subsampling)
 GIVEN_SETS = ("train_balanced", "train_longtailed", "test_balanced", "test_longtailed")

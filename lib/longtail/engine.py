@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .metrics import per_class_accuracy
+from .params import DEFAULTS
 from .transforms import mix_batch
 
 
@@ -25,30 +26,38 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the run stops and records why."""
 
 
+def _schema_default(name: str):
+    """A TrainConfig field whose default is the run parameter's (``longtail.params.SCHEMA``)."""
+    value = DEFAULTS[name]
+    return field(default_factory=lambda: copy.deepcopy(value)) if isinstance(value, (list, dict)) else value
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    warmup_unit: str = "step"
-    lr_steps: list = field(default_factory=list)
-    lr_gamma: float = 0.1
-    grad_clip: float | None = None
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    precision: str = "auto"
-    device: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 0
+    """What the training loop needs of a run's parameters; each default is the parameter's own."""
+
+    epochs: int = _schema_default("epochs")
+    batch_size: int = _schema_default("batch_size")
+    eval_batch_size: int = _schema_default("eval_batch_size")
+    optimizer: str = _schema_default("optimizer")
+    lr: float = _schema_default("lr")
+    momentum: float = _schema_default("momentum")
+    nesterov: bool = _schema_default("nesterov")
+    weight_decay: float = _schema_default("weight_decay")
+    decay_norm_and_bias: bool = _schema_default("decay_norm_and_bias")
+    schedule: str = _schema_default("schedule")
+    warmup_epochs: int = _schema_default("warmup_epochs")
+    warmup_unit: str = _schema_default("warmup_unit")
+    lr_steps: list = _schema_default("lr_steps")
+    lr_gamma: float = _schema_default("lr_gamma")
+    grad_clip: float | None = _schema_default("grad_clip")
+    mixup_alpha: float = _schema_default("mixup_alpha")
+    cutmix_alpha: float = _schema_default("cutmix_alpha")
+    precision: str = _schema_default("precision")
+    device: str = _schema_default("device")
+    channels_last: bool = _schema_default("channels_last")
+    compile: bool = _schema_default("compile")
+    seed: int = _schema_default("seed")
 
     @classmethod
     def from_params(cls, p: dict) -> "TrainConfig":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -21,21 +20,6 @@ import torch
 from . import config
 from .engine import predict
 from .fileio import atomic_write_bytes, atomic_write_json, checksum_problem, file_checksum, file_lock
-
-
-def weights_id(pretrained, weights_dir=None) -> str:
-    from .models import LOCAL_WEIGHTS
-    if pretrained in (None, "none", "timm"):
-        return str(pretrained)
-    path = config.weights_dir(weights_dir) / LOCAL_WEIGHTS[pretrained]["file"] if pretrained in LOCAL_WEIGHTS \
-        else os.fspath(pretrained)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        from .models import PRETRAINED_CHOICES
-        raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
-                                f"{', '.join(PRETRAINED_CHOICES)}; set LT_WEIGHTS_DIR or weights_dir)") from None
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def feature_key(**parts) -> str:

@@ -2,6 +2,7 @@
 
 A write that fails (a full disk, a quota, an I/O error) removes its temporary file and raises an
 ``OSError`` whose message names the problem ("no space left on device") and the file.
+Also: checksums, file locks, downloads, and ``one_line`` (an error message for a one-line report).
 """
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
+
+
+def one_line(text, limit: int = 400) -> str:
+    """``text`` (an error or its message) on one line, white space folded, at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def write_error(exc: OSError, path: str | os.PathLike, what: str = "") -> OSError:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import metrics, rundir
 from .results import settings
 
 #: the goal of issue 11, on the long-tailed set (mean of the seeds): balanced-test and tail top-1
@@ -94,10 +94,10 @@ def ensemble(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         if any(len(m) != 1 for m in members):
             continue
         dirs = [Path(m.iloc[0]["run_dir"]) for m in members]
-        preds = [np.load(d / "predictions.npz") for d in dirs]
+        preds = [np.load(d / rundir.PREDICTIONS_FILE) for d in dirs]
         prob = np.mean([np.exp(metrics.log_softmax(p["logits"])) for p in preds], axis=0)
         labels = preds[0]["labels"]
-        classes = pd.read_csv(dirs[0] / "classes.csv")
+        classes = pd.read_csv(dirs[0] / rundir.CLASSES_FILE)
         res = metrics.flatten(metrics.evaluate(np.log(np.clip(prob, 1e-12, None)), labels,
                                                classes["longtailed_count"].to_numpy(), classes["group"].to_numpy()))
         val = [p["val_logits"] for p in preds if "val_logits" in p.files]

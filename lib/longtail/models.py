@@ -12,6 +12,7 @@ and a normalised (cosine) classifier head.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -42,6 +43,21 @@ LOCAL_WEIGHTS = {
                            kwargs={"pad_type": "same"}, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 }
 PRETRAINED_CHOICES = ("none", "timm", *LOCAL_WEIGHTS, "<path to a state dict>")
+
+
+def weights_id(pretrained, weights_dir=None) -> str:
+    """What identifies a backbone's weights in a cache key: ``pretrained`` itself for none / timm,
+    else the weights file's path, size and modification time (a replaced file changes the key)."""
+    if pretrained in (None, "none", "timm"):
+        return str(pretrained)
+    path = config.weights_dir(weights_dir) / LOCAL_WEIGHTS[pretrained]["file"] if pretrained in LOCAL_WEIGHTS \
+        else os.fspath(pretrained)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pretrained weights {path} not found (pretrained={pretrained!r}; choices: "
+                                f"{', '.join(PRETRAINED_CHOICES)}; set LT_WEIGHTS_DIR or weights_dir)") from None
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
 class NormedLinear(nn.Module):
@@ -234,7 +250,6 @@ def backbone_card(name: str, pretrained=None, weights_dir=None) -> dict:
     on cached features needs neither timm nor the backbone (it saves ~2.5 s a run)."""
     import hashlib
     import json
-    from .features import weights_id
     from .fileio import atomic_write_json
     key = hashlib.sha1(f"{resolve_name(name)}|{weights_id(pretrained, weights_dir)}".encode()).hexdigest()[:16]
     path = config.cache_dir() / "models" / f"{key}.json"

@@ -276,8 +276,19 @@ def _named_with_params(errors, kind, name, params, table, param_names, build) ->
         errors.append(f"{kind} {name!r} with {kind}_params {params or {}}: {exc}")
 
 
+def resolve(params: dict | None = None) -> dict:
+    """The run's parameters with the defaults filled in and ``imbalance_factor`` a float: what
+    ``validate`` returns for valid parameters, without checking them (keys outside ``SCHEMA`` are
+    dropped).  Needs neither torch nor the data: the grid's run ids and folders come from it."""
+    resolved = copy.deepcopy(DEFAULTS)
+    resolved.update({k: v for k, v in (params or {}).items() if k in SCHEMA})
+    if _is_number(resolved["imbalance_factor"]):
+        resolved["imbalance_factor"] = float(resolved["imbalance_factor"])
+    return resolved
+
+
 def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict:
-    """Defaults filled in and every value checked; raises ParameterError listing all problems."""
+    """``resolve(params)`` with every value checked; raises ParameterError listing all problems."""
     from . import data, losses, metrics, samplers, subsets, transforms
 
     params = dict(params or {})
@@ -290,9 +301,7 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     if not_json:
         errors += not_json
         raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
-    resolved = copy.deepcopy(DEFAULTS)
-    resolved.update({k: v for k, v in params.items() if k in SCHEMA})
-    p = resolved
+    p = resolve(params)
     ill_typed = set()
     for key, rule in RULES.items():
         problem = rule(p[key])
@@ -336,7 +345,6 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _technique_errors(errors, p)
     if errors:
         raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
-    p["imbalance_factor"] = float(p["imbalance_factor"])
     return p
 
 

@@ -18,13 +18,13 @@ Command line (``make report``)::
     python -m longtail.report params/default.yaml [params/cifar10_lt.yaml ...] [--out report]
 
 A source is a grid's parameter file (its runs, in ``<output_root>/<id>``), a folder of run folders,
-or one run folder.  Only finished runs (``metrics.json`` present) are analysed.
+or one run folder.  Only finished runs (``rundir.status`` done) are analysed; finding and reading them
+needs only the run folders' JSON and CSV files (this process imports no torch; its notebooks' kernels do).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -34,10 +34,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import config, rundir
+from .gridspec import expand, read_spec
+from .notebook import KERNEL, execute as execute_notebook
+from .params import resolve
 from .results import Table, collect_runs, method_order, project_path, source_runs
 
 NOTEBOOKS = {"explore": "notebooks/explore.py", "analysis": "notebooks/analysis.py"}
-KERNEL = "longtail"
 #: the explore notebook's data-set parameters, taken from the first grid's first run
 EXPLORE_KEYS = ("dataset", "data_root", "dataset_params", "imbalance_factor", "profile", "group_scheme", "n_max",
                 "subset_seed", "class_order", "val_fraction", "balanced_size")
@@ -383,27 +385,13 @@ def render_run_pages(runs: pd.DataFrame, out_dir, log=print) -> dict[str, str]:
 
 
 def _execute(name: str, parameters: dict, out_dir: Path, kernel_name: str):
-    """Execute ``NOTEBOOKS[name]`` (jupytext → an in-memory notebook) into ``<out>/<name>.ipynb``;
-    returns (the executed notebook, the error or None)."""
-    import jupytext
+    """Execute ``NOTEBOOKS[name]`` into ``<out>/<name>.ipynb``; returns (the executed notebook, the
+    error or None, wall seconds).  A failed cell's notebook (with the error) is still rendered."""
     import nbformat
-    import papermill
-    logging.getLogger("papermill").setLevel(logging.ERROR)
-    nb = jupytext.read(config.PROJECT_ROOT / NOTEBOOKS[name])
-    target = out_dir / f"{name}.ipynb"
-    error, t0 = None, time.time()
-    try:
-        papermill.execute_notebook(nb, str(target), parameters=parameters, kernel_name=kernel_name,
-                                   cwd=str(config.PROJECT_ROOT), progress_bar=False, log_output=False,
-                                   # CRITICAL: jupyter_client interrupts the kernel before shutting it down,
-                                   # which ipykernel logs at ERROR ("KeyboardInterrupt caught in kernel")
-                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-                                   shutdown_kernel="immediate")  # outputs are in: skip ~1 s of teardown
-    except Exception as exc:  # a failed cell: the executed notebook (with the error) is still rendered
-        error = exc
-    if not target.exists():
-        raise RuntimeError(f"{name}: papermill wrote no notebook ({error!r})") from error
-    return nbformat.read(target, as_version=4), error, round(time.time() - t0, 2)
+    ex = execute_notebook(NOTEBOOKS[name], out_dir / f"{name}.ipynb", parameters, kernel_name=kernel_name)
+    if not ex.output.exists():
+        raise RuntimeError(f"{name}: papermill wrote no notebook ({ex.reason})") from ex.error
+    return nbformat.read(ex.output, as_version=4), ex.error, ex.wall_s
 
 
 def _explore_parameters(sources, out_dir: Path) -> dict | None:
@@ -416,11 +404,10 @@ def _explore_parameters(sources, out_dir: Path) -> dict | None:
                 break
         else:
             if Path(s).suffix in (".yaml", ".yml"):
-                from .grid import load_grid
-                runs = load_grid(project_path(s), check_backbone=False).runs
-                if not runs:
+                expanded = expand(read_spec(project_path(s)))
+                if not expanded:
                     continue
-                p = runs[0]
+                p = resolve(expanded[0])
             else:
                 continue
         return {**{k: p.get(k) for k in EXPLORE_KEYS}, "out_dir": str(out_dir)}

@@ -23,15 +23,18 @@ import numpy as np
 import pandas as pd
 
 from . import config, rundir
+from .gridspec import value_text
+from .metrics import SPLITS
+from .params import TRAIN_SETS
 
-SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
-SPLIT_LABELS = {"balanced": "Balanced", "longtailed": "Long-tailed", "head": "Head", "middle": "Middle",
-                "tail": "Tail"}
-TRAIN_SET_LABELS = {"balanced": "balanced", "longtailed": "long-tailed"}
+#: display names of the test splits (``metrics.SPLITS``) and the training sets (``params.TRAIN_SETS``)
+SPLIT_LABELS = dict(zip(SPLITS, ("Balanced", "Long-tailed", "Head", "Middle", "Tail"), strict=True))
+TRAIN_SET_LABELS = dict(zip(TRAIN_SETS, ("long-tailed", "balanced"), strict=True))
+#: display names of the losses, in ``losses.LOSS_NAMES``' order, which is the tables' row order (a test
+#: holds the two together: naming them here keeps reading results free of torch, which ``losses`` imports)
 LOSS_LABELS = {"ce": "CE", "focal": "Focal", "weighted_ce": "Weighted CE", "class_balanced": "Class-balanced",
                "balanced_softmax": "Balanced softmax", "equalization": "Equalization", "ldam": "LDAM",
                "logit_adjusted": "Logit-adjusted"}
-LOSS_ORDER = tuple(LOSS_LABELS)
 #: a table per value of these (the file name names them: ``top1_<backbone>_<train_set>``) ...
 TABLE_KEYS = ("dataset", "backbone", "train_set")
 #: ... and per value of these where they differ between the collected runs
@@ -82,9 +85,8 @@ def source_runs(source) -> tuple[str, list[Path]]:
     """(grid name, run folders) of a parameter file, a folder of run folders, or one run folder."""
     p = project_path(source)
     if p.suffix in (".yaml", ".yml"):
-        from .grid import load_grid
-        grid = load_grid(p, check_backbone=False)
-        return grid.name, [Path(r["output_dir"]) for r in grid.runs]
+        from .gridspec import run_folders
+        return run_folders(p)
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: neither a parameter file (.yaml) nor a folder of runs")
     if (p / rundir.PARAMS_FILE).exists():
@@ -178,8 +180,8 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
             extra = []
             for c in varying:
                 v = _json(sub.at[i, c]) if c.endswith("_params") else sub.at[i, c]
-                extra += ([f"{k}={_short(x)}" for k, x in v.items()] if isinstance(v, dict)
-                          else [f"{c}={_short(v)}"])
+                extra += ([f"{k}={_label_value(x)}" for k, x in v.items()] if isinstance(v, dict)
+                          else [f"{c}={_label_value(v)}"])
             if extra:
                 labels.at[i] = f"{base.at[i]} ({', '.join(extra)})"
     return labels
@@ -206,7 +208,7 @@ def table_keys(df: pd.DataFrame) -> list[str]:
 
 
 def method_order(methods) -> list[str]:
-    """CE first, then the losses in ``LOSS_ORDER``; variants after their base name."""
+    """The losses in ``LOSS_LABELS``' order (CE first); variants after their base name."""
     def key(m):
         for i, name in enumerate(LOSS_LABELS.values()):
             if m == name or m.startswith(name + " ") or m.startswith(name + "-") or (
@@ -233,7 +235,7 @@ def format_mean_std(values, scale: float = 100.0, decimals: int = 1) -> str:
 def _setting_slug(key: dict, keys: list[str], df: pd.DataFrame) -> str:
     """``mobilenetv2_longtailed``; the dataset joins in where the runs have several, and the
     extra table keys (``if100``) where they are table keys."""
-    parts = [f"{_abbrev(k)}{_short(key[k])}" if k not in TABLE_KEYS else _short(key[k]) for k in keys
+    parts = [f"{_abbrev(k)}{_label_value(key[k])}" if k not in TABLE_KEYS else _label_value(key[k]) for k in keys
              if k != "dataset" or df[k].astype(str).nunique() > 1]
     return "_".join(re.sub(r"[^A-Za-z0-9._]+", "-", p).strip("-") for p in parts)
 
@@ -249,7 +251,7 @@ def setting_text(key: dict) -> str:
     parts = [str(key.get("dataset")), str(key.get("backbone"))]
     if "train_set" in key:
         parts.append(f"{TRAIN_SET_LABELS.get(key['train_set'], key['train_set'])} training set")
-    parts += [f"{k} {_short(v)}" for k, v in key.items() if k not in TABLE_KEYS]
+    parts += [f"{k} {_label_value(v)}" for k, v in key.items() if k not in TABLE_KEYS]
     return ", ".join(parts)
 
 
@@ -668,10 +670,9 @@ def _given(v) -> bool:
     return v is not None and not _isnan(v)
 
 
-def _short(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+def _label_value(v) -> str:
+    """A value in a method label or a table's name: ``100.0`` as ``100``, else ``gridspec.value_text``."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else value_text(v)
 
 
 

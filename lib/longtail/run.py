@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import config, params as params_mod, rundir
-from .rundir import RESULT_FILE, is_done, run_id  # noqa: F401  (public API of longtail.run)
+from .rundir import RESULT_FILE, run_id  # noqa: F401  (run_id: public API of longtail.run)
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
             m = build().to(device)
             return m.to(memory_format=torch.channels_last) if channels_last else m
         key_parts = dict(backbone=models.resolve_name(p["backbone"]), image_size=image_size, cache_size=cache_size,
-                         weights=features.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
+                         weights=models.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
         if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
             key_parts["init_seed"] = p["seed"]
         views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging

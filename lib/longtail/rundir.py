@@ -56,10 +56,10 @@ NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints")
 
 
 def run_id(params: dict) -> str:
-    """Stable id of a run: a hash of its resolved parameters (locations excluded)."""
-    from .params import validate
+    """Stable id of a run: a hash of its resolved parameters (``params.resolve``; locations excluded)."""
+    from .params import resolve
 
-    resolved = validate(params, check_backbone=False)
+    resolved = resolve(params)
     ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -86,6 +86,11 @@ def notebook_meta(out: str | os.PathLike) -> dict:
         return json.loads((Path(out) / NOTEBOOK_FILE).read_text())["metadata"].get("papermill", {}) or {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def notebook_seconds(out: str | os.PathLike) -> float | None:
+    """The executed notebook's wall time (papermill's ``duration``; None when unknown)."""
+    return notebook_meta(out).get("duration")
 
 
 def recorded_status(out: str | os.PathLike) -> dict:
@@ -128,6 +133,7 @@ def status(out: str | os.PathLike) -> str:
 
 
 def is_done(out: str | os.PathLike) -> bool:
+    """``status(out) == DONE``: a finished run, to skip (grid) or to read (results)."""
     return status(out) == DONE
 
 

@@ -43,7 +43,7 @@ def normalize(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre crop of NCHW (or NHWC uint8 when ``nhwc``) to ``size``; resizes when larger than input."""
+    """Centre crop of an NCHW batch to ``size``; resizes (bilinear) when ``size`` exceeds the input."""
     h, w = x.shape[-2:]
     if size > min(h, w):
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
