@@ -96,7 +96,6 @@ MODES = ("linear", "finetune", "crt")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 POSTHOC = ("none", "logit_adjust", "tau_norm")
-VAL_SOURCES = ("split", "unused")
 TTA_VIEWS = ("none", "flip")
 PRECISIONS = ("auto", "bf16", "fp32")
 BALANCED_SIZES = ("matched", "full")
@@ -320,8 +319,8 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     if "loss_params" not in ill_typed:
         _named_with_params(errors, "loss", p["loss"], p["loss_params"], losses.LOSSES, losses.loss_param_names,
                            lambda: losses.build_loss(p["loss"], [2, 1], **(p["loss_params"] or {})))
-    if p["loss"] in losses.LOSSES and p["drw_epoch"] is not None and "weight" not in losses.loss_param_names(p["loss"]):
-        takes = [n for n in losses.LOSSES if "weight" in losses.loss_param_names(n)]
+    if p["loss"] in losses.LOSSES and p["drw_epoch"] is not None and not losses.drw_eligible(p["loss"]):
+        takes = [n for n in losses.LOSSES if losses.drw_eligible(n)]
         errors.append(f"drw_epoch={p['drw_epoch']!r} with loss {p['loss']!r}: DRW re-weights a loss that takes "
                       f"class weights; use one of {', '.join(takes)} (or drw_epoch None)")
     if "sampler_params" not in ill_typed:
@@ -342,8 +341,8 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
 
 def _technique_errors(errors: list, p: dict) -> None:
     """The validation split's source, the techniques of ``longtail.methods``, TTA and τ tuning."""
-    from . import methods
-    _choice(errors, p, "val_source", VAL_SOURCES)
+    from . import methods, subsets
+    _choice(errors, p, "val_source", subsets.VAL_SOURCES)
     _choice(errors, p, "tta", TTA_VIEWS)
     fraction = float(p["val_fraction"]) if _is_number(p["val_fraction"]) else 0.0  # a bad one is reported by its rule
     if p["val_source"] == "unused" and fraction > 0:
