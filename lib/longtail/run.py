@@ -19,7 +19,8 @@ The run folder (``output_dir``; its file names, status and id live in ``longtail
 
 A run in steps: ``_prepare`` (data, training sets, the validation split of
 ``subsets.fit_and_validation_indices``, loss, transforms: ``RunData``), one training path
-(``_train_linear`` on cached features; ``_train_finetune``, with ``_retrain_classifier`` for cRT),
+(``_train_linear`` on cached features; ``_train_finetune``, with ``_retrain_classifier`` for cRT;
+``partial.train``, the last blocks on cached activations of the first),
 then ``_evaluate`` (post-hoc adjustment, metrics, predictions).  What a loss needs (a cosine head,
 its logit scale, DRW eligibility) the loss itself declares (``longtail.losses``).
 """
@@ -61,7 +62,7 @@ class RunResult:
 
 @dataclass
 class RunData:
-    """What every path of a run (linear, fine-tune, cRT) and its evaluation share: the
+    """What every path of a run (linear, partial, fine-tune, cRT) and its evaluation share: the
     parameters, the decoded images, the sets and their validation split, the loss and the transforms."""
     p: dict
     device: torch.device
@@ -148,6 +149,9 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     run, model = _prepare(p, out, log)
     if p["mode"] == "linear":
         trained = _train_linear(run, out, log)
+    elif p["mode"] == "partial":  # the last blocks on cached activations of the first (longtail.partial)
+        from . import partial
+        trained = partial.train(run, model, out, log)
     else:
         trained = _train_finetune(run, model, out, log)
     hist = pd.DataFrame(trained.history)
