@@ -18,6 +18,7 @@ from longtail.losses import (
     build_loss,
     clamp_counts,
     class_balanced_weights,
+    drw_eligible,
     drw_weights,
     logit_adjust,
     loss_param_names,
@@ -45,7 +46,7 @@ CONFIGS = [
     ("logit_adjusted", {"tau": 0.5}),
 ]
 CONFIG_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in p.items())}" for n, p in CONFIGS]
-ACCEPTS_WEIGHT = [n for n in LOSS_NAMES if "weight" in loss_param_names(n)]
+ACCEPTS_WEIGHT = [n for n in LOSS_NAMES if drw_eligible(n)]
 
 
 # ----------------------------------------------------------------- naive float64 references
@@ -430,7 +431,7 @@ def test_gradcheck(name, params, weighted):
         z = z.tanh()
     z.requires_grad_()
     y = torch.tensor([0, 2, 4, 1])
-    if weighted and "weight" in loss_param_names(name):
+    if weighted and drw_eligible(name):
         params = {**params, "weight": torch.rand(5, generator=g) + 0.1}
     loss = build_loss(name, COUNTS_WITH_ZERO, **params)
     if name == "equalization":
@@ -710,3 +711,24 @@ def test_no_collapse_on_synthetic_long_tail():
     assert ce_tail < ce_balanced - 0.05, f"problem too easy, CE not hurt on the tail:\n{report}"
     for name in ("balanced_softmax", "ldam", "class_balanced", "logit_adjusted"):
         assert results[name][1] > ce_tail + 0.05, f"{name} does not beat CE on the tail:\n{report}"
+
+
+# ----------------------------------------------------------------- what a loss says about itself
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_losses_describe_their_head_scale_and_drw_eligibility(name):
+    loss = build_loss(name, [30, 20, 10])
+    assert type(loss).cosine_head is (name == "ldam")      # LDAM's margins are in cosine units
+    assert loss.logit_scale == (30.0 if name == "ldam" else 1.0)
+    assert build_loss("ldam", [3, 1], s=7.5).logit_scale == 7.5
+    assert drw_eligible(name) is (name not in ("weighted_ce", "class_balanced"))
+    assert "weight" not in loss_param_names(name)           # class weights are internal (DRW's)
+    if drw_eligible(name):
+        DRWSchedule([30, 20, 10], 0).apply(loss, 0)
+        assert loss.class_weights is not None
+    else:
+        with pytest.raises(ValueError, match="already weights its classes"):
+            DRWSchedule([30, 20, 10], 0).apply(loss, 0)
+        with pytest.raises(TypeError, match="takes no weight"):
+            build_loss(name, [30, 20, 10], weight=[1.0, 1.0, 1.0])

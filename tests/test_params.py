@@ -10,7 +10,8 @@ def test_defaults_validate():
 @pytest.mark.parametrize("bad,expected", [
     ({"sampler": "power"}, "needs parameter(s) q"),
     ({"loss": "weighted_ce", "loss_params": {"scheme": "foo"}}, "inverse, inverse_sqrt, log"),
-    ({"loss": "focal", "loss_params": {"gama": 1}}, "valid: gamma, weight"),
+    ({"loss": "focal", "loss_params": {"gama": 1}}, "valid: gamma"),
+    ({"loss": "ce", "loss_params": {"weight": [1.0, 2.0]}}, "are not parameters of loss 'ce'; valid: label_smoothing"),
     ({"loss": "class_balanced", "drw_epoch": 2}, "use one of ce, focal"),
     ({"dataset": "imagenet"}, "eu_moths, cifar10, imagefolder, synthetic"),
     ({"mode": "full"}, "linear, finetune, crt"),

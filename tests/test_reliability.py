@@ -164,6 +164,7 @@ BAD_VALUES = {
     "group_scheme": [0, "quartiles"], "on_error": [False, "ignore"],
     "backbone": [5, None, "resnet9000"], "pretrained": [True, "inat_insect", 3], "weights_dir": [1, ""],
     "cosine_head": ["yes", 1], "image_size": [-5, 0, "224", 22.4], "mode": [1, "full"],
+    "partial_blocks": [-1, "2", 1.5, None], "partial_views": [0, "4", None],
     "loss": [None, "ldamm"], "loss_params": ["gamma", [2.0], {"gama": 1}],
     "drw_epoch": ["abc", -1, 2.5], "drw_beta": ["abc", 1.0, -0.5], "sampler": [1, "bogus"],
     "sampler_params": [0.5, {"qq": 1}], "posthoc": [None, "tau"], "posthoc_tau": ["abc", -1],

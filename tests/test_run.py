@@ -154,3 +154,22 @@ def test_monitor_test_records_the_balanced_test_top1_of_the_last_epoch(tmp_path,
     assert hist["monitor_acc"].iloc[-1] == pytest.approx(result.metrics["balanced/acc1"])
     assert result.metrics["monitor/best_test_acc1"] == pytest.approx(hist["monitor_acc"].max())
     assert result.metrics["best_epoch"] == 2
+
+
+@pytest.mark.parametrize("val_source,train_set", [("split", "longtailed"), ("unused", "balanced")])
+def test_data_summary_counts_the_images_a_run_trains_on(tmp_path, tmp_cache, val_source, train_set):
+    """``datasummary.class_table`` and a run take their training images from the one split function
+    (``subsets.fit_and_validation_indices``): its training counts are the run's ``classes.csv``."""
+    from longtail import data, datasummary
+    fraction = 0.3 if val_source == "split" else 0.0
+    params = dict(dataset="synthetic", dataset_params={"num_classes": 5, "train_per_class": 12, "test_per_class": 4,
+                                                       "image_size": 16}, backbone="resnet32", mode="linear",
+                  epochs=1, image_size=16, imbalance_factor=4, subset_seed=3, val_fraction=fraction,
+                  val_source=val_source, train_set=train_set, save_checkpoints=False)
+    run_training({**params, "output_dir": str(tmp_path / "run")}, log=_quiet)
+    run_counts = pd.read_csv(tmp_path / "run" / "classes.csv")["train_count"].tolist()
+    table = datasummary.class_table(data.load_dataset("synthetic", **params["dataset_params"]), imbalance_factor=4,
+                                    subset_seed=3, val_fraction=fraction, val_source=val_source)
+    assert table[train_set].tolist() == run_counts
+    val_counts = pd.read_csv(tmp_path / "run" / "classes.csv")["val_count"]
+    assert val_counts.sum() > 0  # the validation split takes images, so the counts depend on it

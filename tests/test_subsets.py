@@ -123,3 +123,20 @@ def test_physically_subsampled_longtailed_test_on_an_unbalanced_test_set():
     y = np.repeat(np.arange(3), [10, 4, 6])
     idx = longtailed_test_indices(y, [100, 20, 10], seed=0)
     assert class_counts(y[idx], 3).tolist() == [10, 2, 1]
+
+
+def test_fit_and_validation_indices_for_both_sources():
+    labels = np.repeat(np.arange(3), [10, 6, 4])                        # the training fold
+    lt = np.array([0, 1, 2, 3, 4, 5, 10, 11, 12, 16])                  # 6 / 3 / 1 images a class
+    bal = np.array([6, 7, 8, 13, 14, 17, 18])
+    fit, val = subsets.fit_and_validation_indices(labels, lt, lt, 3, val_source="split", val_fraction=0.34, seed=0)
+    rest, held = subsets.stratified_split(labels[lt], 0.34, seed=0)   # split: held out of the training set
+    assert fit.tolist() == lt[rest].tolist() and val.tolist() == lt[held].tolist()
+    assert class_counts(labels[val], 3).tolist() == [2, 1, 0]          # round(0.34 n), one image always kept
+    for train in (lt, bal):                                             # unused: fit on all, validate on the rest
+        fit, val = subsets.fit_and_validation_indices(labels, train, lt, 3, val_source="unused", val_per_class=2, seed=0)
+        assert fit.tolist() == train.tolist()
+        assert not set(val) & (set(lt) | set(bal) if train is bal else set(lt))
+        assert class_counts(labels[val], 3).tolist() == ([2, 2, 2] if train is lt else [1, 1, 1])
+    with pytest.raises(ValueError, match="val_source 'holdout'.*split, unused"):
+        subsets.fit_and_validation_indices(labels, lt, lt, 3, val_source="holdout")

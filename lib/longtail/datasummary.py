@@ -12,10 +12,12 @@ from . import selection, subsets
 
 
 def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None, class_order: str = "given",
-                subset_seed: int = 0, val_fraction: float = 0.1, group_scheme: str = "auto",
-                balanced_size: str = "matched", subset_method: str = "permutation") -> pd.DataFrame:
+                subset_seed: int = 0, val_fraction: float = 0.1, val_source: str = "split", val_per_class: int = 2,
+                group_scheme: str = "auto", balanced_size: str = "matched",
+                subset_method: str = "permutation") -> pd.DataFrame:
     """Per class: the images the long-tailed and the balanced training sets train on (after the
-    validation split, as a run's ``classes.csv``), the head / middle / tail group (of the
+    validation split, ``subsets.fit_and_validation_indices`` as in a run: the ``train_count`` of its
+    ``classes.csv``), the head / middle / tail group (of the
     long-tailed set), and the test images: the balanced test set, the physical long-tailed one
     (given, or sampled), and the effective images of the weighted long-tailed split (Σ w); sets
     derived or given as in a run (``selection.run_sets``)."""
@@ -31,8 +33,9 @@ def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None
         bal = np.array([], dtype=np.int64)
 
     def fit_counts(idx):
-        fit, _ = subsets.stratified_split(y[idx], val_fraction, seed=subset_seed)
-        return subsets.class_counts(y[idx][fit], C)
+        fit, _ = subsets.fit_and_validation_indices(y, idx, lt, C, val_source=val_source, val_fraction=val_fraction,
+                                                    val_per_class=val_per_class, seed=subset_seed)
+        return subsets.class_counts(y[fit], C)
 
     lt_counts, bal_counts = fit_counts(lt), fit_counts(bal)
     test_bal = test_y[sets.test_balanced]

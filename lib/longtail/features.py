@@ -5,7 +5,8 @@ the decoded images (their cache file), input size and normalisation.  Each entry
 its size and checksum in ``<key>.json``, verified on every read; a bad entry (truncated, corrupted,
 without a checksum) is extracted again, with a one-line warning naming the file.  Every run of a grid on
 the same backbone and data then trains its head on the cached array in seconds
-(the survey's decoupled-training idea; the CPU default ``mode="linear"``).
+(the survey's decoupled-training idea; the CPU default ``mode="linear"``).  ``cached_array`` is
+that cache for any array (``mode: partial`` keeps its frozen-prefix outputs in it).
 """
 from __future__ import annotations
 
@@ -30,16 +31,35 @@ def cached_features(model, images, transform, key: str, *, batch_size=512, devic
                     precision="auto", log=print) -> np.ndarray:
     """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there.
     ``model`` and ``images`` may be callables, called only when the features must be extracted."""
-    path = config.cache_dir() / "features" / f"{key}.npy"
+    return cached_array(key, lambda path: _extract(model, images, transform, path, batch_size, device, precision, log),
+                        folder="features", redo="extracting the features")
+
+
+def cached_array(key: str, compute, *, folder: str, redo: str) -> np.ndarray:
+    """The array ``<cache>/<folder>/<key>.npy``, verified against the size and checksum in
+    ``<key>.json``; when missing or bad, ``compute(path)`` makes it (under a file lock, so two workers
+    never both compute it) and it is saved atomically, the checksum last.  A bad entry is named in a
+    warning ("<folder> cache <path>: <problem>; <redo> again")."""
+    path = config.cache_dir() / folder / f"{key}.npy"
     if _problem(path) is None:
         return np.load(path)
     with file_lock(path):  # the entry is missing, being written, or bad: decide under the lock
         problem = _problem(path)
-        if problem is None:  # another worker extracted them while this one waited
+        if problem is None:  # another worker computed it while this one waited
             return np.load(path)
         if path.exists():
-            warnings.warn(f"feature cache {path}: {problem}; extracting the features again", stacklevel=2)
-        return _extract_and_save(model, images, transform, path, batch_size, device, precision, log)
+            warnings.warn(f"{_CACHE_NAMES.get(folder, folder)} cache {path}: {problem}; {redo} again", stacklevel=3)
+        array = compute(path)
+        import io
+        buf = io.BytesIO()
+        np.save(buf, array)
+        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_json(path.with_suffix(".json"), file_checksum(path))  # after the array: the entry is complete
+        return array
+
+
+#: how a warning names the cache of a folder
+_CACHE_NAMES = {"features": "feature"}
 
 
 def _problem(path: Path) -> str | None:
@@ -53,15 +73,9 @@ def _problem(path: Path) -> str | None:
     return checksum_problem(path, expected)
 
 
-def _extract_and_save(model, images, transform, path, batch_size, device, precision, log) -> np.ndarray:
+def _extract(model, images, transform, path, batch_size, device, precision, log) -> np.ndarray:
     model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
     images = images() if callable(images) else images
     log(f"extracting features of {len(images)} images (cached as {path.name})")
-    feats = predict(model, images, transform, batch_size=batch_size, device=device, precision=precision,
-                    features=True).astype(np.float32)
-    import io
-    buf = io.BytesIO()
-    np.save(buf, feats)
-    atomic_write_bytes(path, buf.getvalue())
-    atomic_write_json(path.with_suffix(".json"), file_checksum(path))  # after the array: the entry is complete
-    return feats
+    return predict(model, images, transform, batch_size=batch_size, device=device, precision=precision,
+                   features=True).astype(np.float32)

@@ -54,6 +54,8 @@ __all__ = [
     "LOSS_NAMES",
     "build_loss",
     "loss_param_names",
+    "loss_class",
+    "drw_eligible",
     "clamp_counts",
     "class_balanced_weights",
     "drw_weights",
@@ -157,9 +159,21 @@ def _weighted_mean(per_sample: torch.Tensor, targets: torch.Tensor, weight: torc
 class _LongTailLoss(nn.Module):
     """Base: class counts, the ``class_weights`` buffer, input checks, float32 compute."""
 
-    #: True for losses whose class weights *are* the method (weighted_ce, class_balanced):
-    #: DRW refuses them rather than silently replacing their weights.
+    #: True for losses whose class weights *are* the method (weighted_ce, class_balanced): the one
+    #: property that decides DRW eligibility (``DRWSchedule.apply``, ``drw_eligible``, params
+    #: validation): DRW refuses them rather than silently replacing their weights, and their
+    #: constructors take no ``weight``.
     owns_weights = False
+    #: True for losses built for a normalised (cosine) classifier, whose logits are cosines in
+    #: [-1, 1]; a run's ``cosine_head: null`` follows it.
+    cosine_head = False
+
+    @property
+    def logit_scale(self) -> float:
+        """The factor by which the loss multiplies the model's outputs before its softmax (LDAM's s;
+        1 for the others): with a cosine head, cosines times this are the logits the loss sees, so
+        test loss and calibration are computed on those."""
+        return 1.0
 
     def __init__(self, class_counts: CountsLike | None = None, weight: CountsLike | None = None):
         super().__init__()
@@ -522,6 +536,8 @@ class LDAMLoss(_LongTailLoss):
     max_m = 0, s = 1 is CE.
     """
 
+    cosine_head = True
+
     def __init__(self, class_counts: CountsLike, max_m: float = 0.5, s: float = 30.0,
                  weight: CountsLike | None = None):
         super().__init__(class_counts, weight)
@@ -538,6 +554,10 @@ class LDAMLoss(_LongTailLoss):
         onehot = F.one_hot(y, z.shape[1]).to(z.dtype)
         per = -F.log_softmax(self.s * (z - onehot * m[y][:, None]), dim=1).gather(1, y[:, None]).squeeze(1)
         return _weighted_mean(per, y, w)
+
+    @property
+    def logit_scale(self) -> float:
+        return self.s
 
     def extra_repr(self) -> str:
         return f"max_m={self.max_m}, s={self.s}"
@@ -569,7 +589,7 @@ class DRWSchedule:
         """Set ``loss``'s class weights for ``epoch``; returns them (None before start)."""
         if not hasattr(loss, "set_class_weights"):
             raise TypeError(f"{type(loss).__name__} has no set_class_weights(); DRW needs a longtail loss")
-        if getattr(loss, "owns_weights", False):
+        if getattr(loss, "owns_weights", False):  # the same property as drw_eligible
             raise ValueError(f"DRW re-weights an unweighted loss; {type(loss).__name__} already "
                              "weights its classes (use ce, focal, ldam, balanced_softmax, "
                              "logit_adjusted or equalization)")
@@ -596,7 +616,9 @@ LOSSES: dict[str, type[_LongTailLoss]] = {
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 
 
-def _check_name(name: str) -> type[_LongTailLoss]:
+def loss_class(name: str) -> type[_LongTailLoss]:
+    """The class of loss ``name``: what it declares about itself (``cosine_head``, ``owns_weights``)
+    is read here before any loss is built.  ValueError listing the valid names for an unknown one."""
     try:
         return LOSSES[name]
     except (KeyError, TypeError):
@@ -604,24 +626,36 @@ def _check_name(name: str) -> type[_LongTailLoss]:
 
 
 def loss_param_names(name: str) -> list[str]:
-    """The keyword parameters ``build_loss(name, counts, **params)`` accepts, in order.
+    """The keyword parameters ``build_loss(name, counts, **params)`` accepts, in order: a run's
+    ``loss_params``.
 
-    Read from the loss class's signature, so it cannot drift from the code.
+    Read from the loss class's signature, so it cannot drift from the code.  The class weights
+    (``weight``, set by DRW) are internal, not a method's parameter, and not listed.
     """
-    params = inspect.signature(_check_name(name).__init__).parameters
-    return [p for p in params if p not in ("self", "class_counts")]
+    params = inspect.signature(loss_class(name).__init__).parameters
+    return [p for p in params if p not in ("self", "class_counts", "weight")]
 
 
-def build_loss(name: str, class_counts: CountsLike, **params: Any) -> nn.Module:
+def drw_eligible(name: str) -> bool:
+    """Whether deferred re-weighting may re-weight loss ``name``: not when its weights are the method."""
+    return not loss_class(name).owns_weights
+
+
+def build_loss(name: str, class_counts: CountsLike, *, weight: CountsLike | None = None, **params: Any) -> nn.Module:
     """Build the loss ``name`` (one of :data:`LOSS_NAMES`) for the given training counts.
 
-    Raises ValueError for an unknown name (listing the valid names) and TypeError for an
-    unknown parameter (naming it and listing the loss's valid parameters).
+    ``weight``: initial per-class weights (internal: what DRW sets; refused by a loss whose weights
+    are the method).  Raises ValueError for an unknown name (listing the valid names) and TypeError
+    for an unknown parameter (naming it and listing the loss's valid parameters).
     """
-    cls = _check_name(name)
+    cls = loss_class(name)
     valid = loss_param_names(name)
     unknown = [k for k in params if k not in valid]
     if unknown:
         raise TypeError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for loss {name!r}; "
                         f"valid parameters: {', '.join(valid) or '(none)'}")
-    return cls(class_counts, **params)
+    if weight is None:
+        return cls(class_counts, **params)
+    if cls.owns_weights:
+        raise TypeError(f"loss {name!r} computes its own class weights (they are the method); it takes no weight")
+    return cls(class_counts, weight=weight, **params)

@@ -41,7 +41,11 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "weights_dir": (None, "folder of local weights; None: $LT_WEIGHTS_DIR, else <project>/weights"),
     "cosine_head": (None, "normalised classifier; None: on for ldam, off otherwise"),
     "image_size": (None, "input size; None: the backbone's default"),
-    "mode": ("linear", "linear (frozen backbone, cached features) | finetune | crt"),
+    "mode": ("linear", "linear (frozen backbone, cached features) | finetune | crt | partial (the last "
+                       "partial_blocks units trained on cached outputs of the frozen first ones)"),
+    "partial_blocks": (2, "mode partial: trailing backbone units trained with the classifier (MobileNetV2: 1 "
+                          "conv_head, 2 + the last stage, 3 + the last two stages; 0 the classifier alone)"),
+    "partial_views": (4, "mode partial: augmented views of each training image whose frozen-prefix outputs are cached"),
     # loss and sampling
     "loss": ("ce", "ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted"),
     "loss_params": ({}, "parameters of the loss, e.g. {'gamma': 2.0}"),
@@ -92,11 +96,10 @@ SCHEMA: dict[str, tuple[object, str]] = {
 DEFAULTS = {k: v[0] for k, v in SCHEMA.items()}
 
 TRAIN_SETS = ("longtailed", "balanced")
-MODES = ("linear", "finetune", "crt")
+MODES = ("linear", "finetune", "crt", "partial")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 POSTHOC = ("none", "logit_adjust", "tau_norm")
-VAL_SOURCES = ("split", "unused")
 TTA_VIEWS = ("none", "flip")
 PRECISIONS = ("auto", "bf16", "fp32")
 BALANCED_SIZES = ("matched", "full")
@@ -222,6 +225,7 @@ RULES = {
     "device": _device, "channels_last": _BOOL, "compile": _BOOL, "save_checkpoints": _BOOL,
     "nesterov": _BOOL, "decay_norm_and_bias": _BOOL, "monitor_test": _BOOL,
     "val_per_class": _range("int", 1), "technique_params": _MAPPING,
+    "partial_blocks": _range("int", 0), "partial_views": _range("int", 1),
     "label": _of_type(str, none=True, what="null or a name (a non-empty string)"),
 }
 
@@ -329,8 +333,8 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     if "loss_params" not in ill_typed:
         _named_with_params(errors, "loss", p["loss"], p["loss_params"], losses.LOSSES, losses.loss_param_names,
                            lambda: losses.build_loss(p["loss"], [2, 1], **(p["loss_params"] or {})))
-    if p["loss"] in losses.LOSSES and p["drw_epoch"] is not None and "weight" not in losses.loss_param_names(p["loss"]):
-        takes = [n for n in losses.LOSSES if "weight" in losses.loss_param_names(n)]
+    if p["loss"] in losses.LOSSES and p["drw_epoch"] is not None and not losses.drw_eligible(p["loss"]):
+        takes = [n for n in losses.LOSSES if losses.drw_eligible(n)]
         errors.append(f"drw_epoch={p['drw_epoch']!r} with loss {p['loss']!r}: DRW re-weights a loss that takes "
                       f"class weights; use one of {', '.join(takes)} (or drw_epoch None)")
     if "sampler_params" not in ill_typed:
@@ -343,6 +347,11 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
             errors.append(f"backbone={p['backbone']!r}: choose one of {', '.join(ALIASES)}, resnet32, "
                           "or any name in timm.list_models()")
     _technique_errors(errors, p)
+    if p["mode"] == "partial" and "backbone" not in ill_typed:
+        from .partial import PARTIAL_BACKBONES, supports
+        if not supports(str(p["backbone"])):
+            errors.append(f"backbone={p['backbone']!r} with mode='partial': its blocks are known for "
+                          f"{', '.join(PARTIAL_BACKBONES)}; use one of those or mode finetune")
     if errors:
         raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
     return p
@@ -350,8 +359,8 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
 
 def _technique_errors(errors: list, p: dict) -> None:
     """The validation split's source, the techniques of ``longtail.methods``, TTA and τ tuning."""
-    from . import methods
-    _choice(errors, p, "val_source", VAL_SOURCES)
+    from . import methods, subsets
+    _choice(errors, p, "val_source", subsets.VAL_SOURCES)
     _choice(errors, p, "tta", TTA_VIEWS)
     fraction = float(p["val_fraction"]) if _is_number(p["val_fraction"]) else 0.0  # a bad one is reported by its rule
     if p["val_source"] == "unused" and fraction > 0:

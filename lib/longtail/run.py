@@ -16,6 +16,13 @@ The run folder (``output_dir``; its file names, status and id live in ``longtail
 |                       | and ``cpu_s`` (process CPU seconds, all threads)                      |
 | ``metrics.json``      | the same row; written last and atomically (``rundir.status``: *done*) |
 | ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
+
+A run in steps: ``_prepare`` (data, training sets, the validation split of
+``subsets.fit_and_validation_indices``, loss, transforms: ``RunData``), one training path
+(``_train_linear`` on cached features; ``_train_finetune``, with ``_retrain_classifier`` for cRT;
+``partial.train``, the last blocks on cached activations of the first),
+then ``_evaluate`` (post-hoc adjustment, metrics, predictions).  What a loss needs (a cosine head,
+its logit scale, DRW eligibility) the loss itself declares (``longtail.losses``).
 """
 from __future__ import annotations
 
@@ -53,6 +60,67 @@ class RunResult:
         return run_metrics_table(self.metrics)
 
 
+@dataclass
+class RunData:
+    """What every path of a run (linear, partial, fine-tune, cRT) and its evaluation share: the
+    parameters, the decoded images, the sets and their validation split, the loss and the transforms."""
+    p: dict
+    device: torch.device
+    num_classes: int
+    cosine: bool                  # a normalised (cosine) classifier
+    data_config: dict             # the backbone's mean, std, input_size, crop_pct
+    image_size: int
+    cache_size: int               # side of the decoded squares (image_size / crop_pct)
+    augment: str                  # the training augmentation, ``auto`` resolved
+    train_imgs: object            # decoded training-fold images (uint8 NHWC, memory-mapped)
+    test_imgs: object
+    base_train: object            # the training fold (``data.ImageSplit``), unreadable images dropped
+    test: object
+    sets: object                  # ``selection.RunSets``
+    train_idx: np.ndarray         # rows of base_train the run fits on
+    val_idx: np.ndarray           # rows of base_train of the validation split
+    train_counts: np.ndarray
+    groups: np.ndarray
+    classes: pd.DataFrame
+    loss_fn: torch.nn.Module
+    drw: object                   # ``losses.DRWSchedule`` or None
+    cfg: object                   # ``engine.TrainConfig``
+    eval_tf: object
+    train_tf: object
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        return torch.as_tensor(self.base_train.labels[self.train_idx])
+
+    @property
+    def val_y(self) -> torch.Tensor:
+        return torch.as_tensor(self.base_train.labels[self.val_idx])
+
+    @staticmethod
+    def in_memory(imgs) -> torch.Tensor:
+        """The decoded images as one in-memory tensor (random access per batch)."""
+        return torch.from_numpy(np.array(imgs))
+
+    def monitor(self, test_x) -> dict:
+        """engine.fit's test monitor (``monitor_test``): the balanced test set only (the test split
+        also holds a given long-tailed test set); recorded, never used for model selection."""
+        if not self.p["monitor_test"]:
+            return {}
+        return {"monitor_x": test_x[torch.as_tensor(self.sets.test_balanced)],
+                "monitor_y": self.test.labels[self.sets.test_balanced]}
+
+
+@dataclass
+class Trained:
+    """A trained classifier and what it is evaluated on: ``head`` maps rows of ``test_x`` and
+    ``val_x`` (pooled features in every mode) to outputs."""
+    head: torch.nn.Module
+    history: list
+    best_epoch: int
+    test_x: torch.Tensor
+    val_x: torch.Tensor | None
+
+
 def run_training(params: dict, log=print) -> RunResult:
     """Validate, train, evaluate and write the run folder; see the module docstring."""
     p = params_mod.validate(params)  # every bad value is reported before any work starts
@@ -78,59 +146,68 @@ def run_training(params: dict, log=print) -> RunResult:
 
 
 def _train_and_evaluate(p: dict, out: Path, log) -> dict:
-    from . import data, engine, features, losses, methods, metrics, models, samplers, selection, subsets, transforms
+    run, model = _prepare(p, out, log)
+    if p["mode"] == "linear":
+        trained = _train_linear(run, out, log)
+    elif p["mode"] == "partial":  # the last blocks on cached activations of the first (longtail.partial)
+        from . import partial
+        trained = partial.train(run, model, out, log)
+    else:
+        trained = _train_finetune(run, model, out, log)
+    hist = pd.DataFrame(trained.history)
+    hist.to_csv(out / rundir.HISTORY_FILE, index=False)
+    return {"metrics": _evaluate(run, trained, hist, out, log), "history": hist, "classes": run.classes}
+
+
+def _build_model(p: dict, num_classes: int, cosine: bool) -> torch.nn.Module:
+    """The run's backbone and classifier.  Every random consumer is seeded from the run's seed where
+    it draws (here: the initial weights; the sampler, augmentation and mixup have their own seeded
+    generators), so what ran before (a backbone built only when its features are not cached)
+    changes nothing."""
+    from . import models
+    torch.manual_seed(p["seed"])
+    return models.build_model(p["backbone"], num_classes, p["pretrained"], cosine_head=cosine, weights_dir=p["weights_dir"])
+
+
+def _prepare(p: dict, out: Path, log) -> tuple[RunData, torch.nn.Module | None]:
+    """The run's data, sets, validation split, loss and transforms (``classes.csv`` written), and
+    the model for every mode but linear (a linear run on cached features needs none)."""
+    from . import data, engine, losses, models, selection, subsets, transforms
 
     device = engine.resolve_device(p["device"])
     torch.manual_seed(p["seed"])
     ds = data.load_dataset(p["dataset"], p["data_root"], **(p["dataset_params"] or {}))
     C = ds.num_classes
-
-    # --- model, geometry ----------------------------------------------------------------------
-    cosine = p["cosine_head"] if p["cosine_head"] is not None else p["loss"] == "ldam"
-
-    def build():
-        # Every random consumer is seeded from the run's seed where it draws (here: the initial
-        # weights; the sampler, augmentation and mixup have their own seeded generators), so what
-        # ran before (a backbone built only when its features are not cached) changes nothing.
-        torch.manual_seed(p["seed"])
-        return models.build_model(p["backbone"], C, p["pretrained"], cosine_head=cosine, weights_dir=p["weights_dir"])
+    # a cosine classifier: as asked, else as the loss asks (LDAM's margins are in cosine units)
+    cosine = p["cosine_head"] if p["cosine_head"] is not None else losses.loss_class(p["loss"]).cosine_head
     if p["mode"] == "linear":  # the backbone is built only if its features are not cached yet
-        card = models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
-        model, dc = None, card["data_config"]
+        model, dc = None, models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])["data_config"]
     else:
-        model = build()
+        model = _build_model(p, C, cosine)
         dc = model.data_config
     image_size = int(p["image_size"] or dc["input_size"][-1])
     cache_size = transforms.cache_size_for(image_size, dc["crop_pct"])
     augment = p["augment"] if p["augment"] != "auto" else ("cifar" if image_size <= 32 else "light")
 
-    # --- images, decoded once (a memory-mapped cache) -----------------------------------------
+    # images, decoded once (a memory-mapped cache)
     train_imgs, train_kept = data.split_images(ds.train, cache_size, on_error=p["on_error"])
     test_imgs, test_kept = data.split_images(ds.test, cache_size, on_error=p["on_error"])
-    base_train = ds.train.subset(train_kept)
-    test = ds.test.subset(test_kept)
-    in_memory = lambda imgs: torch.from_numpy(np.array(imgs))  # noqa: E731  (random access per batch)
+    base_train, test = ds.train.subset(train_kept), ds.test.subset(test_kept)
 
-    # --- training subset, validation split, groups --------------------------------------------
     # The long-tailed profile (or the given long-tailed training set) defines, for both training
     # sets, the head/middle/tail groups and the long-tailed test distribution, so that those columns
     # name the same classes and the same test weighting whichever set a model was trained on.
     sets = selection.run_sets(p, base_train.labels, base_train.part, test.labels, test.part, C)
-    idx, lt_counts = sets.train, sets.lt_counts
     if ds.info.get("absent"):
         log(f"classes without a training image: {ds.info['absent']}")
-    if p["val_source"] == "unused":  # balanced, and disjoint from both training sets and the test fold
-        train_idx = idx
-        val_idx = subsets.unused_validation_indices(base_train.labels, np.union1d(idx, sets.longtailed), C,
-                                                    p["val_per_class"], seed=p["subset_seed"])
-    else:
-        fit_pos, val_pos = subsets.stratified_split(base_train.labels[idx], p["val_fraction"], seed=p["subset_seed"])
-        train_idx, val_idx = idx[fit_pos], idx[val_pos]
     y_all = base_train.labels
+    train_idx, val_idx = subsets.fit_and_validation_indices(
+        y_all, sets.train, sets.longtailed, C, val_source=p["val_source"], val_fraction=p["val_fraction"],
+        val_per_class=p["val_per_class"], seed=p["subset_seed"])
     train_counts = subsets.class_counts(y_all[train_idx], C)
-    groups = subsets.class_groups(lt_counts, p["group_scheme"])
+    groups = subsets.class_groups(sets.lt_counts, p["group_scheme"])
     classes = pd.DataFrame({"class": np.arange(C), "name": ds.class_names, "train_count": train_counts,
-                            "longtailed_count": lt_counts,
+                            "longtailed_count": sets.lt_counts,
                             "val_count": subsets.class_counts(y_all[val_idx], C),
                             "test_count": subsets.class_counts(test.labels[sets.test_balanced], C),
                             "test_longtailed_count": subsets.class_counts(test.labels[sets.test_longtailed], C),
@@ -141,105 +218,147 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         f"balanced + {len(sets.test_longtailed)} long-tailed ({sets.describe()}); "
         f"{p['backbone']} {p['mode']} on {device}")
 
-    # --- loss, sampler, engine config ---------------------------------------------------------
     loss_fn = losses.build_loss(p["loss"], train_counts.tolist(), **(p["loss_params"] or {}))
     drw = losses.DRWSchedule(train_counts.tolist(), p["drw_epoch"], beta=p["drw_beta"]) if p["drw_epoch"] is not None else None
-    train_y, val_y = torch.as_tensor(y_all[train_idx]), torch.as_tensor(y_all[val_idx])
-    sampler = samplers.build_sampler(p["sampler"], train_y.numpy(), p["seed"], **(p["sampler_params"] or {}))
-    cfg = engine.TrainConfig.from_params(p)
     channels_last = p["channels_last"]
     eval_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], channels_last=channels_last)
     train_tf = transforms.BatchTransform(image_size, dc["mean"], dc["std"], augment=augment,
                                          channels_last=channels_last, seed=p["seed"], randaugment=p["randaugment"])
+    run = RunData(p=p, device=device, num_classes=C, cosine=cosine, data_config=dc, image_size=image_size,
+                  cache_size=cache_size, augment=augment, train_imgs=train_imgs, test_imgs=test_imgs,
+                  base_train=base_train, test=test, sets=sets, train_idx=train_idx, val_idx=val_idx,
+                  train_counts=train_counts, groups=groups, classes=classes, loss_fn=loss_fn, drw=drw,
+                  cfg=engine.TrainConfig.from_params(p), eval_tf=eval_tf, train_tf=train_tf)
+    return run, model
 
-    def monitor(test_x) -> dict:  # balanced-test top-1 after every epoch, recorded only (see monitor_test)
-        tb = torch.as_tensor(sets.test_balanced)  # the test split also holds a given long-tailed test set
-        return {"monitor_x": test_x[tb], "monitor_y": test.labels[sets.test_balanced]} if p["monitor_test"] else {}
 
-    if p["mode"] == "linear":
-        def backbone():
-            m = build().to(device)
-            return m.to(memory_format=torch.channels_last) if channels_last else m
-        key_parts = dict(backbone=models.resolve_name(p["backbone"]), image_size=image_size, cache_size=cache_size,
-                         weights=models.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
-        if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
-            key_parts["init_seed"] = p["seed"]
-        views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
-        feat = lambda imgs, split, view: torch.from_numpy(features.cached_features(  # noqa: E731
-            backbone, lambda: in_memory(imgs), eval_tf if view is None else _flipped(eval_tf),
-            features.feature_key(images=_images_id(split, cache_size), **key_parts, **({"view": view} if view else {})),
-            batch_size=p["eval_batch_size"], device=device, precision=p["precision"], log=log))
-        mean_view = lambda imgs, split: torch.stack([feat(imgs, split, v) for v in views]).mean(0)  # noqa: E731
-        to_space = methods.feature_transform(p["technique"], p["technique_params"])
-        train_feats, test_feats = to_space(mean_view(train_imgs, base_train)), to_space(mean_view(test_imgs, test))
+def _train_linear(run: RunData, out: Path, log) -> Trained:
+    """Mode linear: a head (or a ``methods`` technique) on the frozen backbone's pooled features,
+    extracted once per view and cached (``features``); with ``tta: flip`` the views' mean."""
+    from . import features, methods, models
+    p, C = run.p, run.num_classes
+    dc, card = run.data_config, models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
 
-        def new_head():  # seeded here, so the same with a cold or a warm feature cache
-            torch.manual_seed(p["seed"])
-            head = models.make_head(card["num_features"], C, cosine)
-            _init_bias(head, loss_fn, C)
-            return head
+    def backbone():
+        m = _build_model(p, C, run.cosine).to(run.device)
+        return m.to(memory_format=torch.channels_last) if p["channels_last"] else m
 
-        fit = _head_fitter(p, cfg, C, drw is not None, train_feats[val_idx], val_y, out, log, monitor(test_feats))
-        trained, history = methods.train_classifier(p["technique"], p["technique_params"], new_head,
-                                                    train_feats[train_idx], train_y, C, fit, seed=p["seed"])
-        best_epoch = history[-1]["best_epoch"] if history else -1
-        test_x, val_x = test_feats, train_feats[val_idx]
-    else:
-        _init_bias(model.get_classifier(), loss_fn, C)
-        images_train, images_test = in_memory(train_imgs), in_memory(test_imgs)
-        history, best, best_epoch = engine.fit(model, images_train[train_idx], train_y, loss_fn, sampler, cfg,
-                                               transform=train_tf, eval_transform=eval_tf,
-                                               val_x=images_train[val_idx], val_y=val_y,
-                                               drw=drw, log=log, **monitor(images_test))
-        _keep_checkpoints(model, best, out, p["save_checkpoints"])
-        feats_of = lambda imgs: torch.from_numpy(engine.predict(  # noqa: E731
-            model, imgs, eval_tf, batch_size=p["eval_batch_size"], device=device, precision=p["precision"], features=True))
-        head = model.get_classifier()
-        if p["mode"] == "crt":  # Kang et al. 2020: re-train the classifier with class-balanced sampling
-            train_feats = feats_of(images_train[train_idx])
-            torch.manual_seed(p["seed"])
-            head = models.new_head(model, C)
-            crt_cfg = engine.TrainConfig.from_params({**p, "epochs": p["crt_epochs"], "warmup_epochs": 0})
-            crt_sampler = samplers.build_sampler("class_balanced", train_y.numpy(), p["seed"])
-            crt_loss = losses.build_loss("ce", train_counts.tolist())
-            val_feats = feats_of(images_train[val_idx])
-            more, best, _ = engine.fit(head, train_feats, train_y, crt_loss, crt_sampler, crt_cfg,
-                                       val_x=val_feats, val_y=val_y, log=log)
-            history += [{**r, "stage": "crt"} for r in more]
-            head.load_state_dict(best)
-            if p["save_checkpoints"]:
-                torch.save(head.state_dict(), out / rundir.CRT_HEAD_FILE)
-        trained, test_x = head, feats_of(images_test)
-        val_x = feats_of(images_train[val_idx]) if len(val_idx) else None
+    key_parts = dict(backbone=models.resolve_name(p["backbone"]), image_size=run.image_size, cache_size=run.cache_size,
+                     weights=models.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
+    if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
+        key_parts["init_seed"] = p["seed"]
 
-    hist = pd.DataFrame(history)
-    hist.to_csv(out / rundir.HISTORY_FILE, index=False)
+    def view_features(imgs, split, view) -> torch.Tensor:
+        key = features.feature_key(images=_images_id(split, run.cache_size), **key_parts, **({"view": view} if view else {}))
+        return torch.from_numpy(features.cached_features(
+            backbone, lambda: run.in_memory(imgs), run.eval_tf if view is None else _flipped(run.eval_tf), key,
+            batch_size=p["eval_batch_size"], device=run.device, precision=p["precision"], log=log))
 
-    # --- evaluation ---------------------------------------------------------------------------
+    views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
+    to_space = methods.feature_transform(p["technique"], p["technique_params"])
+    train_feats, test_feats = (to_space(torch.stack([view_features(imgs, split, v) for v in views]).mean(0))
+                               for imgs, split in ((run.train_imgs, run.base_train), (run.test_imgs, run.test)))
+
+    def new_head():  # seeded here, so the same with a cold or a warm feature cache
+        torch.manual_seed(p["seed"])
+        head = models.make_head(card["num_features"], C, run.cosine)
+        _init_bias(head, run.loss_fn, C)
+        return head
+
+    val_x = train_feats[run.val_idx]
+    fit = _head_fitter(p, run.cfg, C, run.drw is not None, val_x, run.val_y, out, log, run.monitor(test_feats))
+    head, history = methods.train_classifier(p["technique"], p["technique_params"], new_head,
+                                             train_feats[run.train_idx], run.train_y, C, fit, seed=p["seed"])
+    return Trained(head, history, history[-1]["best_epoch"] if history else -1, test_feats, val_x)
+
+
+def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Trained:
+    """Modes finetune and crt: the whole model trained on augmented images, the validation epoch
+    kept; crt then re-trains the classifier on the features (``_retrain_classifier``).  Evaluated
+    through the classifier on the model's pooled features."""
+    from . import engine, models
+    p = run.p
+    _init_bias(model.get_classifier(), run.loss_fn, run.num_classes)
+    images_train, images_test = run.in_memory(run.train_imgs), run.in_memory(run.test_imgs)
+    history, best, best_epoch = engine.fit(model, images_train[run.train_idx], run.train_y, run.loss_fn,
+                                           _run_sampler(run), run.cfg, transform=run.train_tf, eval_transform=run.eval_tf,
+                                           val_x=images_train[run.val_idx], val_y=run.val_y,
+                                           drw=run.drw, log=log, **run.monitor(images_test))
+    _keep_checkpoints(model, best, out, p["save_checkpoints"])
+
+    def features_of(imgs) -> torch.Tensor:
+        return torch.from_numpy(engine.predict(model, imgs, run.eval_tf, batch_size=p["eval_batch_size"],
+                                               device=run.device, precision=p["precision"], features=True))
+
+    head = model.get_classifier()
+    if p["mode"] == "crt":
+        torch.manual_seed(p["seed"])
+        head = models.new_head(model, run.num_classes)
+        history += _retrain_classifier(run, head, features_of(images_train[run.train_idx]),
+                                       features_of(images_train[run.val_idx]), out, log)
+    val_x = features_of(images_train[run.val_idx]) if len(run.val_idx) else None
+    return Trained(head, history, best_epoch, features_of(images_test), val_x)
+
+
+def _retrain_classifier(run: RunData, head, train_feats, val_feats, out: Path, log) -> list:
+    """Classifier re-training (cRT; Kang et al., ICLR 2020): a fresh classifier on the fine-tuned
+    model's frozen features, class-balanced sampling and CE, ``crt_epochs`` epochs; the validation
+    epoch is loaded into ``head``.  Returns its history rows (stage ``crt``)."""
+    from . import engine, losses, samplers
+    p = run.p
+    crt_cfg = engine.TrainConfig.from_params({**p, "epochs": p["crt_epochs"], "warmup_epochs": 0})
+    crt_sampler = samplers.build_sampler("class_balanced", run.train_y.numpy(), p["seed"])
+    crt_loss = losses.build_loss("ce", run.train_counts.tolist())
+    more, best, _ = engine.fit(head, train_feats, run.train_y, crt_loss, crt_sampler, crt_cfg,
+                               val_x=val_feats, val_y=run.val_y, log=log)
+    head.load_state_dict(best)
+    if p["save_checkpoints"]:
+        torch.save(head.state_dict(), out / rundir.CRT_HEAD_FILE)
+    return [{**r, "stage": "crt"} for r in more]
+
+
+def _run_sampler(run: RunData):
+    from . import samplers
+    p = run.p
+    return samplers.build_sampler(p["sampler"], run.train_y.numpy(), p["seed"], **(p["sampler_params"] or {}))
+
+
+def _evaluate(run: RunData, trained: Trained, hist: pd.DataFrame, out: Path, log) -> dict:
+    """Test (balanced, long-tailed weighted and sampled, groups) and validation metrics of the
+    trained classifier, with the post-hoc adjustment (τ chosen on the validation split when a grid
+    is given); writes ``predictions.npz``; returns the run's summary and metrics."""
+    from . import engine, losses, methods, metrics, subsets
+    p, C, loss_fn, test = run.p, run.num_classes, run.loss_fn, run.test
+    # A cosine head outputs cosines in [-1, 1]; the loss's logit scale (LDAM's s) makes them the
+    # logits the loss sees, so test loss and calibration mean what they say.
+    scale = loss_fn.logit_scale if run.cosine else 1.0
+
     def logits_of(x, tau):
-        head_eval = methods.tau_normalized(trained, tau) if p["posthoc"] == "tau_norm" else trained
-        z = engine.predict(head_eval, x, batch_size=p["eval_batch_size"], device=device, precision="fp32")
-        if cosine:  # a cosine head outputs cosines in [-1, 1]; the loss's scale s (LDAM) makes them logits,
-            z = z * getattr(loss_fn, "s", 1.0)  # so test loss and calibration mean what they say
+        head = methods.tau_normalized(trained.head, tau) if p["posthoc"] == "tau_norm" else trained.head
+        z = engine.predict(head, x, batch_size=p["eval_batch_size"], device=run.device, precision="fp32")
+        if run.cosine:
+            z = z * scale
         if p["posthoc"] == "logit_adjust":
-            z = losses.logit_adjust(z, train_counts.tolist(), tau=tau)
+            z = losses.logit_adjust(z, run.train_counts.tolist(), tau=tau)
         return z
 
+    val_y = run.val_y.numpy()
     tau = p["posthoc_tau"]
     if p["posthoc_tau_grid"]:  # τ chosen on the validation split, never on the test fold
-        tau, tau_scores = methods.best_on_validation(p["posthoc_tau_grid"], lambda t: logits_of(val_x, t),
-                                                     val_y.numpy(), C)
+        tau, tau_scores = methods.best_on_validation(p["posthoc_tau_grid"], lambda t: logits_of(trained.val_x, t),
+                                                     val_y, C)
         log(f"posthoc {p['posthoc']}: tau {tau} chosen on validation (balanced accuracy "
             + ", ".join(f"{t}: {s:.3f}" for t, s in tau_scores.items()) + ")")
-    logits = logits_of(test_x, tau)
-    val_logits = logits_of(val_x, tau) if len(val_idx) else np.zeros((0, C), np.float32)
+    logits = logits_of(trained.test_x, tau)
+    has_val = len(run.val_idx) > 0
+    val_logits = logits_of(trained.val_x, tau) if has_val else np.zeros((0, C), np.float32)
     activation = getattr(loss_fn, "activation", "softmax")  # a sigmoid-trained model's own probabilities
-    tb, tl = sets.test_balanced, sets.test_longtailed
-    results = metrics.evaluate(logits[tb], test.labels[tb], lt_counts, groups, activation=activation)
+    tb, tl = run.sets.test_balanced, run.sets.test_longtailed
+    lt_counts = run.sets.lt_counts
+    results = metrics.evaluate(logits[tb], test.labels[tb], lt_counts, run.groups, activation=activation)
     results["longtailed_sampled"] = metrics.split_metrics(logits[tl], test.labels[tl], C, activation=activation)
-    own_scale = getattr(loss_fn, "s", 1.0) if cosine else 1.0  # the loss sees the head's raw outputs
-    results.update(metrics.evaluate_physical(logits[tb], test.labels[tb], None, groups, activation=activation,
-                                             own_loss=lambda z, y: _own_loss(loss_fn, z / own_scale, y),
+    results.update(metrics.evaluate_physical(logits[tb], test.labels[tb], None, run.groups, activation=activation,
+                                             own_loss=lambda z, y: _own_loss(loss_fn, z / scale, y),
                                              lt_logits=logits[tl], lt_labels=test.labels[tl]))
     flat = metrics.flatten(results)
     if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
@@ -248,8 +367,8 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     np.savez_compressed(out / rundir.PREDICTIONS_FILE, logits=logits[tb].astype(np.float32), labels=test.labels[tb],
                         lt_weight=subsets.longtailed_test_weights(test.labels[tb], lt_counts), ids=ids[tb],
                         lt_logits=logits[tl].astype(np.float32), lt_labels=test.labels[tl], lt_ids=ids[tl],
-                        activation=activation, val_logits=val_logits.astype(np.float32), val_labels=y_all[val_idx],
-                        val_ids=_ids(base_train, val_idx), train_ids=_ids(base_train, train_idx))
+                        activation=activation, val_logits=val_logits.astype(np.float32), val_labels=val_y,
+                        val_ids=_ids(run.base_train, run.val_idx), train_ids=_ids(run.base_train, run.train_idx))
     summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
                                  "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs",
                                  "eval_protocol")}
@@ -258,14 +377,14 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         summary[k] = p[k]
     summary["technique_params"] = json.dumps(p["technique_params"] or {}, sort_keys=True)
     summary["posthoc_tau_used"] = float(tau)
-    if len(val_idx):
-        summary["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(val_logits, y_all[val_idx], C)))
-    summary.update(best_epoch=best_epoch, train_images=int(len(train_idx)), num_classes=C,
-                   device=str(device), image_size=image_size)
+    if has_val:
+        summary["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(val_logits, val_y, C)))
+    summary.update(best_epoch=trained.best_epoch, train_images=int(len(run.train_idx)), num_classes=C,
+                   device=str(run.device), image_size=run.image_size)
     if "monitor_acc" in hist:  # the best test epoch, as papers that select on the test set report it
         summary.update({"monitor/best_test_acc1": float(hist["monitor_acc"].max()),
                         "monitor/best_test_epoch": int(hist.loc[hist["monitor_acc"].idxmax(), "epoch"])})
-    return {"metrics": {**summary, **flat}, "history": hist, "classes": classes}
+    return {**summary, **flat}
 
 
 def _init_bias(classifier, loss_fn, num_classes: int) -> None:

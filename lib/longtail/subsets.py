@@ -17,6 +17,7 @@ CLASS_ORDERS = ("given", "random")
 SUBSET_METHODS = ("permutation", "reference")
 GROUP_SCHEMES = ("auto", "thresholds", "thirds")
 GROUP_NAMES = ("head", "middle", "tail")
+VAL_SOURCES = ("split", "unused")
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float, profile: str = "exp") -> list[int]:
@@ -203,3 +204,29 @@ def unused_validation_indices(labels, used, num_classes: int, per_class: int = 2
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero((labels == c) & spare))[:per_class] for c in range(num_classes)]
     return np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64)
+
+
+def fit_and_validation_indices(labels, train, longtailed, num_classes: int, *, val_source: str = "split",
+                               val_fraction: float = 0.1, val_per_class: int = 2,
+                               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The images a run fits on and its validation split, as indices into ``labels`` (the training fold).
+
+    ``train``: the run's training set (long-tailed or balanced), ``longtailed``: the long-tailed set
+    (the same for a long-tailed run).
+    - ``val_source="split"``: ``val_fraction`` of each class of ``train`` held out
+      (:func:`stratified_split`, seeded by ``seed``); the run fits on the rest.
+    - ``"unused"``: the run fits on all of ``train``; the validation split is
+      :func:`unused_validation_indices` (``val_per_class`` a class) of the images neither training
+      set uses, so a balanced and a long-tailed run of one subset seed validate on the same images.
+    The one definition of the split, for a run (``longtail.run``) and the data summary
+    (``longtail.datasummary``).
+    """
+    train = np.asarray(train, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if val_source == "unused":
+        return train, unused_validation_indices(labels, np.union1d(train, np.asarray(longtailed, dtype=np.int64)),
+                                                num_classes, val_per_class, seed=seed)
+    if val_source == "split":
+        fit, held = stratified_split(labels[train], val_fraction, seed=seed)
+        return train[fit], train[held]
+    raise ValueError(f"unknown val_source {val_source!r}; choose one of {', '.join(VAL_SOURCES)}")
