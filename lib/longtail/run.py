@@ -165,13 +165,16 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
         if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
             key_parts["init_seed"] = p["seed"]
         views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
-        feat = lambda imgs, split, view: torch.from_numpy(features.cached_features(  # noqa: E731
-            backbone, lambda: in_memory(imgs), eval_tf if view is None else _flipped(eval_tf),
-            features.feature_key(images=_images_id(split, cache_size), **key_parts, **({"view": view} if view else {})),
-            batch_size=p["eval_batch_size"], device=device, precision=p["precision"], log=log))
-        mean_view = lambda imgs, split: torch.stack([feat(imgs, split, v) for v in views]).mean(0)  # noqa: E731
+        request = lambda imgs, split, view: (  # noqa: E731
+            lambda: in_memory(imgs), eval_tf if view is None else _flipped(eval_tf),
+            features.feature_key(images=_images_id(split, cache_size), **key_parts, **({"view": view} if view else {})))
+        # one call for both splits: parallel workers on a cold cache extract different splits at once
+        per_view = [torch.from_numpy(f) for f in features.cached_features_many(
+            backbone, [request(imgs, split, v) for imgs, split in ((train_imgs, base_train), (test_imgs, test)) for v in views],
+            batch_size=p["eval_batch_size"], device=device, precision=p["precision"], channels_last=channels_last, log=log)]
         to_space = methods.feature_transform(p["technique"], p["technique_params"])
-        train_feats, test_feats = to_space(mean_view(train_imgs, base_train)), to_space(mean_view(test_imgs, test))
+        train_feats = to_space(torch.stack(per_view[:len(views)]).mean(0))
+        test_feats = to_space(torch.stack(per_view[len(views):]).mean(0))
 
         def new_head():  # seeded here, so the same with a cold or a warm feature cache
             torch.manual_seed(p["seed"])
@@ -193,7 +196,8 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
                                                drw=drw, log=log, **monitor(images_test))
         _keep_checkpoints(model, best, out, p["save_checkpoints"])
         feats_of = lambda imgs: torch.from_numpy(engine.predict(  # noqa: E731
-            model, imgs, eval_tf, batch_size=p["eval_batch_size"], device=device, precision=p["precision"], features=True))
+            model, imgs, eval_tf, batch_size=p["eval_batch_size"], device=device, precision=p["precision"], features=True,
+            channels_last=channels_last))
         head = model.get_classifier()
         if p["mode"] == "crt":  # Kang et al. 2020: re-train the classifier with class-balanced sampling
             train_feats = feats_of(images_train[train_idx])
