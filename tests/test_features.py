@@ -92,3 +92,27 @@ def test_a_held_lock_is_reported_without_waiting(tmp_path):
         assert time.perf_counter() - start < 1
     with file_lock(path, wait=False) as third:
         assert third is True
+
+
+def test_a_linear_run_imports_only_what_it_needs(tmp_path):
+    """What notebooks/train.py runs for a linear run (its imports, run_training, the table and both
+    figures) leaves out the modules that cost a kernel seconds and that it does not use."""
+    import subprocess
+    import sys
+    code = f"""
+import sys
+from longtail import figures
+from longtail.report import show_figure, show_table
+from longtail.run import run_training
+r = run_training(dict(dataset="synthetic", backbone="resnet32", mode="linear", image_size=16, epochs=2,
+                      dataset_params={{"num_classes": 4, "train_per_class": 12, "test_per_class": 4, "image_size": 16}},
+                      output_dir={str(tmp_path / "run")!r}), log=lambda s: None)
+show_table(r.groups_table, caption="x")
+show_figure(figures.learning_curves(r.history))
+show_figure(figures.split_accuracy(r.groups_table))
+print(sorted(m for m in ("seaborn", "scipy", "sklearn", "timm", "torchvision", "torch._dynamo") if m in sys.modules))
+"""
+    env = {**__import__("os").environ, "LT_CACHE_DIR": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
