@@ -58,6 +58,8 @@ bench: setup  ## speed benchmarks; tables land in bench/results/ and in the next
 	mkdir -p bench/results
 	$(PY) bench/main_job.py | tee bench/results/main_job.md
 	$(PY) bench/throughput.py | tee bench/results/throughput.md
+	$(PY) bench/throughput.py --features | tee bench/results/features.md
+	$(PY) bench/papermill_overhead.py | tee bench/results/papermill_overhead.md
 	$(PY) bench/scaling.py | tee bench/results/scaling.md
 
 # A one-node SLURM cluster on localhost (root, Debian: installs slurmctld, slurmd, slurm-client, munge

@@ -12,13 +12,22 @@ side by side in one process (alternating, best of ``--repeats``):
 Also: the data path alone (gather + uint8->float + random resized crop on the batch) against
 the model's training step, and a classic DataLoader that decodes JPEG files every epoch.
 
+``--features``: feature extraction (``engine.predict``, what every evaluation runs), MobileNetV2
+at 224 px from the 256 px decoded-image cache, today's path against the one before issue 14
+(``base_predict``, a frozen copy: autograd off, the model in whatever layout the caller gave it),
+side by side in one process (alternating, best of ``--repeats``), over batch sizes and thread
+counts (1 thread: what each kernel of a 2-worker grid gets on 2 cores).
+
     python bench/throughput.py                 # CPU: small backbones
     python bench/throughput.py --gpu           # CUDA: the four thesis backbones at 224 px, bf16
-Prints a markdown table; the last line is the ratio ours / bare (goal >= 0.9).
+    python bench/throughput.py --features      # CPU: feature extraction, base vs now
+Prints a markdown table; the last line is the ratio ours / bare (goal >= 0.9), with ``--features``
+the ratio now / base (goal: >= 200 img/s on an idle 2-core machine).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -114,11 +123,85 @@ def jpeg_dataloader_rate(n=256, size=128):
     return n / (time.perf_counter() - t0)
 
 
+@torch.no_grad()
+def base_predict(model, x, transform=None, *, batch_size=512, device="cpu", precision="auto", features=False):
+    """engine.predict before issue 14 (commit 2359d30), kept to measure against."""
+    device = torch.device(device)
+    model.eval().to(device)
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        xb = transform(xb) if transform is not None else xb
+        with engine.autocast(device, precision):
+            out = model.forward_head(model.forward_features(xb), pre_logits=True) if features else model(xb)
+        outs.append(out.float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def feature_extraction(n_images: int, repeats: int, batches=(16, 32, 64), threads=(1, 2)):
+    """img/s of base_predict and engine.predict on MobileNetV2 at 224 px; returns the table's rows."""
+    from longtail import config
+    weights = "inat_insects" if (config.weights_dir() / models.LOCAL_WEIGHTS["inat_insects"]["file"]).exists() else None
+    model = models.build_model("mobilenetv2", 200, weights)
+    dc = model.data_config
+    x = torch.randint(0, 256, (n_images, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain_tf = transforms.BatchTransform(224, dc["mean"], dc["std"])
+    cl_tf = transforms.BatchTransform(224, dc["mean"], dc["std"], channels_last=True)
+
+    def base_default():  # the model in the default layout, as base predict ran it for any caller
+        return base_predict(model.to(memory_format=torch.contiguous_format), x, plain_tf, batch_size=32, features=True)
+
+    def base_cl():  # channels_last model and inputs, as the linear path of run.py handed them over
+        return base_predict(model.to(memory_format=torch.channels_last), x, cl_tf, batch_size=32, features=True)
+
+    ways = {("base, default layout", 32): base_default, ("base, channels_last from the caller", 32): base_cl}
+    for b in batches:
+        ways[("now: engine.predict", b)] = lambda b=b: engine.predict(model.to(memory_format=torch.contiguous_format),
+                                                                        x, plain_tf, batch_size=b, features=True)
+    reference = None
+    best = {}
+    for _ in range(repeats):
+        for t in threads:
+            torch.set_num_threads(t)
+            for (name, b), fn in ways.items():
+                t0 = time.perf_counter()
+                out = fn()
+                rate = n_images / (time.perf_counter() - t0)
+                reference = out if reference is None else reference
+                assert np.allclose(out, reference, rtol=1e-3, atol=1e-4), f"{name}: features differ"
+                best[(name, b, t)] = max(best.get((name, b, t), 0.0), rate)
+    return [{"way": name, "batch": b, "threads": t, "img_s": r} for (name, b, t), r in best.items()], weights
+
+
+def main_features(args):
+    rows, weights = feature_extraction(args.images, args.repeats)
+    print(f"MobileNetV2 ({weights or 'random weights'}), 224 px from 256 px uint8, {args.images} images, "
+          f"best of {args.repeats}; torch {torch.__version__}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} (1 min)")
+    print("\n| path | batch | threads | img/s |\n|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["threads"], r["way"], r["batch"])):
+        print(f"| {r['way']} | {r['batch']} | {r['threads']} | {r['img_s']:.0f} |")
+    for t in sorted({r["threads"] for r in rows}):
+        rate = lambda way: max(r["img_s"] for r in rows if r["way"].startswith(way) and r["threads"] == t)  # noqa: E731
+        print(f"{t} thread(s): now {rate('now'):.0f} img/s (best batch); now / base default layout "
+              f"{rate('now') / rate('base, default'):.2f}, now / base channels_last from the caller "
+              f"{rate('now') / rate('base, channels'):.2f}")
+    now = max((r for r in rows if r["way"].startswith("now")), key=lambda r: r["img_s"])
+    base = max(r["img_s"] for r in rows if r["way"] == "base, default layout" and r["threads"] == now["threads"])
+    print(f"fastest now: batch {now['batch']}, {now['threads']} thread(s), {now['img_s']:.0f} img/s "
+          f"(goal >= 200 img/s on an idle 2-core machine)")
+    print(f"feature extraction now / base (default layout, {now['threads']} thread(s)): {now['img_s'] / base:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="the four thesis backbones at 224 px in bf16 on CUDA")
+    ap.add_argument("--features", action="store_true", help="feature extraction, base vs now, on the CPU")
+    ap.add_argument("--images", type=int, default=128, help="images per measurement (--features)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.features:
+        return main_features(args)
     device = engine.resolve_device("auto")
     if args.gpu:
         if device.type != "cuda":

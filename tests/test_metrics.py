@@ -5,8 +5,8 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from sklearn.metrics import balanced_accuracy_score, log_loss
 
-from longtail.metrics import (METRIC_NAMES, SPLITS, confusion, evaluate, expected_calibration_error, flatten,
-                              per_class_accuracy, reliability_bins, split_metrics)
+from longtail.metrics import (METRIC_NAMES, SPLITS, confusion, evaluate, expected_calibration_error, f1_scores,
+                              flatten, log_softmax, per_class_accuracy, reliability_bins, split_metrics)
 
 # Six samples, three classes; confidences kept off the 15-bin edges (k/15) so the bins are unambiguous.
 PROBS = np.array([
@@ -56,6 +56,33 @@ def test_against_sklearn_on_random_data():
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert m["loss"] == pytest.approx(log_loss(labels, p, labels=range(7)))
     assert m["balanced_acc"] == pytest.approx(balanced_accuracy_score(labels, logits.argmax(1)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 60), st.integers(2, 9), st.booleans())
+def test_f1_and_confusion_equal_sklearn(seed, n, num_classes, weighted):
+    """The numpy F1 and confusion matrix equal sklearn's on random labels, predictions, weights
+    (zeros included) and class subsets, also with predictions outside the subset."""
+    from sklearn.metrics import confusion_matrix, f1_score
+    rng = np.random.default_rng(seed)
+    labels, preds = rng.integers(0, num_classes, n), rng.integers(0, num_classes, n)
+    w = rng.choice([0.0, 0.5, 1.0, 3.0], n) if weighted else None
+    assume(w is None or w.sum() > 0)  # sklearn refuses all-zero weights
+    classes = np.sort(rng.choice(num_classes, rng.integers(1, num_classes + 1), replace=False))
+    macro, weighted_f1 = f1_scores(labels, preds, classes, w)
+    for average, ours in (("macro", macro), ("weighted", weighted_f1)):
+        ref = f1_score(labels, preds, labels=classes, average=average, sample_weight=w, zero_division=0)
+        assert ours == pytest.approx(ref, abs=1e-12), average
+    assert np.array_equal(confusion(preds, labels, num_classes),
+                          confusion_matrix(labels, preds, labels=np.arange(num_classes)))
+
+
+def test_log_softmax_equals_scipy_at_extremes():
+    from scipy.special import log_softmax as scipy_log_softmax
+    x = np.array([[1.0, 2.0, 3.0], [1e4, -1e4, 0.0], [-1e308, -1e308, -1e308], [-np.inf, 0.0, 1.0],
+                  [700.0, 710.0, 720.0]])
+    assert np.allclose(log_softmax(x), scipy_log_softmax(x, axis=1), rtol=1e-14, atol=0)
+    assert np.isneginf(log_softmax(x)[3, 0]) and log_softmax(x)[2] == pytest.approx(np.full(3, -np.log(3)))
 
 
 def test_loss_is_stable_for_large_logits():

@@ -177,6 +177,46 @@ def test_optimizer_reference_switches():
     assert len(ref.param_groups[0]["params"]) == 6 and not ref.param_groups[0]["nesterov"]
 
 
+@pytest.mark.parametrize("momentum,nesterov,weight_decay,decay_all", [
+    (0.9, True, 5e-4, False), (0.9, False, 5e-4, True), (0.0, False, 0.0, False), (0.5, True, 0.0, True)])
+def test_cpu_sgd_equals_torch_sgd_bit_for_bit(momentum, nesterov, weight_decay, decay_all):
+    """CpuSGD (what make_optimizer gives for CPU parameters) and torch.optim.SGD, from the same
+    start on the same batches with a changing lr, end with identical parameters."""
+    torch.manual_seed(0)
+    nets = [_net(), _net()]
+    nets[1].load_state_dict(nets[0].state_dict())
+    cfg = engine.TrainConfig(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                             decay_norm_and_bias=decay_all)
+    ours = engine.make_optimizer(nets[0], cfg)
+    assert isinstance(ours, engine.CpuSGD)
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in engine.make_optimizer(nets[1], cfg).param_groups]
+    ref = torch.optim.SGD(groups, lr=0.1, momentum=momentum, nesterov=nesterov)
+    x, y = torch.randn(6, 8, 3, 6, 6), torch.randint(0, 2, (6, 8))
+    for step in range(6):
+        for net, opt in zip(nets, (ours, ref)):
+            for g in opt.param_groups:
+                g["lr"] = 0.1 / (step + 1)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(x[step]), y[step]).backward()
+            opt.step()
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_training_on_cpu_never_imports_dynamo():
+    """torch.optim's first step imports torch._dynamo (about 1 s of each run's kernel); the engine's CPU path does not."""
+    import subprocess
+    import sys
+    code = ("import sys, torch; from longtail import engine, losses, samplers\n"
+            "x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))\n"
+            "engine.fit(torch.nn.Linear(5, 3), x, y, losses.build_loss('ce', [14, 13, 13]), "
+            "samplers.build_sampler('instance', y.numpy(), 0), engine.TrainConfig(epochs=2, batch_size=8, device='cpu'), "
+            "log=lambda s: None)\n"
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_weight_decay_on_norm_layers_shrinks_them_only_when_asked():
     # one SGD step with zero gradient: decayed parameters shrink by lr * wd, exempt ones stay
     for decay_all, expected in ((False, 1.0), (True, 1 - 0.1 * 0.5)):

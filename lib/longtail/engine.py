@@ -101,10 +101,12 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig):
     """SGD or AdamW.  ``decay_norm_and_bias=False`` exempts biases and normalisation parameters
     (1-D tensors) from weight decay, the usual practice since Goyal et al. 2017; True decays every
-    parameter, as the LDAM-DRW reference code does.  ``nesterov`` applies to SGD with momentum."""
+    parameter, as the LDAM-DRW reference code does.  ``nesterov`` applies to SGD with momentum.
+    SGD on CPU parameters is ``CpuSGD`` (the same update as ``torch.optim.SGD``, without the
+    torch._dynamo import that costs each run's kernel about 1 s); elsewhere ``torch.optim``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.decay_norm_and_bias:
         groups = [{"params": params, "weight_decay": cfg.weight_decay}]
@@ -112,10 +114,55 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        sgd = CpuSGD if all(p.device.type == "cpu" for p in params) else torch.optim.SGD
+        return sgd(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of sgd, adamw")
+
+
+class CpuSGD:
+    """SGD with momentum μ, Nesterov and L2 weight decay λ (Sutskever et al. 2013), the update of
+    ``torch.optim.SGD`` (dampening 0) operation for operation, so the same on CPU bit for bit::
+
+        g ← ∇ + λ·θ;   b ← g (first step), else μ·b + g;   d ← g + μ·b (Nesterov), else b;   θ ← θ − lr·d
+
+    Why not ``torch.optim.SGD``: its first step imports torch._dynamo (as much import time as torch
+    itself, paid by every run's fresh kernel), and a linear head's whole training takes about as
+    long.  Only what the engine uses: ``param_groups`` (``lr`` set per step), ``zero_grad``, ``step``.
+    """
+
+    def __init__(self, groups, *, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        if nesterov and momentum <= 0:
+            raise ValueError(f"Nesterov momentum needs momentum > 0, got momentum={momentum}")
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.momentum_buffers: dict[int, torch.Tensor] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            lr, mu, wd = g["lr"], g["momentum"], g["weight_decay"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
+                if mu != 0:
+                    buf = self.momentum_buffers.get(id(p))
+                    if buf is None:
+                        buf = self.momentum_buffers[id(p)] = grad.detach().clone()
+                    else:
+                        buf.mul_(mu).add_(grad, alpha=1)
+                    grad = grad.add(buf, alpha=mu) if g["nesterov"] else buf
+                p.add_(grad, alpha=-lr)
 
 
 def place(x: torch.Tensor, device: torch.device, budget_bytes: float = 0.5) -> torch.Tensor:
@@ -127,19 +174,30 @@ def place(x: torch.Tensor, device: torch.device, budget_bytes: float = 0.5) -> t
     return x
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: int = 512,
-            device: torch.device | str = "cpu", precision: str = "auto", features: bool = False) -> np.ndarray:
-    """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x."""
+            device: torch.device | str = "cpu", precision: str = "auto", features: bool = False,
+            channels_last: bool = True) -> np.ndarray:
+    """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x.
+
+    Every evaluation and feature extraction goes through here, on one fast path: inference mode,
+    and for a conv net on image batches (``channels_last``) the model and each batch in the
+    channels_last layout (MobileNetV2 at 224 px on 2 CPU cores: about 4x the default layout,
+    ``bench/throughput.py --features``).  Outputs equal the default layout's to float rounding."""
     device = torch.device(device)
     model.eval().to(device)
+    image_batches = channels_last and x.dim() == 4 and _has_conv(model)
+    if image_batches:  # outside inference mode: the model's parameters stay ordinary tensors
+        model.to(memory_format=torch.channels_last)
     outs = []
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
-        xb = transform(xb) if transform is not None else xb
-        with autocast(device, precision):
-            out = model.forward_head(model.forward_features(xb), pre_logits=True) if features else model(xb)
-        outs.append(out.float().cpu())
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device, non_blocking=True)
+            xb = transform(xb) if transform is not None else xb
+            if image_batches and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                out = model.forward_head(model.forward_features(xb), pre_logits=True) if features else model(xb)
+            outs.append(out.float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 
@@ -221,7 +279,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
                "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
         if has_val:
             logits = torch.from_numpy(predict(model, val_x, eval_transform, batch_size=cfg.eval_batch_size,
-                                              device=device, precision=cfg.precision))
+                                              device=device, precision=cfg.precision, channels_last=cfg.channels_last))
             vy = val_y.cpu()
             row["val_loss"] = F.cross_entropy(logits, vy).item()
             row["val_acc"] = (logits.argmax(1) == vy).float().mean().item()
@@ -231,7 +289,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             score = epoch  # no validation split: the last epoch
         if monitor_x is not None:
             logits = predict(model, monitor_x, eval_transform, batch_size=cfg.eval_batch_size, device=device,
-                             precision=cfg.precision)
+                             precision=cfg.precision, channels_last=cfg.channels_last)
             row["monitor_acc"] = float((logits.argmax(1) == np.asarray(monitor_y)).mean())
         if score >= best_score:
             best_score, best_epoch = score, epoch

@@ -28,11 +28,46 @@ def feature_key(**parts) -> str:
 
 
 def cached_features(model, images, transform, key: str, *, batch_size=512, device="cpu",
-                    precision="auto", log=print) -> np.ndarray:
+                    precision="auto", channels_last=True, log=print) -> np.ndarray:
     """Pooled pre-logit features [N, D] of ``images`` under ``transform``, from the cache when there.
     ``model`` and ``images`` may be callables, called only when the features must be extracted."""
-    return cached_array(key, lambda path: _extract(model, images, transform, path, batch_size, device, precision, log),
-                        folder="features", redo="extracting the features")
+    return cached_features_many(model, [(images, transform, key)], batch_size=batch_size, device=device,
+                                precision=precision, channels_last=channels_last, log=log)[0]
+
+
+def cached_features_many(model, requests, *, batch_size=512, device="cpu", precision="auto", channels_last=True,
+                         log=print) -> list[np.ndarray]:
+    """``cached_features`` of several entries, ``requests`` = [(images, transform, key), ...] (e.g. a
+    run's training and test split), in that order.
+
+    An entry that another process is extracting is taken last: two grid workers starting on cold
+    caches extract different splits at once, each on its own core, instead of one waiting for the
+    other.  ``model`` (a callable) is built once, at the first entry that needs it."""
+    built = []
+
+    def the_model():
+        if not built:
+            built.append(model() if callable(model) and not isinstance(model, torch.nn.Module) else model)
+        return built[0]
+
+    def load_or_extract(images, transform, path):  # under the entry's lock
+        problem = _problem(path)
+        if problem is None:  # another worker computed it while this one waited
+            return np.load(path)
+        if path.exists():
+            warnings.warn(f"feature cache {path}: {problem}; extracting the features again", stacklevel=3)
+        return _save(path, _extract(the_model, images, transform, path, batch_size, device, precision,
+                                    channels_last, log))
+
+    paths = [_entry(key, "features") for _, _, key in requests]
+    out: list = [np.load(path) if _problem(path) is None else None for path in paths]
+    for wait in (False, True):  # first the free entries, then wait for those held elsewhere
+        for i, (images, transform, _) in enumerate(requests):
+            if out[i] is None:
+                with file_lock(paths[i], wait=wait) as held:
+                    if held:
+                        out[i] = load_or_extract(images, transform, paths[i])
+    return out
 
 
 def cached_array(key: str, compute, *, folder: str, redo: str) -> np.ndarray:
@@ -40,7 +75,7 @@ def cached_array(key: str, compute, *, folder: str, redo: str) -> np.ndarray:
     ``<key>.json``; when missing or bad, ``compute(path)`` makes it (under a file lock, so two workers
     never both compute it) and it is saved atomically, the checksum last.  A bad entry is named in a
     warning ("<folder> cache <path>: <problem>; <redo> again")."""
-    path = config.cache_dir() / folder / f"{key}.npy"
+    path = _entry(key, folder)
     if _problem(path) is None:
         return np.load(path)
     with file_lock(path):  # the entry is missing, being written, or bad: decide under the lock
@@ -48,18 +83,22 @@ def cached_array(key: str, compute, *, folder: str, redo: str) -> np.ndarray:
         if problem is None:  # another worker computed it while this one waited
             return np.load(path)
         if path.exists():
-            warnings.warn(f"{_CACHE_NAMES.get(folder, folder)} cache {path}: {problem}; {redo} again", stacklevel=3)
-        array = compute(path)
-        import io
-        buf = io.BytesIO()
-        np.save(buf, array)
-        atomic_write_bytes(path, buf.getvalue())
-        atomic_write_json(path.with_suffix(".json"), file_checksum(path))  # after the array: the entry is complete
-        return array
+            warnings.warn(f"{folder} cache {path}: {problem}; {redo} again", stacklevel=3)
+        return _save(path, compute(path))
 
 
-#: how a warning names the cache of a folder
-_CACHE_NAMES = {"features": "feature"}
+def _entry(key: str, folder: str) -> Path:
+    return config.cache_dir() / folder / f"{key}.npy"
+
+
+def _save(path: Path, array: np.ndarray) -> np.ndarray:
+    """Write ``array`` to ``path`` atomically, then its size and checksum (the entry is complete)."""
+    import io
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_json(path.with_suffix(".json"), file_checksum(path))
+    return array
 
 
 def _problem(path: Path) -> str | None:
@@ -73,9 +112,8 @@ def _problem(path: Path) -> str | None:
     return checksum_problem(path, expected)
 
 
-def _extract(model, images, transform, path, batch_size, device, precision, log) -> np.ndarray:
-    model = model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+def _extract(model, images, transform, path, batch_size, device, precision, channels_last, log) -> np.ndarray:
     images = images() if callable(images) else images
     log(f"extracting features of {len(images)} images (cached as {path.name})")
-    return predict(model, images, transform, batch_size=batch_size, device=device, precision=precision,
-                   features=True).astype(np.float32)
+    return predict(model(), images, transform, batch_size=batch_size, device=device, precision=precision,
+                   features=True, channels_last=channels_last).astype(np.float32)

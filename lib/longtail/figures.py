@@ -1,7 +1,9 @@
 """The report's figures (matplotlib / seaborn); each function returns a ``Figure`` and computes
 nothing beyond what it plots (the numbers come from ``longtail.results`` and ``longtail.datasummary``).
 
-Head / middle / tail have one colour throughout (``GROUP_COLORS``).
+Head / middle / tail have one colour throughout (``GROUP_COLORS``).  seaborn (with the SciPy it
+imports, ~0.6 s) is imported by the functions that draw with it, so the one-run figures of
+``notebooks/train.py`` (plain matplotlib) leave it out of every training kernel.
 """
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from .results import TRAIN_SET_LABELS
 from .subsets import GROUP_NAMES as GROUPS
@@ -20,6 +21,7 @@ TRAIN_SET_COLORS = {"balanced": "#55A868", "longtailed": "#8172B3"}
 
 def setup() -> None:
     """The report's look: seaborn's white grid, compact fonts, PNG output at a readable size."""
+    import seaborn as sns
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titlesize": "medium",
                          "figure.max_open_warning": 0})
@@ -135,6 +137,7 @@ def sample_grid(images, table: pd.DataFrame, ncols: int = 6):
 def image_sizes(sizes: pd.DataFrame):
     """Width against height of the original images (one point per image), and the histogram of
     the shorter side."""
+    import seaborn as sns
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     sns.scatterplot(data=sizes, x="width", y="height", hue="split", s=12, alpha=0.5, ax=axes[0], linewidth=0)
     axes[0].set_title("original image size (px)")
@@ -188,6 +191,7 @@ def split_accuracy(table: pd.DataFrame, title: str | None = None):
 def group_accuracy(runs: pd.DataFrame, methods: list[str], title: str | None = None):
     """Grouped bars: head / middle / tail top-1 (%) per loss, a panel per training set; error bars:
     the standard deviation over seeds."""
+    import seaborn as sns
     long = runs.melt(id_vars=["method", "train_set"], value_vars=[f"{g}/acc1" for g in GROUPS],
                      var_name="group", value_name="acc1")
     long["group"] = long["group"].str.split("/").str[0]
@@ -215,6 +219,7 @@ def group_accuracy(runs: pd.DataFrame, methods: list[str], title: str | None = N
 def per_class_vs_count(per_class: pd.DataFrame, methods: list[str], title: str | None = None):
     """Per-class top-1 (%) against the class's training images (long-tailed training set): the
     mean over the classes of one size and the seeds, a line per loss."""
+    import seaborn as sns
     d = per_class[per_class["train_set"] == "longtailed"]
     fig, ax = plt.subplots(figsize=(8, 4))
     if not len(d):
@@ -239,6 +244,7 @@ def per_class_vs_count(per_class: pd.DataFrame, methods: list[str], title: str |
 def balanced_vs_longtailed(runs: pd.DataFrame, methods: list[str], title: str | None = None):
     """Per loss: balanced-test and tail top-1 (%) after training on the balanced and on the
     long-tailed set (bars: mean, error bars: standard deviation over seeds)."""
+    import seaborn as sns
     long = runs.melt(id_vars=["method", "train_set"], value_vars=["balanced/acc1", "tail/acc1"],
                      var_name="split", value_name="acc1")
     long["acc1"] *= 100
@@ -267,6 +273,7 @@ def confusion_panels(panels: list[tuple], ncols: int = 1):
     names])`` (``results.confusion_subsets``): cells in % of the true class's test images (the row
     sum of ``counts``, which includes an "other classes" column when the columns are a selection),
     values written in the cells, a colour bar beside each panel; names wrapped at spaces."""
+    import seaborn as sns
     n = len(panels)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))

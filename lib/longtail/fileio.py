@@ -143,14 +143,19 @@ def download(url: str, dest: str | os.PathLike, expected_sha256: str | None = No
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike):
+def file_lock(path: str | os.PathLike, wait: bool = True):
     """An exclusive lock on ``path`` + ".lock" (fcntl): parallel grid workers that need the same
-    cache entry wait for the first one to write it instead of computing it twice."""
+    cache entry wait for the first one to write it instead of computing it twice.
+    Yields True when held; with ``wait=False`` it yields False at once where another process holds it."""
     lock = Path(str(path) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

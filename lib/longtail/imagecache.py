@@ -16,7 +16,6 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
-from PIL import Image
 
 from . import config
 from .fileio import atomic_write_text, checksum_problem, file_checksum, file_lock, write_error
@@ -30,6 +29,7 @@ class ImageDecodeError(RuntimeError):
 
 def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """One image as uint8 [size, size, 3]: shorter side resized to ``size``, centre crop."""
+    from PIL import Image  # here: a run whose images are cached never decodes one
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # lets libjpeg decode at a reduced scale: much faster
         img = img.convert("RGB")

@@ -26,13 +26,15 @@ what the tables show, ``protocol_column`` names the columns):
   cross-entropy kept beside it (``loss``).
 Every weighted metric equals the unweighted one on the test set with each sample replicated
 w times (for integer w), which the tests check.
+
+Plain numpy throughout (F1, the confusion matrix and log-softmax equal scikit-learn's and SciPy's,
+which the tests check): importing ``sklearn.metrics`` costs a training run's kernel about as much
+as importing torch (measured in ``bench/papermill_overhead.py``).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp
-from sklearn.metrics import confusion_matrix, f1_score
 
 from .subsets import GROUP_NAMES, longtailed_test_weights
 
@@ -91,9 +93,12 @@ def probabilities(logits, activation: str = "softmax") -> np.ndarray:
 
 
 def log_softmax(logits) -> np.ndarray:
-    """Row-wise log-probabilities, stable for large logits (logsumexp subtracts the row maximum)."""
+    """Row-wise log-probabilities, stable for large logits: (z - m) - log Σ_j e^{z_j - m} with m the
+    row maximum (as scipy.special.log_softmax)."""
     logits = np.asarray(logits, dtype=np.float64)
-    return logits - logsumexp(logits, axis=1, keepdims=True)
+    m = logits.max(axis=1, keepdims=True) if logits.size else np.zeros((len(logits), 1))
+    shifted = logits - np.where(np.isfinite(m), m, 0.0)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def reliability_bins(probs, labels, n_bins: int = ECE_BINS, sample_weight=None) -> pd.DataFrame:
@@ -143,8 +148,36 @@ def per_class_accuracy(logits_or_preds, labels, num_classes: int, sample_weight=
 
 def confusion(preds, labels, num_classes: int) -> np.ndarray:
     """Confusion matrix [C, C]: rows true class, columns predicted class (sklearn's convention).
-    Takes predictions or logits."""
-    return confusion_matrix(np.asarray(labels), _preds(preds), labels=np.arange(num_classes))
+    Takes predictions or logits; a label or prediction outside 0..C-1 is not counted (as sklearn's
+    ``labels=range(C)``)."""
+    labels, preds = np.asarray(labels, dtype=np.int64), _preds(preds)
+    inside = (labels >= 0) & (labels < num_classes) & (preds >= 0) & (preds < num_classes)
+    cells = labels[inside] * num_classes + preds[inside]
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def f1_scores(labels, preds, classes, sample_weight=None) -> tuple[float, float]:
+    """(macro F1, support-weighted F1) over ``classes``, as sklearn's ``f1_score(labels, preds,
+    labels=classes, average="macro" | "weighted", sample_weight=w, zero_division=0)``.
+
+    Per class c, with weighted counts tp_c, fp_c, fn_c: F1_c = 2 tp_c / (2 tp_c + fp_c + fn_c), 0
+    where the denominator is 0 (van Rijsbergen's F-measure with β = 1).  Macro: the mean of F1_c;
+    weighted: Σ_c s_c F1_c / Σ_c s_c with the support s_c = tp_c + fn_c (0 when all s_c are 0).
+    A prediction of a class outside ``classes`` is a false negative of the true class only.
+    """
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    classes = np.asarray(classes, dtype=np.int64)
+    w = _weights(sample_weight, len(labels))
+    if len(classes) == 0:
+        return 0.0, 0.0
+    size = int(max(classes.max(), labels.max(initial=-1), preds.max(initial=-1))) + 1
+    tp = np.bincount(labels[preds == labels], weights=w[preds == labels], minlength=size)[classes]
+    support = np.bincount(labels, weights=w, minlength=size)[classes]  # tp + fn
+    predicted = np.bincount(preds, weights=w, minlength=size)[classes]  # tp + fp
+    denominator = support + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(classes)), where=denominator > 0)
+    weighted = float(np.average(f1, weights=support)) if support.sum() > 0 else 0.0
+    return float(f1.mean()), weighted
 
 
 def _empty_metrics() -> dict:
@@ -186,14 +219,13 @@ def split_metrics(logits, labels, num_classes: int, sample_weight=None, classes=
         negatives = log_sigmoid(-np.asarray(logits, dtype=np.float64))
         negatives[np.arange(len(labels)), labels] = 0.0
         nll = nll - negatives.sum(axis=1)
-    f1 = lambda average: float(f1_score(labels, preds, labels=classes, average=average,  # noqa: E731
-                                        sample_weight=w, zero_division=0))
+    macro_f1, weighted_f1 = f1_scores(labels, preds, classes, w)
     return {
         "n": len(labels),
         "loss": float(np.average(nll, weights=w)),
         "acc1": float(np.average(preds == labels, weights=w)),
-        "macro_f1": f1("macro"),
-        "weighted_f1": f1("weighted"),
+        "macro_f1": macro_f1,
+        "weighted_f1": weighted_f1,
         "balanced_acc": float(per_class_accuracy(preds, labels, num_classes, w)[classes].mean()),
         "ece": expected_calibration_error(np.exp(log_p), labels, ECE_BINS, w),
     }

@@ -248,16 +248,21 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
     if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
         key_parts["init_seed"] = p["seed"]
 
-    def view_features(imgs, split, view) -> torch.Tensor:
-        key = features.feature_key(images=_images_id(split, run.cache_size), **key_parts, **({"view": view} if view else {}))
-        return torch.from_numpy(features.cached_features(
-            backbone, lambda: run.in_memory(imgs), run.eval_tf if view is None else _flipped(run.eval_tf), key,
-            batch_size=p["eval_batch_size"], device=run.device, precision=p["precision"], log=log))
-
     views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
+
+    def request(imgs, split, view):  # (images, transform, cache key) of one split seen in one view
+        key = features.feature_key(images=_images_id(split, run.cache_size), **key_parts, **({"view": view} if view else {}))
+        return lambda: run.in_memory(imgs), run.eval_tf if view is None else _flipped(run.eval_tf), key
+
+    # one call for both splits: parallel workers on a cold cache extract different splits at once
+    per_view = [torch.from_numpy(f) for f in features.cached_features_many(
+        backbone, [request(imgs, split, v) for imgs, split in ((run.train_imgs, run.base_train), (run.test_imgs, run.test))
+                   for v in views],
+        batch_size=p["eval_batch_size"], device=run.device, precision=p["precision"], channels_last=p["channels_last"],
+        log=log)]
     to_space = methods.feature_transform(p["technique"], p["technique_params"])
-    train_feats, test_feats = (to_space(torch.stack([view_features(imgs, split, v) for v in views]).mean(0))
-                               for imgs, split in ((run.train_imgs, run.base_train), (run.test_imgs, run.test)))
+    train_feats = to_space(torch.stack(per_view[:len(views)]).mean(0))
+    test_feats = to_space(torch.stack(per_view[len(views):]).mean(0))
 
     def new_head():  # seeded here, so the same with a cold or a warm feature cache
         torch.manual_seed(p["seed"])
@@ -287,8 +292,8 @@ def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Tra
     _keep_checkpoints(model, best, out, p["save_checkpoints"])
 
     def features_of(imgs) -> torch.Tensor:
-        return torch.from_numpy(engine.predict(model, imgs, run.eval_tf, batch_size=p["eval_batch_size"],
-                                               device=run.device, precision=p["precision"], features=True))
+        return torch.from_numpy(engine.predict(model, imgs, run.eval_tf, batch_size=p["eval_batch_size"], device=run.device,
+                                               precision=p["precision"], features=True, channels_last=p["channels_last"]))
 
     head = model.get_classifier()
     if p["mode"] == "crt":
