@@ -181,8 +181,9 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
 
     Every evaluation and feature extraction goes through here, on one fast path: inference mode,
     and for a conv net on image batches (``channels_last``) the model and each batch in the
-    channels_last layout (MobileNetV2 at 224 px on 2 CPU cores: about 4x the default layout,
-    ``bench/throughput.py --features``).  Outputs equal the default layout's to float rounding."""
+    channels_last layout (MobileNetV2 at 224 px on a CPU: several times the default layout's
+    images per second, ``bench/throughput.py --features``).  Outputs equal the default layout's
+    to float rounding."""
     device = torch.device(device)
     model.eval().to(device)
     image_batches = channels_last and x.dim() == 4 and _has_conv(model)
