@@ -1,6 +1,6 @@
 """Papermill overhead per run: today's code against a base revision, side by side in one run.
 
-Each run is one grid run exactly as ``longtail.grid`` executes it (``grid.run_one``: papermill, a
+Each run is one grid run exactly as ``longtail.grid`` executes it (``executors.run_one``: papermill, a
 fresh ``longtail`` kernel, the executed notebook written into the run folder), in a subprocess with
 one CPU thread (``OMP_NUM_THREADS=1``, what each of the main job's two workers gets on 2 cores).
 The two sides alternate, round by round, so drifting machine load hits both alike:
@@ -40,12 +40,17 @@ BASE_REV = "2359d30"  # the main branch before issue 14 (goal 3)
 RUN = dict(dataset="eu_moths", backbone="mobilenetv2", pretrained="inat_insects", mode="linear", imbalance_factor=8,
            train_set="longtailed", loss="ce", val_fraction=0.0, epochs=30, batch_size=64, lr=0.1, weight_decay=5e-4)
 
-# run in a subprocess whose PYTHONPATH is one side's lib/: one run through that side's grid.run_one
+# run in a subprocess whose PYTHONPATH is one side's lib/: one run through that side's run_one
+# (in longtail.executors since issue 13, in longtail.grid before)
 ONE_RUN = """
 import json, sys
-from longtail import config, grid, params
+from longtail import config, params
+try:
+    from longtail.executors import run_one
+except ImportError:
+    from longtail.grid import run_one
 run = params.validate({**json.loads(sys.argv[1]), "output_dir": sys.argv[2]})
-r = grid.run_one(run, str(config.PROJECT_ROOT / "notebooks" / "train.py"))
+r = run_one(run, str(config.PROJECT_ROOT / "notebooks" / "train.py"))
 print(json.dumps(r))
 """
 
