@@ -153,9 +153,17 @@ def test_tiny_grid_on_a_real_slurm_cluster(slurm_cluster, env, tmp_path, pids_wi
     grid = G.load_grid(TINY, output_root=out)
     ids = grid.ids  # array task i runs grid run i (all four are to do)
 
-    # first call: an array of 4 jobs; task 0 is cancelled while its notebook runs, task 2 fails on its node
+    # first call: an array of 4 jobs; task 0 is cancelled while its notebook runs, task 2 fails on its node.
+    # Task 0's kernel sleeps as it starts (a sitecustomize on its PYTHONPATH), so that the cancel lands
+    # while its run is under way however fast a tiny run has become.
+    slow = tmp_path / "slow_kernel"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "if 'ipykernel_launcher' in ' '.join(getattr(sys, 'orig_argv', sys.argv)):\n    time.sleep(30)\n")
+    slow_task_0 = f'if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then export PYTHONPATH={slow}${{PYTHONPATH:+:$PYTHONPATH}}; fi'
     t0 = time.time()
-    proc = subprocess.Popen(grid_command(out, "--slurm-param", f"slurm_setup={json.dumps([FAIL_TASK_2])}"),
+    proc = subprocess.Popen(grid_command(out, "--slurm-param", f"slurm_setup={json.dumps([FAIL_TASK_2, slow_task_0])}"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, array = [], None
     for line in proc.stdout:
