@@ -295,13 +295,13 @@ def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Tra
         return torch.from_numpy(engine.predict(model, imgs, run.eval_tf, batch_size=p["eval_batch_size"], device=run.device,
                                                precision=p["precision"], features=True, channels_last=p["channels_last"]))
 
+    val_feats = features_of(images_train[run.val_idx])  # once: cRT selects its epoch on them, evaluation reuses them
     head = model.get_classifier()
     if p["mode"] == "crt":
         torch.manual_seed(p["seed"])
         head = models.new_head(model, run.num_classes)
-        history += _retrain_classifier(run, head, features_of(images_train[run.train_idx]),
-                                       features_of(images_train[run.val_idx]), out, log)
-    val_x = features_of(images_train[run.val_idx]) if len(run.val_idx) else None
+        history += _retrain_classifier(run, head, features_of(images_train[run.train_idx]), val_feats, out, log)
+    val_x = val_feats if len(run.val_idx) else None
     return Trained(head, history, best_epoch, features_of(images_test), val_x)
 
 
