@@ -51,13 +51,9 @@ def cached_features_many(model, requests, *, batch_size=512, device="cpu", preci
         return built[0]
 
     def load_or_extract(images, transform, path):  # under the entry's lock
-        problem = _problem(path)
-        if problem is None:  # another worker computed it while this one waited
-            return np.load(path)
-        if path.exists():
-            warnings.warn(f"feature cache {path}: {problem}; extracting the features again", stacklevel=3)
-        return _save(path, _extract(the_model, images, transform, path, batch_size, device, precision,
-                                    channels_last, log))
+        return _load_or_compute(path, lambda: _extract(the_model, images, transform, path, batch_size, device,
+                                                       precision, channels_last, log),
+                                name="feature", redo="extracting the features")
 
     paths = [_entry(key, "features") for _, _, key in requests]
     out: list = [np.load(path) if _problem(path) is None else None for path in paths]
@@ -79,12 +75,18 @@ def cached_array(key: str, compute, *, folder: str, redo: str) -> np.ndarray:
     if _problem(path) is None:
         return np.load(path)
     with file_lock(path):  # the entry is missing, being written, or bad: decide under the lock
-        problem = _problem(path)
-        if problem is None:  # another worker computed it while this one waited
-            return np.load(path)
-        if path.exists():
-            warnings.warn(f"{folder} cache {path}: {problem}; {redo} again", stacklevel=3)
-        return _save(path, compute(path))
+        return _load_or_compute(path, lambda: compute(path), name=folder, redo=redo)
+
+
+def _load_or_compute(path: Path, compute, *, name: str, redo: str) -> np.ndarray:
+    """Under the entry's lock: the entry when another worker completed it meanwhile, else
+    ``compute()`` saved (a bad entry named in a warning first)."""
+    problem = _problem(path)
+    if problem is None:  # another worker computed it while this one waited
+        return np.load(path)
+    if path.exists():
+        warnings.warn(f"{name} cache {path}: {problem}; {redo} again", stacklevel=4)
+    return _save(path, compute())
 
 
 def _entry(key: str, folder: str) -> Path:
