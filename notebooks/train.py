@@ -82,6 +82,7 @@ device = 'auto'  # auto (cuda, mps, cpu) | cuda | cuda:N | mps | cpu
 precision = 'auto'  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
 channels_last = True  # channels_last memory format for conv nets
 compile = False  # torch.compile the model
+cuda_graph = False  # replay forward + backward as one CUDA graph per step (CUDA only)
 seed = 0  # training seed (initialisation, sampling order, augmentation)
 save_checkpoints = True  # write last.pt and best.pt
 monitor_test = False  # record test top-1 after every epoch in history.csv (monitor_acc), only to compare with papers that report their best test epoch; never used for model selection

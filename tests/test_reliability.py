@@ -174,7 +174,7 @@ BAD_VALUES = {
     "warmup_epochs": [-1, "abc", 0.5], "lr_steps": ["60", [60, "80"], [-1], 60], "lr_gamma": [0, "abc"],
     "grad_clip": ["abc", 0, -1], "augment": [True, "strong"], "randaugment": [1, "yes", None],
     "mixup_alpha": [-0.1, "abc"], "cutmix_alpha": [-1, None], "device": ["cuda:abc", "tpu", 0],
-    "precision": ["fp16", 16], "channels_last": ["true", 1], "compile": [None, "no"], "seed": [-1, "abc", 0.5],
+    "precision": ["fp16", 16], "channels_last": ["true", 1], "compile": [None, "no"], "cuda_graph": ["yes", 2], "seed": [-1, "abc", 0.5],
     "save_checkpoints": [0, "false"], "output_dir": [1, ""],
     "subset_method": ["first", 1], "nesterov": [1, "yes"], "decay_norm_and_bias": [None, "true"],
     "warmup_unit": ["steps", True], "monitor_test": [1, "no"], "eval_protocol": ["paper", 1],

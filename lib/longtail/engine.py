@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = _schema_default("device")
     channels_last: bool = _schema_default("channels_last")
     compile: bool = _schema_default("compile")
+    cuda_graph: bool = _schema_default("cuda_graph")
     seed: int = _schema_default("seed")
 
     @classmethod
@@ -77,9 +78,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, precision: str = "auto"):
+def autocast(device: torch.device, precision: str = "auto", *, cache_enabled: bool = True):
+    """bf16 autocast on CUDA (precision auto) or wherever precision is bf16.  ``cache_enabled=False``
+    for CUDA-graph capture and replay, which need the weight casts inside the graph."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=cache_enabled)
+
+
+def graph_model(model: nn.Module, sample: torch.Tensor, precision: str = "auto") -> bool:
+    """Capture ``model``'s training forward and backward as CUDA graphs (``torch.cuda.make_graphed_callables``):
+    afterwards ``model(x)`` in train mode replays them for inputs shaped like ``sample`` (one launch each
+    instead of hundreds; ResNet-32's step is launch-bound otherwise).  Eval mode keeps the eager forward.
+
+    The warm-up iterations that capture needs run real forward passes, so BatchNorm statistics and
+    every other buffer are restored afterwards: training starts from the same state as eager.
+    Returns False (model unchanged, a warning logged by the caller) where capture is impossible."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        with autocast(sample.device, precision, cache_enabled=False):
+            torch.cuda.make_graphed_callables(model, (sample.detach(),), num_warmup_iters=3)
+    finally:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(state[k])
+        for p in model.parameters():
+            p.grad = None
+    return True
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -229,6 +253,8 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
     train_x, train_y = place(train_x, device), train_y.to(device)
     opt = make_optimizer(model, cfg)
     forward = torch.compile(model) if cfg.compile else model  # state dicts stay those of `model`
+    eager_forward = model.forward  # a batch of another size than the captured one runs eagerly
+    use_graph, graphed = cfg.cuda_graph and device.type == "cuda" and not cfg.compile, False
     n = len(sampler) if hasattr(sampler, "__len__") else len(train_y)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -256,8 +282,14 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup_alpha, cfg.cutmix_alpha, generator=mix_gen)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg)
-            with autocast(device, cfg.precision):
-                out = forward(xb)
+            if use_graph and not graphed and len(xb) == cfg.batch_size:
+                try:
+                    graphed = graph_model(model, xb, cfg.precision)
+                except Exception as exc:  # noqa: BLE001 - e.g. a model with hooks: train eagerly instead
+                    use_graph = False
+                    log(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training eagerly")
+            with autocast(device, cfg.precision, cache_enabled=not use_graph):
+                out = forward(xb) if not graphed or len(xb) == cfg.batch_size else eager_forward(xb)
             out = out.float()
             loss = loss_fn(out, ya) if lam == 1.0 else lam * loss_fn(out, ya) + (1 - lam) * loss_fn(out, yb2)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
@@ -277,7 +309,8 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
                                      f"(lr {opt.param_groups[0]['lr']:.3g}); the run stopped")
         elapsed = time.perf_counter() - t0
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, seen),
-               "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
+               "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9),
+               "cuda_graph": graphed}
         if has_val:
             logits = torch.from_numpy(predict(model, val_x, eval_transform, batch_size=cfg.eval_batch_size,
                                               device=device, precision=cfg.precision, channels_last=cfg.channels_last))

@@ -87,6 +87,8 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "precision": ("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32"),
     "channels_last": (True, "channels_last memory format for conv nets"),
     "compile": (False, "torch.compile the model"),
+    "cuda_graph": (False, "replay the model's forward and backward as one CUDA graph per step (CUDA only; "
+                   "ignored on other devices): removes the kernel-launch overhead that bounds small models such as ResNet-32"),
     "seed": (0, "training seed (initialisation, sampling order, augmentation)"),
     "save_checkpoints": (True, "write last.pt and best.pt"),
     "monitor_test": (False, "record test top-1 after every epoch in history.csv (monitor_acc), only to compare with "
@@ -222,7 +224,7 @@ RULES = {
     "warmup_epochs": _range("int", 0), "lr_steps": _int_list, "lr_gamma": _range("float", 0, lo_open=True),
     "grad_clip": _range("float", 0, lo_open=True, none=True),
     "randaugment": _BOOL, "mixup_alpha": _range("float", 0), "cutmix_alpha": _range("float", 0),
-    "device": _device, "channels_last": _BOOL, "compile": _BOOL, "save_checkpoints": _BOOL,
+    "device": _device, "channels_last": _BOOL, "compile": _BOOL, "cuda_graph": _BOOL, "save_checkpoints": _BOOL,
     "nesterov": _BOOL, "decay_norm_and_bias": _BOOL, "monitor_test": _BOOL,
     "val_per_class": _range("int", 1), "technique_params": _MAPPING,
     "partial_blocks": _range("int", 0), "partial_views": _range("int", 1),
@@ -328,6 +330,9 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "posthoc", POSTHOC)
     _choice(errors, p, "precision", PRECISIONS)
     _choice(errors, p, "augment", ("auto", *transforms.AUGMENTS))
+    if p["compile"] is True and p["cuda_graph"] is True:
+        errors.append("compile=True with cuda_graph=True: choose one (torch.compile has its own CUDA graphs: "
+                      "mode 'reduce-overhead')")
     if p["dataset"] in data.DATASETS and "dataset_params" not in ill_typed:
         errors += _dataset_params_errors(p["dataset"], p["dataset_params"] or {})
     if "loss_params" not in ill_typed:

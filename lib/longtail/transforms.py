@@ -31,6 +31,16 @@ def cache_size_for(image_size: int, crop_pct: float) -> int:
     return int(math.floor(image_size / crop_pct))
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (random draws) onto ``device`` without waiting for the GPU.  A plain copy
+    from pageable memory waits for every queued kernel, so each training step's host work and GPU
+    work would run one after the other; a pinned, asynchronous copy lets them overlap."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255)
 
@@ -60,7 +70,7 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, scale=(0.08, 1.0), rati
                              generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-image random resized crop (Szegedy et al. 2015) + horizontal flip of NCHW floats."""
     n, dev = x.shape[0], x.device
-    rand = lambda *s: torch.rand(*s, generator=generator, device="cpu").to(dev)  # noqa: E731
+    rand = lambda *s: to_device(torch.rand(*s, generator=generator, device="cpu"), dev)  # noqa: E731
     area = scale[0] + (scale[1] - scale[0]) * rand(n)
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * rand(n)
     r = torch.exp(log_r)
@@ -68,7 +78,7 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, scale=(0.08, 1.0), rati
     sh = torch.sqrt(area / r).clamp(max=1.0)
     cx = (1 - sw) * (2 * rand(n) - 1)  # centre, in [-1, 1] grid units, keeping the crop inside
     cy = (1 - sh) * (2 * rand(n) - 1)
-    flip = torch.where(rand(n) < 0.5, -1.0, 1.0).to(dev)
+    flip = torch.where(rand(n) < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2] = sw * flip, cx
     theta[:, 1, 1], theta[:, 1, 2] = sh, cy
@@ -78,8 +88,8 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, scale=(0.08, 1.0), rati
 def pad_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """CIFAR augmentation: zero-pad by ``pad``, random crop back to the size, random flip."""
     n, h = x.shape[0], x.shape[-1]
-    shifts = torch.randint(-pad, pad + 1, (n, 2), generator=generator).to(x.device)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(x.device)
+    shifts = to_device(torch.randint(-pad, pad + 1, (n, 2), generator=generator), x.device)
+    flip = to_device(torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0), x.device)
     theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 1, 1] = flip, 1.0
     theta[:, :, 2] = shifts.float() * 2 / h  # integer pixel shifts: bilinear sampling stays exact
@@ -114,7 +124,7 @@ class BatchTransform:
         else:
             x = center_crop(x, self.image_size)
             if self.augment == "flip":
-                flip = torch.rand(x.shape[0], generator=self.generator).to(x.device) < 0.5
+                flip = to_device(torch.rand(x.shape[0], generator=self.generator), x.device) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         return normalize(x, self.mean, self.std, self.channels_last)
 
@@ -129,7 +139,7 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float = 0.0, cutmix
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(1, generator=generator).item() < 0.5)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    perm = to_device(torch.randperm(x.shape[0], generator=generator), x.device)
     if not use_cutmix:
         return lam * x + (1 - lam) * x[perm], y, y[perm], lam
     h, w = x.shape[-2:]
