@@ -75,7 +75,8 @@ def plan(args) -> list[dict]:
 
     def add(kind, name, params, monitor=True):
         params = scaled(params, args.epochs) if args.epochs else params
-        params = {**params, "monitor_test": monitor, "eval_batch_size": 4096, "save_checkpoints": False}
+        params = {**params, "monitor_test": monitor, "eval_batch_size": 4096, "save_checkpoints": False,
+                  "cuda_graph": args.cuda_graph}
         params["output_dir"] = str(root / run_id({**params, "output_dir": None}))
         if params["output_dir"] not in seen:
             seen[params["output_dir"]] = len(todo)
@@ -233,6 +234,8 @@ def main():
     ap.add_argument("--imbalance", default=None, help="comma-separated subset of the imbalance factors")
     ap.add_argument("--parallel", type=int, default=1, help="runs at once on the one device (default 1)")
     ap.add_argument("--max-runs", type=int, default=None, help="only the first N runs of the plan (priority order)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="replay each step's forward+backward as CUDA graphs (cuda_graph; CUDA only)")
     ap.add_argument("--deadline", type=float, default=None, help="seconds after which no run continues")
     ap.add_argument("--output-root", default=None)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "cifar10_lt.md"))

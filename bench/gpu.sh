@@ -1,47 +1,149 @@
 #!/usr/bin/env bash
-# The GPU checks as one prepared script for one lease on one H100/H200 (about 9.5 minutes):
-#   1. CIFAR-10-LT at the full protocol (200 epochs): the first 8 rows of the issue-16 ablation
-#      (LDAM-DRW and CE at IF 100), 8 runs at once on the one GPU (CUDA MPS when it starts, so their
-#      small kernels overlap), stopped at a deadline.  Sized from bench/measured/gpu_h200_*.md:
-#      8 runs at once take ~450 s on an H200; all 12 rows or the 14-run grid do not fit one lease.
-#   2. with THROUGHPUT=1: training throughput of the four thesis backbones at 224 px in bf16, ours
-#      vs a bare loop (~60 s; measured already, see bench/measured/).
-# Needs PyTorch (the project's .venv, or the machine's python3 with PYTHONPATH=lib), CIFAR-10 under
-# LT_DATA_ROOT (default: .devdata, where a copy of cifar10-jpg.tar.gz travels to a lent machine);
-# writes its tables to $OUT (default bench/results).  Usage: bash bench/gpu.sh [deadline seconds]
+# The GPU checks of issue 14 for one lease of one H100/H200, in two calls on the same warm machine
+# (the data, the papermill wheels and the weights together exceed one call's 64 MiB of carried files):
+#
+#   bash bench/gpu.sh setup          # ~1.5 min; carries .whl, .devdata/cifar10-jpg.tar.gz, .devdata/weights:
+#                                    # papermill from the wheels, the Jupyter kernel, CIFAR-10's image cache,
+#                                    # the CUDA-graph probe (bench/gpu_probe.py), a tiny grid through papermill
+#   bash bench/gpu.sh run [SECONDS]  # carries .devdata/eu-moths; the whole grids, stopped at SECONDS (default 540):
+#     1. params/cifar10_lt.yaml, all 14 runs at the full 200 epochs, 14 at once (CUDA graphs when the
+#        probe found them equal to eager), compared with the published table; in the background, while
+#     2. the thesis grid's MobileNetV2 part (iNat-insects weights, fine-tuned end to end at 224 px,
+#        7 losses x 2 training sets x 3 seeds) runs through the real papermill grid, 10 at once;
+#     3. the projected wall time of the full thesis grid (bench/gpu_projection.py).
+#   bash bench/gpu.sh all [SECONDS]  # both, one after the other (a machine that holds everything)
+#
+# Several runs share the one GPU (CUDA MPS when it starts, so their small kernels overlap).  Whatever
+# input is missing skips the part that needs it, with a line saying so.  State between the calls lives
+# in $LT_GPU_STATE (default /tmp/lt-gpu); tables and logs go to $OUT (default bench/results; 8 files).
+# A CPU smoke test of the whole script (tiny settings, minutes): GPU_SMOKE=1 bash bench/gpu.sh all 900
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}; mkdir -p "$OUT"
+STATE=${LT_GPU_STATE:-/tmp/lt-gpu}; mkdir -p "$STATE"
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-DEADLINE=${1:-500}
-export PYTHONPATH=$PWD/lib${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export LT_DATA_ROOT=${LT_DATA_ROOT:-$PWD/.devdata} LT_CACHE_DIR=${LT_CACHE_DIR:-/tmp/longtail-cache}
-start=$(date +%s)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
-"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
-mps=off
-if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>/dev/null; then
-  if timeout 60 "$PY" -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>/dev/null; then mps=on
-  else echo quit | nvidia-cuda-mps-control; fi
-fi
-echo "CUDA MPS: $mps" | tee -a "$OUT/gpu.txt"
-timeout $((DEADLINE + 40)) "$PY" bench/cifar10_lt.py --runs ablation --max-runs 8 --parallel 8 --deadline "$DEADLINE" \
-  --output-root /tmp/longtail-runs/cifar10_lt --results "$OUT/cifar10_lt_gpu.md" 2>&1 | tee "$OUT/cifar10_lt_gpu.log" | grep -v "^\s*$" | tail -60
-[ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
-# every finished run's parameters and metrics, whatever happened to the tables above
-"$PY" - "$OUT/cifar10_lt_runs.jsonl" <<'PY'
-import json, sys
-from pathlib import Path
-from longtail import rundir
-with open(sys.argv[1], "w") as out:
-    for m in sorted(Path("/tmp/longtail-runs/cifar10_lt").glob(f"*/{rundir.RESULT_FILE}")):
-        out.write(json.dumps({"params": json.loads((m.parent / rundir.PARAMS_FILE).read_text()),
-                              "metrics": json.loads(m.read_text())}) + "\n")
+SMOKE=${GPU_SMOKE:-0}
+export PYTHONPATH=$PWD/lib${PYTHONPATH:+:$PYTHONPATH}${STATE:+:$STATE/site} PYTHONUNBUFFERED=1
+export LT_DATA_ROOT=${LT_DATA_ROOT:-$STATE/data} LT_CACHE_DIR=${LT_CACHE_DIR:-$STATE/cache}
+export LT_WEIGHTS_DIR=${LT_WEIGHTS_DIR:-$STATE/weights} JUPYTER_PATH=$STATE/kernels/share/jupyter
+LOG="$OUT/gpu_${1:-usage}.log"
+say() { echo "[gpu.sh $(( $(date +%s) - START )) s] $*" | tee -a "$LOG"; }
+START=$(date +%s)
+
+mps_on() {  # CUDA MPS (a daemon: it stays up between the two calls); "on" or "off" on stdout
+  command -v nvidia-cuda-mps-control >/dev/null || { echo off; return; }
+  echo get_server_list | nvidia-cuda-mps-control >/dev/null 2>&1 || nvidia-cuda-mps-control -d 2>/dev/null || { echo off; return; }
+  if timeout 60 "$PY" -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>/dev/null; then echo on
+  else echo quit | nvidia-cuda-mps-control; echo off; fi
+}
+
+copy_inputs() {  # what this call carried, out of the repository (the next call may carry other paths)
+  mkdir -p "$LT_DATA_ROOT" "$STATE/weights"
+  for f in .devdata/eu-moths .devdata/cifar10-jpg.tar.gz; do
+    [ -e "$f" ] && [ ! -e "$LT_DATA_ROOT/$(basename "$f")" ] && cp -r "$f" "$LT_DATA_ROOT/"
+  done
+  [ -d .devdata/weights ] && cp -n .devdata/weights/* "$STATE/weights/" 2>/dev/null
+  say "data: $(ls "$LT_DATA_ROOT" | tr '\n' ' ')weights: $(ls "$LT_WEIGHTS_DIR" 2>/dev/null | tr '\n' ' ')"
+}
+
+decode() {  # decode a data set's images once, before the runs that share the cache start
+  "$PY" - "$@" <<'PY' 2>&1 | tail -2 | tee -a "$LOG"
+import sys, time
+from longtail import data
+t0 = time.perf_counter()
+ds = data.load_dataset(sys.argv[1])
+for split in (ds.train, ds.test):
+    data.split_images(split, int(sys.argv[2]), progress=False)
+print(f"{sys.argv[1]} decoded at {sys.argv[2]} px: {len(ds.train.paths)} + {len(ds.test.paths)} images, "
+      f"{time.perf_counter() - t0:.0f} s")
 PY
-left=$((start + DEADLINE + 70 - $(date +%s)))
-if [ "${THROUGHPUT:-0}" = 1 ] && [ "$left" -gt 40 ]; then
-  timeout "$left" "$PY" bench/throughput.py --gpu --repeats 2 2>&1 | tee "$OUT/throughput_gpu.md"
-else
-  echo "throughput check skipped (THROUGHPUT=${THROUGHPUT:-0}, $left s left)"
-fi
-echo "gpu.sh: $(( $(date +%s) - start )) s"
+}
+
+setup() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
+  "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOG"
+  if ! "$PY" -c "import papermill, ipykernel, jupytext" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$STATE/site" .whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  fi
+  "$PY" -c "import papermill, ipykernel, jupytext; print('papermill', papermill.__version__)" 2>&1 | tail -1 | tee -a "$LOG"
+  [ -e "$JUPYTER_PATH/kernels/longtail/kernel.json" ] ||
+    "$PY" -m ipykernel install --prefix "$STATE/kernels" --name longtail --display-name longtail >/dev/null 2>&1 ||
+    say "no Jupyter kernel could be registered: the papermill parts will fail"
+  copy_inputs
+  say "CUDA MPS: $(mps_on)"
+  [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] && decode cifar10 32
+  say "probe: eager vs CUDA graphs, 1 and 14 runs at once"
+  if [ "$SMOKE" = 1 ]; then probe_args="--images 512 --epochs 1 --parallel 2 --device cpu"; else probe_args=""; fi
+  timeout 240 "$PY" bench/gpu_probe.py $probe_args --json "$STATE/probe.json" 2>&1 | tee -a "$LOG" | grep -v "^$"
+  cp "$STATE/probe.json" "$OUT/gpu_probe.json" 2>/dev/null
+  say "papermill smoke test: params/tiny.yaml, 2 runs"
+  timeout 120 "$PY" -m longtail.grid params/tiny.yaml --only loss=ce --jobs 2 --output-root "$STATE/runs/tiny" 2>&1 | tail -3 | tee -a "$LOG"
+  say "setup done"
+}
+
+run() {
+  local deadline=${1:-540} mps
+  mps=$(mps_on)
+  say "CUDA MPS: $mps"
+  copy_inputs
+  export OMP_NUM_THREADS=1  # ~25 processes on 16 cores: one thread each (their work is on the GPU)
+
+  # 1. CIFAR-10-LT, the 14-run grid at the full 200 epochs, 14 at once, in the background (the long pole)
+  local cifar_pid="" graph_flag=""
+  "$PY" - "$STATE/probe.json" <<'PY' && graph_flag="--cuda-graph"
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+ok = [r for r in rows if r["graph"] and r["cuda_graph_used"] and r.get("agrees_with_eager")]
+sys.exit(0 if ok and len(ok) == sum(r["graph"] for r in rows) else 1)
+PY
+  local cifar_deadline=$(( deadline - 40 ))
+  if [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ]; then
+    local cifar_args=(--runs grid --parallel 14)
+    [ "$SMOKE" = 1 ] && cifar_args=(--runs grid --parallel 1 --epochs 1 --losses ldam --imbalance 100)
+    say "CIFAR-10-LT grid: 14 runs at once, ${graph_flag:-eager (the probe did not clear CUDA graphs)}, deadline $cifar_deadline s"
+    (timeout $(( cifar_deadline + 20 )) "$PY" bench/cifar10_lt.py "${cifar_args[@]}" $graph_flag --deadline "$cifar_deadline" \
+      --output-root "$STATE/runs/cifar10_lt" --results "$OUT/cifar10_lt_gpu.md" > "$STATE/cifar.log" 2>&1) &
+    cifar_pid=$!
+  else
+    say "CIFAR part skipped: no cifar10-jpg.tar.gz (carried by the setup call)"
+  fi
+
+  # 2. meanwhile the thesis grid's MobileNetV2 part (3 seeds), through the real papermill grid
+  local thesis_args=(--only backbone=mobilenetv2 --set pretrained=inat_insects --set save_checkpoints=false)
+  [ "$SMOKE" = 1 ] && thesis_args+=(--only seed=0 --only loss=ce,ldam --set epochs=1 --set image_size=64 --set device=cpu)
+  if [ -d "$LT_DATA_ROOT/eu-moths" ] && [ -e "$LT_WEIGHTS_DIR/mobilenetv2_100.coral_inat_insects.pt" ] &&
+     "$PY" -c "import papermill" 2>/dev/null; then
+    local t0; t0=$(date +%s)
+    decode eu_moths "$([ "$SMOKE" = 1 ] && echo 73 || echo 256)"
+    say "thesis grid, MobileNetV2 part: 42 runs (3 seeds) through papermill, 10 at once, beside the CIFAR grid"
+    timeout $(( deadline / 2 )) "$PY" -m longtail.grid params/thesis.yaml "${thesis_args[@]}" --jobs 10 \
+      --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" | tail -6
+    echo $(( $(date +%s) - t0 )) > "$STATE/thesis_wall_s"
+    say "thesis grid: $(cat "$STATE/thesis_wall_s") s wall, image decoding included"
+    "$PY" bench/gpu_summary.py thesis "$STATE/runs/thesis" --wall-s "$(cat "$STATE/thesis_wall_s")" \
+      > "$OUT/thesis_mobilenetv2_gpu.md" 2>>"$LOG"
+    "$PY" bench/gpu_summary.py pack "$STATE/runs/thesis" --to "$OUT/thesis_runs" --parts 3 2>>"$LOG"
+  else
+    say "thesis part skipped: needs eu-moths (carried by this call), the iNat-insects weights in $LT_WEIGHTS_DIR, papermill"
+  fi
+
+  if [ -n "$cifar_pid" ]; then
+    wait "$cifar_pid"
+    grep -v "^\s*$" "$STATE/cifar.log" | tee -a "$LOG" | tail -40
+    "$PY" bench/gpu_summary.py jsonl "$STATE/runs/cifar10_lt" > "$OUT/cifar10_lt_runs.jsonl" 2>>"$LOG"
+  fi
+  [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
+
+  # 3. the full thesis grid, projected from what ran
+  "$PY" bench/gpu_projection.py --thesis-runs "$STATE/runs/thesis" --thesis-wall-s "$(cat "$STATE/thesis_wall_s" 2>/dev/null || echo nan)" \
+    --cifar-log "$LOG" > "$OUT/gpu_projection.md" 2>>"$LOG"
+  cat "$OUT/gpu_projection.md"
+  say "run done"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  run) run "${2:-540}" ;;
+  all) setup; run "${2:-540}" ;;
+  *) echo "usage: bash bench/gpu.sh setup | run [deadline seconds] | all [deadline seconds]" >&2; exit 2 ;;
+esac

@@ -44,7 +44,7 @@ EXTRA_TABLE_KEYS = ("imbalance_factor", "profile", "n_max", "class_order", "bala
 REPLICATE_KEYS = ("seed", "subset_seed")
 #: where and how fast, not what: never distinguishes two methods
 _NOT_A_VARIANT = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "device", "precision",
-                  "eval_batch_size", "channels_last", "compile", "on_error", "eval_protocol", "label")
+                  "eval_batch_size", "channels_last", "compile", "cuda_graph", "on_error", "eval_protocol", "label")
 RESULT_FILE = rundir.RESULT_FILE
 RUN_NOTEBOOK = rundir.NOTEBOOK_FILE
 

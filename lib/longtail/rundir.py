@@ -51,8 +51,9 @@ DONE, FAILED, PARTIAL, TODO = "done", "failed", "partial", "todo"
 #: what ``status.json`` can say
 RUNNING = "running"
 
-#: parameters that say where things are or how fast they run, not what is computed
-NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints")
+#: parameters that say where things are or how fast they run, not what is computed (cuda_graph replays
+#: the same kernels as eager; kept out so that adding it left every earlier run's id unchanged)
+NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "cuda_graph")
 
 
 def run_id(params: dict) -> str:

@@ -18,6 +18,7 @@ before the crop: per image, on uint8, so it costs CPU time where the batch is on
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,9 +46,16 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255)
 
 
+@functools.lru_cache(maxsize=32)
+def _channel_stats(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype):
+    """mean and std as [1, C, 1, 1] tensors on ``device``, made once: building them from Python
+    numbers is a blocking host-to-device copy, which would stall every training step on a GPU."""
+    return (torch.tensor(mean, dtype=dtype).view(1, -1, 1, 1).to(device),
+            torch.tensor(std, dtype=dtype).view(1, -1, 1, 1).to(device))
+
+
 def normalize(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
-    mean = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    mean, std = _channel_stats(tuple(map(float, mean)), tuple(map(float, std)), x.device, x.dtype)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
