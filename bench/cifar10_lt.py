@@ -75,6 +75,7 @@ def plan(args) -> list[dict]:
 
     def add(kind, name, params, monitor=True):
         params = scaled(params, args.epochs) if args.epochs else params
+        params = {**params, "n_max": args.n_max} if args.n_max else params
         params = {**params, "monitor_test": monitor, "eval_batch_size": 4096, "save_checkpoints": False,
                   "cuda_graph": args.cuda_graph}
         params["output_dir"] = str(root / run_id({**params, "output_dir": None}))
@@ -108,6 +109,16 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def progress_line(name: str, seconds: float, epoch_line: str) -> str:
+    """A run's progress in the log (``bench/gpu_projection.py`` reads it back): name, seconds, epoch line."""
+    return f"  {name[:40]:<40} {seconds:5.0f} s  {epoch_line}"
+
+
+def done_line(at_s: float, name: str, top1_last: float, best: str, seconds: float) -> str:
+    """A finished run in the log (``bench/gpu_projection.py`` reads it back)."""
+    return f"[{at_s:6.0f} s] {name:<50} top-1 last {top1_last:.2f}, best test epoch {best} ({seconds:.0f} s)"
+
+
 def _run_one(params: dict) -> dict:
     from longtail.run import run_training
     clean = {k: v for k, v in params.items() if not k.startswith("_")}
@@ -115,7 +126,7 @@ def _run_one(params: dict) -> dict:
 
     def progress(line: str) -> None:  # every 25th epoch, so a run cut short still says how far it got
         if line.startswith("epoch") and int(line.split()[1].split("/")[0]) % 25 == 0:
-            print(f"  {params['_name'][:40]:<40} {time.perf_counter() - t0:5.0f} s  {line}", flush=True)
+            print(progress_line(params["_name"], time.perf_counter() - t0, line), flush=True)
 
     try:
         result = run_training(clean, log=progress)
@@ -166,9 +177,9 @@ def execute(todo: list[dict], parallel: int, deadline_s: float | None, log=print
                 r = {**p, "error": f"not finished within the deadline ({deadline_s:.0f} s)"}
             results.append(r)
             m = r.get("metrics")
-            log(f"[{time.perf_counter() - started:6.0f} s] {r['_name']:<50} " +
-                (f"top-1 last {100 * m['balanced/acc1']:.2f}, best test epoch {_pct(m.get('monitor/best_test_acc1'))} "
-                 f"({r['seconds']:.0f} s)" if m else r["error"]))
+            at = time.perf_counter() - started
+            log(done_line(at, r["_name"], 100 * m["balanced/acc1"], _pct(m.get("monitor/best_test_acc1")), r["seconds"])
+                if m else f"[{at:6.0f} s] {r['_name']:<50} {r['error']}")
         pool.terminate()
     return results
 
@@ -234,6 +245,8 @@ def main():
     ap.add_argument("--imbalance", default=None, help="comma-separated subset of the imbalance factors")
     ap.add_argument("--parallel", type=int, default=1, help="runs at once on the one device (default 1)")
     ap.add_argument("--max-runs", type=int, default=None, help="only the first N runs of the plan (priority order)")
+    ap.add_argument("--n-max", type=int, default=None,
+                    help="images of the largest class (default: the protocol's 5,000); smaller for smoke tests, labelled")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="replay each step's forward+backward as CUDA graphs (cuda_graph; CUDA only)")
     ap.add_argument("--deadline", type=float, default=None, help="seconds after which no run continues")
@@ -252,6 +265,8 @@ def main():
     epochs = todo[0]["epochs"] if todo else 0
     label = f"full protocol ({epochs} epochs)" if not args.epochs else \
         f"SHORTENED schedule: {args.epochs} of 200 epochs, scaled warm-up/steps/DRW"
+    if args.n_max:
+        label += f"; SMALLER training set: n_max {args.n_max} instead of 5,000"
     print(f"device: {device}; {label}; {len(todo)} runs, {args.parallel} at once", flush=True)
     t0 = time.perf_counter()
     warm_caches(todo)

@@ -2,14 +2,17 @@
 # The GPU checks of issue 14 for one lease of one H100/H200, in two calls on the same warm machine
 # (the data, the papermill wheels and the weights together exceed one call's 64 MiB of carried files):
 #
-#   bash bench/gpu.sh setup          # ~1.5 min; carries .whl, .devdata/cifar10-jpg.tar.gz, .devdata/weights:
+#   bash bench/gpu.sh setup          # ~2 min; carries .whl, .devdata/cifar10-jpg.tar.gz, .devdata/weights:
 #                                    # papermill from the wheels, the Jupyter kernel, CIFAR-10's image cache,
-#                                    # the CUDA-graph probe (bench/gpu_probe.py), a tiny grid through papermill
-#   bash bench/gpu.sh run [SECONDS]  # carries .devdata/eu-moths; the whole grids, stopped at SECONDS (default 540):
-#     1. params/cifar10_lt.yaml, all 14 runs at the full 200 epochs, 14 at once (CUDA graphs when the
-#        probe found them equal to eager), compared with the published table; in the background, while
-#     2. the thesis grid's MobileNetV2 part (iNat-insects weights, fine-tuned end to end at 224 px,
-#        7 losses x 2 training sets x 3 seeds) runs through the real papermill grid, 10 at once;
+#                                    # the CUDA-only tests, the CUDA-graph probe (bench/gpu_probe.py), a tiny
+#                                    # grid through papermill; then it starts (detached, so it trains on between
+#                                    # the calls) params/cifar10_lt.yaml: all 14 runs at the full 200 epochs, 14 at
+#                                    # once, CUDA graphs when the probe found them equal to eager; deadline
+#                                    # $CIFAR_DEADLINE s (default 540)
+#   bash bench/gpu.sh run [SECONDS]  # carries .devdata/eu-moths; until SECONDS (default 540):
+#     1. the thesis grid's MobileNetV2 part (iNat-insects weights, fine-tuned end to end at 224 px,
+#        7 losses x 2 training sets x 3 seeds) through the real papermill grid, 10 at once, beside
+#     2. the CIFAR grid, then its tables against the published numbers;
 #     3. the projected wall time of the full thesis grid (bench/gpu_projection.py).
 #   bash bench/gpu.sh all [SECONDS]  # both, one after the other (a machine that holds everything)
 #
@@ -72,14 +75,39 @@ setup() {
   copy_inputs
   say "CUDA MPS: $(mps_on)"
   [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] && decode cifar10 32
+  if [ "$SMOKE" != 1 ]; then
+    say "the CUDA-only tests (skipped on CPUs)"
+    timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_transforms_engine.py::test_cuda_graph_trains_like_eager \
+      tests/test_losses.py::test_cuda_matches_cpu 2>&1 | tail -3 | tee -a "$LOG"
+  fi
   say "probe: eager vs CUDA graphs, 1 and 14 runs at once"
   if [ "$SMOKE" = 1 ]; then probe_args="--images 512 --epochs 1 --parallel 2 --device cpu"; else probe_args=""; fi
   timeout 240 "$PY" bench/gpu_probe.py $probe_args --json "$STATE/probe.json" 2>&1 | tee -a "$LOG" | grep -v "^$"
   cp "$STATE/probe.json" "$OUT/gpu_probe.json" 2>/dev/null
   say "papermill smoke test: params/tiny.yaml, 2 runs"
   timeout 120 "$PY" -m longtail.grid params/tiny.yaml --only loss=ce --jobs 2 --output-root "$STATE/runs/tiny" 2>&1 | tail -3 | tee -a "$LOG"
+  start_cifar "${CIFAR_DEADLINE:-540}"
   say "setup done"
 }
+
+start_cifar() {  # the 14-run CIFAR-10-LT grid, detached (setsid): it trains on between the two calls
+  local deadline=$1 graph_flag=""
+  [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || { say "CIFAR part skipped: no cifar10-jpg.tar.gz"; return; }
+  "$PY" - "$STATE/probe.json" <<'PY' && graph_flag="--cuda-graph"
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+ok = [r for r in rows if r["graph"] and r["cuda_graph_used"] and r.get("agrees_with_eager")]
+sys.exit(0 if ok and len(ok) == sum(r["graph"] for r in rows) else 1)
+PY
+  local args="--runs grid --parallel 14"
+  [ "$SMOKE" = 1 ] && args="--runs grid --parallel 2 --epochs 1 --n-max 200 --losses ce,ldam --imbalance 100"
+  say "CIFAR-10-LT grid: 14 runs at once, ${graph_flag:-eager (the probe did not clear CUDA graphs)}, deadline $deadline s, detached"
+  OMP_NUM_THREADS=1 setsid nohup timeout $(( deadline + 20 )) "$PY" bench/cifar10_lt.py $args $graph_flag --deadline "$deadline" \
+    --output-root "$STATE/runs/cifar10_lt" --results "$STATE/cifar10_lt_gpu.md" </dev/null >"$STATE/cifar.log" 2>&1 &
+  echo $! > "$STATE/cifar.pid"
+}
+
+cifar_running() { [ -e "$STATE/cifar.pid" ] && kill -0 "$(cat "$STATE/cifar.pid")" 2>/dev/null; }
 
 run() {
   local deadline=${1:-540} mps
@@ -88,25 +116,8 @@ run() {
   copy_inputs
   export OMP_NUM_THREADS=1  # ~25 processes on 16 cores: one thread each (their work is on the GPU)
 
-  # 1. CIFAR-10-LT, the 14-run grid at the full 200 epochs, 14 at once, in the background (the long pole)
-  local cifar_pid="" graph_flag=""
-  "$PY" - "$STATE/probe.json" <<'PY' && graph_flag="--cuda-graph"
-import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-ok = [r for r in rows if r["graph"] and r["cuda_graph_used"] and r.get("agrees_with_eager")]
-sys.exit(0 if ok and len(ok) == sum(r["graph"] for r in rows) else 1)
-PY
-  local cifar_deadline=$(( deadline - 40 ))
-  if [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ]; then
-    local cifar_args=(--runs grid --parallel 14)
-    [ "$SMOKE" = 1 ] && cifar_args=(--runs grid --parallel 1 --epochs 1 --losses ldam --imbalance 100)
-    say "CIFAR-10-LT grid: 14 runs at once, ${graph_flag:-eager (the probe did not clear CUDA graphs)}, deadline $cifar_deadline s"
-    (timeout $(( cifar_deadline + 20 )) "$PY" bench/cifar10_lt.py "${cifar_args[@]}" $graph_flag --deadline "$cifar_deadline" \
-      --output-root "$STATE/runs/cifar10_lt" --results "$OUT/cifar10_lt_gpu.md" > "$STATE/cifar.log" 2>&1) &
-    cifar_pid=$!
-  else
-    say "CIFAR part skipped: no cifar10-jpg.tar.gz (carried by the setup call)"
-  fi
+  # 1. CIFAR-10-LT: started by the setup call (or now), 14 runs at once (the long pole)
+  [ -e "$STATE/cifar.pid" ] || start_cifar $(( deadline - 40 ))
 
   # 2. meanwhile the thesis grid's MobileNetV2 part (3 seeds), through the real papermill grid
   local thesis_args=(--only backbone=mobilenetv2 --set pretrained=inat_insects --set save_checkpoints=false)
@@ -127,15 +138,17 @@ PY
     say "thesis part skipped: needs eu-moths (carried by this call), the iNat-insects weights in $LT_WEIGHTS_DIR, papermill"
   fi
 
-  if [ -n "$cifar_pid" ]; then
-    wait "$cifar_pid"
+  while cifar_running && [ $(( $(date +%s) - START )) -lt "$deadline" ]; do sleep 5; done
+  cifar_running && say "the CIFAR grid is still running at the deadline; its log so far:"
+  if [ -e "$STATE/cifar.log" ]; then
     grep -v "^\s*$" "$STATE/cifar.log" | tee -a "$LOG" | tail -40
+    cp "$STATE/cifar10_lt_gpu.md" "$OUT/" 2>/dev/null
     "$PY" bench/gpu_summary.py jsonl "$STATE/runs/cifar10_lt" > "$OUT/cifar10_lt_runs.jsonl" 2>>"$LOG"
   fi
   [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
 
   # 3. the full thesis grid, projected from what ran
-  "$PY" bench/gpu_projection.py --thesis-runs "$STATE/runs/thesis" --thesis-wall-s "$(cat "$STATE/thesis_wall_s" 2>/dev/null || echo nan)" \
+  "$PY" bench/gpu_projection.py --thesis-runs "$STATE/runs/thesis" --jobs 10 --thesis-wall-s "$(cat "$STATE/thesis_wall_s" 2>/dev/null || echo nan)" \
     --cifar-log "$LOG" > "$OUT/gpu_projection.md" 2>>"$LOG"
   cat "$OUT/gpu_projection.md"
   say "run done"
@@ -144,6 +157,6 @@ PY
 case "${1:-}" in
   setup) setup ;;
   run) run "${2:-540}" ;;
-  all) setup; run "${2:-540}" ;;
+  all) CIFAR_DEADLINE=$(( ${2:-540} - 40 )) setup; run "${2:-540}" ;;
   *) echo "usage: bash bench/gpu.sh setup | run [deadline seconds] | all [deadline seconds]" >&2; exit 2 ;;
 esac
