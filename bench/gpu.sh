@@ -2,18 +2,18 @@
 # The GPU checks of issue 14 for one lease of one H100/H200, in two calls on the same warm machine
 # (the data, the papermill wheels and the weights together exceed one call's 64 MiB of carried files):
 #
-#   bash bench/gpu.sh setup          # ~2 min; carries .whl, .devdata/cifar10-jpg.tar.gz, .devdata/weights:
+#   bash bench/gpu.sh setup          # ~3 min; carries .whl, .devdata/cifar10-jpg.tar.gz, .devdata/weights:
 #                                    # papermill from the wheels, the Jupyter kernel, CIFAR-10's image cache,
 #                                    # the CUDA-only tests, the CUDA-graph probe (bench/gpu_probe.py), a tiny
-#                                    # grid through papermill; then it starts (detached, so it trains on between
-#                                    # the calls) params/cifar10_lt.yaml: all 14 runs at the full 200 epochs, 14 at
-#                                    # once, CUDA graphs when the probe found them equal to eager; deadline
-#                                    # $CIFAR_DEADLINE s (default 540)
+#                                    # grid through papermill
 #   bash bench/gpu.sh run [SECONDS]  # carries .devdata/eu-moths; until SECONDS (default 540):
 #     1. the thesis grid's MobileNetV2 part (iNat-insects weights, fine-tuned end to end at 224 px,
-#        7 losses x 2 training sets x 3 seeds) through the real papermill grid, 10 at once, beside
-#     2. the CIFAR grid, then its tables against the published numbers;
+#        7 losses x 2 training sets x 3 seeds) through the real papermill grid, $THESIS_JOBS (14) at once;
+#     2. params/cifar10_lt.yaml, all 14 runs at the full 200 epochs, 14 at once (CUDA graphs when the
+#        probe found them equal to eager), with the time left, against the published table;
 #     3. the projected wall time of the full thesis grid (bench/gpu_projection.py).
+#   Measured on one H200 (bench/measured/gpu_issue14_h200_2026-11-27.md): the CIFAR grid needs ~12
+#   minutes alone, more than one call; CIFAR_IMBALANCE=100 runs its IF-100 half.
 #   bash bench/gpu.sh all [SECONDS]  # both, one after the other (a machine that holds everything)
 #
 # Several runs share the one GPU (CUDA MPS when it starts, so their small kernels overlap).  Whatever
@@ -86,11 +86,10 @@ setup() {
   cp "$STATE/probe.json" "$OUT/gpu_probe.json" 2>/dev/null
   say "papermill smoke test: params/tiny.yaml, 2 runs"
   timeout 120 "$PY" -m longtail.grid params/tiny.yaml --only loss=ce --jobs 2 --output-root "$STATE/runs/tiny" 2>&1 | tail -3 | tee -a "$LOG"
-  start_cifar "${CIFAR_DEADLINE:-540}"
   say "setup done"
 }
 
-start_cifar() {  # the 14-run CIFAR-10-LT grid, detached (setsid): it trains on between the two calls
+start_cifar() {  # the CIFAR-10-LT grid (14 runs at once; $CIFAR_IMBALANCE: e.g. 100 for its IF-100 half)
   local deadline=$1 graph_flag=""
   [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || { say "CIFAR part skipped: no cifar10-jpg.tar.gz"; return; }
   "$PY" - "$STATE/probe.json" <<'PY' && graph_flag="--cuda-graph"
@@ -100,57 +99,48 @@ ok = [r for r in rows if r["graph"] and r["cuda_graph_used"] and r.get("agrees_w
 sys.exit(0 if ok and len(ok) == sum(r["graph"] for r in rows) else 1)
 PY
   # no per-epoch test evaluation (a fifth of the GPU time): the last epoch is our number anyway
-  local args="--runs grid --parallel 14 --no-monitor"
+  local args="--runs grid --parallel 14 --no-monitor ${CIFAR_IMBALANCE:+--imbalance $CIFAR_IMBALANCE}"
   [ "$SMOKE" = 1 ] && args="--runs grid --parallel 2 --epochs 1 --n-max 200 --losses ce,ldam --imbalance 100 --no-monitor"
-  say "CIFAR-10-LT grid: 14 runs at once, ${graph_flag:-eager (the probe did not clear CUDA graphs)}, deadline $deadline s, detached"
-  OMP_NUM_THREADS=1 setsid nohup timeout $(( deadline + 20 )) "$PY" bench/cifar10_lt.py $args $graph_flag --deadline "$deadline" \
-    --output-root "$STATE/runs/cifar10_lt" --results "$STATE/cifar10_lt_gpu.md" </dev/null >"$STATE/cifar.log" 2>&1 &
-  echo $! > "$STATE/cifar.pid"
+  say "CIFAR-10-LT grid ($args), ${graph_flag:-eager (the probe did not clear CUDA graphs)}, deadline $deadline s"
+  OMP_NUM_THREADS=1 timeout $(( deadline + 20 )) "$PY" bench/cifar10_lt.py $args $graph_flag --deadline "$deadline" \
+    --output-root "$STATE/runs/cifar10_lt" --results "$OUT/cifar10_lt_gpu.md" 2>&1 | grep -v "^\s*$" | tee -a "$LOG" | tail -30
+  "$PY" bench/gpu_summary.py jsonl "$STATE/runs/cifar10_lt" > "$OUT/cifar10_lt_runs.jsonl" 2>>"$LOG"
 }
-
-cifar_running() { [ -e "$STATE/cifar.pid" ] && kill -0 "$(cat "$STATE/cifar.pid")" 2>/dev/null; }
 
 run() {
   local deadline=${1:-540} mps
   mps=$(mps_on)
   say "CUDA MPS: $mps"
   copy_inputs
-  export OMP_NUM_THREADS=1  # ~25 processes on 16 cores: one thread each (their work is on the GPU)
+  export OMP_NUM_THREADS=1  # many processes on 16 cores: one thread each (their work is on the GPU)
 
-  # 1. CIFAR-10-LT: started by the setup call (or now), 14 runs at once (the long pole)
-  [ -e "$STATE/cifar.pid" ] || start_cifar $(( deadline - 40 ))
-
-  # 2. meanwhile the thesis grid's MobileNetV2 part (3 seeds), through the real papermill grid
+  # 1. the thesis grid's MobileNetV2 part (3 seeds) through the real papermill grid, the GPU to itself
+  #    (measured 2026-11-27: beside the CIFAR grid, each slowed the other 2-3x)
   local thesis_args=(--only backbone=mobilenetv2 --set pretrained=inat_insects --set save_checkpoints=false)
   [ "$SMOKE" = 1 ] && thesis_args+=(--only seed=0 --only loss=ce,ldam --set epochs=1 --set image_size=64 --set device=cpu)
   if [ -d "$LT_DATA_ROOT/eu-moths" ] && [ -e "$LT_WEIGHTS_DIR/mobilenetv2_100.coral_inat_insects.pt" ] &&
      "$PY" -c "import papermill" 2>/dev/null; then
     local t0; t0=$(date +%s)
     decode eu_moths "$([ "$SMOKE" = 1 ] && echo 73 || echo 256)"
-    say "thesis grid, MobileNetV2 part: 42 runs (3 seeds) through papermill, 10 at once, beside the CIFAR grid"
-    timeout $(( deadline / 2 )) "$PY" -m longtail.grid params/thesis.yaml "${thesis_args[@]}" --jobs 10 \
-      --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" | tail -6
+    say "thesis grid, MobileNetV2 part: 42 runs (3 seeds) through papermill, ${THESIS_JOBS:-14} at once"
+    timeout "${THESIS_TIMEOUT:-$(( deadline / 2 ))}" "$PY" -m longtail.grid params/thesis.yaml "${thesis_args[@]}" \
+      --jobs "${THESIS_JOBS:-14}" --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" | tail -4
     echo $(( $(date +%s) - t0 )) > "$STATE/thesis_wall_s"
     say "thesis grid: $(cat "$STATE/thesis_wall_s") s wall, image decoding included"
     "$PY" bench/gpu_summary.py thesis "$STATE/runs/thesis" --wall-s "$(cat "$STATE/thesis_wall_s")" \
-      > "$OUT/thesis_mobilenetv2_gpu.md" 2>>"$LOG"
+      --jobs "${THESIS_JOBS:-14}" > "$OUT/thesis_mobilenetv2_gpu.md" 2>>"$LOG"
     "$PY" bench/gpu_summary.py pack "$STATE/runs/thesis" --to "$OUT/thesis_runs" --parts 3 2>>"$LOG"
   else
     say "thesis part skipped: needs eu-moths (carried by this call), the iNat-insects weights in $LT_WEIGHTS_DIR, papermill"
   fi
 
-  while cifar_running && [ $(( $(date +%s) - START )) -lt "$deadline" ]; do sleep 5; done
-  cifar_running && say "the CIFAR grid is still running at the deadline; its log so far:"
-  if [ -e "$STATE/cifar.log" ]; then
-    grep -v "^\s*$" "$STATE/cifar.log" | tee -a "$LOG" | tail -40
-    cp "$STATE/cifar10_lt_gpu.md" "$OUT/" 2>/dev/null
-    "$PY" bench/gpu_summary.py jsonl "$STATE/runs/cifar10_lt" > "$OUT/cifar10_lt_runs.jsonl" 2>>"$LOG"
-  fi
+  # 2. CIFAR-10-LT, the 14-run grid at the full 200 epochs, with the time left
+  start_cifar $(( START + deadline - 30 - $(date +%s) ))
   [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
 
   # 3. the full thesis grid, projected from what ran
-  "$PY" bench/gpu_projection.py --thesis-runs "$STATE/runs/thesis" --jobs 10 --thesis-wall-s "$(cat "$STATE/thesis_wall_s" 2>/dev/null || echo nan)" \
-    --cifar-log "$LOG" > "$OUT/gpu_projection.md" 2>>"$LOG"
+  "$PY" bench/gpu_projection.py --thesis-runs "$STATE/runs/thesis" --jobs "${THESIS_JOBS:-14}" \
+    --thesis-wall-s "$(cat "$STATE/thesis_wall_s" 2>/dev/null || echo nan)" --cifar-log "$LOG" > "$OUT/gpu_projection.md" 2>>"$LOG"
   cat "$OUT/gpu_projection.md"
   say "run done"
 }
@@ -158,6 +148,6 @@ run() {
 case "${1:-}" in
   setup) setup ;;
   run) run "${2:-540}" ;;
-  all) CIFAR_DEADLINE=$(( ${2:-540} - 40 )) setup; run "${2:-540}" ;;
+  all) setup; run "${2:-540}" ;;
   *) echo "usage: bash bench/gpu.sh setup | run [deadline seconds] | all [deadline seconds]" >&2; exit 2 ;;
 esac
