@@ -122,7 +122,7 @@ run() {
      "$PY" -c "import papermill" 2>/dev/null; then
     local t0; t0=$(date +%s)
     decode eu_moths "$([ "$SMOKE" = 1 ] && echo 73 || echo 256)"
-    say "thesis grid, MobileNetV2 part: 42 runs (3 seeds) through papermill, ${THESIS_JOBS:-14} at once"
+    say "thesis grid, MobileNetV2 part (42 runs: 7 losses x 2 training sets x 3 seeds; fewer when smoke-testing) through papermill, ${THESIS_JOBS:-14} at once"
     timeout "${THESIS_TIMEOUT:-$(( deadline / 2 ))}" "$PY" -m longtail.grid params/thesis.yaml "${thesis_args[@]}" \
       --jobs "${THESIS_JOBS:-14}" --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" | tail -4
     echo $(( $(date +%s) - t0 )) > "$STATE/thesis_wall_s"

@@ -95,8 +95,9 @@ for table in results.appendix_tables(runs):
 # long-tailed test set that head / middle / tail partition).  **Different data** (the thesis's own
 # moth photographs against EU Moths here) and, on a CPU, a different schedule (a linear probe): the
 # *pattern* across losses can be compared, not the level.  The last column names the thesis row's
-# known defect, found in its numbers.  Then each of the thesis's findings, with the thesis's figure
-# (computed from its tables), ours, and a verdict computed from the two.
+# known defect, found in its numbers.  Then the thesis's schedule itself, fine-tuned end to end on a
+# lent GPU (MobileNetV2, `bench/measured/thesis_finetune_*`), and each of the thesis's findings, with
+# the thesis's figure (computed from its tables), ours, and a verdict computed from the two.
 
 # %%
 beside = thesis.side_by_side(runs)
@@ -109,6 +110,9 @@ found = thesis.findings(runs)
 if len(found):
     display(report.show_table(found.set_index(["Finding", "Backbone"]), out_dir, "thesis_findings",
                               "The thesis's findings against our runs (verdicts computed from the numbers)"))
+for name, text in results.benchmark_tables():  # fine-tuned under the thesis protocol on a lent GPU
+    if name.startswith(results.THESIS_FINETUNE_PREFIX):
+        display(Markdown(f"### `bench/measured/{name}`\n\n{text}"))
 defects = thesis.known_defects()
 display(Markdown("Known defects of the thesis's tables (found in its numbers): " + "; ".join(
     f"{bb}, {ts} training set, {thesis.THESIS_LOSS_NAMES[loss]}: {text}" for (bb, ts, loss), text in defects.items()) + "."))
@@ -243,5 +247,5 @@ if not results.benchmark_tables(config.PROJECT_ROOT / results.BENCH_FOLDERS[0]):
                      "and `bench/scaling.py` and writes their tables to `bench/results/`; the next report shows "
                      "them here (`bench/gpu.sh` does the same on a GPU)."))
 for name, text in results.benchmark_tables():
-    if not name.startswith(results.PUBLISHED_ABLATION_PREFIX):  # shown beside the published numbers
+    if not name.startswith(results.RESULT_TABLE_PREFIXES):  # shown beside the published / the thesis's numbers
         display(Markdown(f"### `{name}`\n\n{text}"))
