@@ -392,3 +392,20 @@ def test_slurm_path_through_submitit_local_executor(tmp_path, env):
     assert logs  # the job's logs, beside the runs
     table = pd.read_csv(out / "runs.csv")  # the whole grid's table: one run done, three to do
     assert sorted(table["status"]) == ["done", "todo", "todo", "todo"]
+
+
+def test_workers_per_gpu_deals_that_many_runs_to_each_gpu(tmp_path, capsys):
+    assert executors.local_jobs() == 1 and executors.local_jobs(3) == 3
+    assert executors.local_jobs(workers_per_gpu=4, gpus=["0", "1"]) == 8  # round robin: 4 on each
+    with pytest.raises(gridspec.GridError, match=r"--workers-per-gpu 2: no GPU is visible"):
+        executors.local_jobs(workers_per_gpu=2, gpus=[])
+    with pytest.raises(gridspec.GridError, match="choose one"):
+        executors.local_jobs(2, 2, gpus=["0"])
+    with pytest.raises(gridspec.GridError, match=r"--jobs 0: must be at least 1"):
+        executors.local_jobs(0)
+    # on the command line: refused before any run starts, nothing written
+    out = tmp_path / "runs"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-m", "longtail.grid", str(TINY), "--output-root", str(out),
+                        "--workers-per-gpu", "3"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--workers-per-gpu 3: no GPU is visible" in r.stderr and not out.exists()

@@ -192,6 +192,25 @@ def _visible_gpus() -> list[str]:
         return []
 
 
+def local_jobs(jobs: int | None = None, workers_per_gpu: int | None = None, gpus: list[str] | None = None) -> int:
+    """The number of local workers: ``jobs``, or ``workers_per_gpu`` times the visible GPUs (the
+    workers are dealt round robin, so each GPU gets that many runs at once: a small model leaves
+    most of a GPU idle).  Neither: 1.  Raises GridError for both, for a count below 1, or for
+    ``workers_per_gpu`` where no GPU is visible."""
+    if jobs is not None and workers_per_gpu is not None:
+        raise GridError(f"--jobs {jobs} and --workers-per-gpu {workers_per_gpu}: choose one")
+    for name, n in (("--jobs", jobs), ("--workers-per-gpu", workers_per_gpu)):
+        if n is not None and n < 1:
+            raise GridError(f"{name} {n}: must be at least 1")
+    if workers_per_gpu is None:
+        return jobs or 1
+    gpus = _visible_gpus() if gpus is None else gpus
+    if not gpus:
+        raise GridError(f"--workers-per-gpu {workers_per_gpu}: no GPU is visible here (CUDA_VISIBLE_DEVICES, "
+                        "torch.cuda); use --jobs N")
+    return workers_per_gpu * len(gpus)
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children first found, then theirs), from /proc (Linux; [] elsewhere)."""
     children: dict[int, list[int]] = {}

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from . import rundir
 from .data import missing_inputs
-from .executors import (BUSY, SKIPPED, SUBMITTED, RunOutcome, SlurmOptions, failure_reason, run_local, run_lock,
-                        run_submitit)
+from .executors import (BUSY, SKIPPED, SUBMITTED, RunOutcome, SlurmOptions, failure_reason, local_jobs, run_local,
+                        run_lock, run_submitit)
 from .fileio import atomic_write_text, one_line
 from .gridspec import SPEC_FORMAT, Grid, GridError, label_text, load_grid, parse_value, value_text
 from .notebook import KERNEL
@@ -50,7 +50,8 @@ python -m longtail.grid params/thesis.yaml --executor slurm --slurm-partition gp
 EXECUTION = """\
 --jobs N: N worker processes, each running papermill, which starts its own kernel; with several
 GPUs each worker sees one (CUDA_VISIBLE_DEVICES, round robin), on CPUs each kernel gets
-cpu_count // N threads.  A kernel that fails to start is retried twice; a cell error is a run
+cpu_count // N threads.  --workers-per-gpu K: K workers on each visible GPU (several small runs
+share one GPU; start CUDA MPS, nvidia-cuda-mps-control -d, so their kernels overlap).  A kernel that fails to start is retried twice; a cell error is a run
 failure.  --executor slurm: one job array through submitit (logs in <output_root>/slurm_logs),
 one run per array task; the command waits, reading squeue and the result files (not sacct);
 a job that ends without a result is a failed run, reported with its log's tail.  The project,
@@ -315,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     slurm = SlurmOptions()  # the defaults
     ap.add_argument("params", help="the grid's parameter file (YAML), e.g. params/default.yaml")
     ap.add_argument("--dry-run", action="store_true", help="list the runs (id, done/failed/partial/todo) and exit")
-    ap.add_argument("--jobs", type=int, default=1, help="parallel local workers (one GPU each when there are several)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="parallel local workers (default 1; dealt round robin to the GPUs when there are several)")
+    ap.add_argument("--workers-per-gpu", type=int, default=None, metavar="K",
+                    help="K workers on each visible GPU (K runs share one GPU); instead of --jobs")
     ap.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                     help="run only runs with one of these values (repeatable; AND over keys)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
@@ -363,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                              timeout_min=args.slurm_timeout_min, gpus_per_task=args.slurm_gpus_per_task,
                              cpus_per_task=args.slurm_cpus_per_task, mem_gb=args.slurm_mem_gb, extra=extra,
                              poll_s=args.slurm_poll_s, wait=not args.no_wait, cluster=args.submitit_cluster)
-        summary = run_grid(grid, jobs=args.jobs, only=only, executor=args.executor, kernel_name=args.kernel,
+        jobs = local_jobs(args.jobs, args.workers_per_gpu) if args.executor == "local" else 1
+        summary = run_grid(grid, jobs=jobs, only=only, executor=args.executor, kernel_name=args.kernel,
                            slurm=slurm)
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
