@@ -3,7 +3,9 @@
 Data is an in-memory tensor (uint8 images NHWC, or float features) indexed by the sampler's
 indices, so no DataLoader worker ever decodes or collates: the batch is one gather, moved to the
 device, transformed there (see ``transforms``).  On CUDA the data set is put on the GPU when it
-fits; bf16 autocast and channels_last are used there.
+fits; bf16 autocast and channels_last are used there, and with ``cuda_graph`` each step's forward
+and backward are replayed as CUDA graphs (``graph_model``).  No step waits for the GPU: random
+draws reach it by asynchronous copies, and the loss is checked once an epoch.
 """
 from __future__ import annotations
 
