@@ -25,7 +25,8 @@ What a forked kernel shares with an ordinarily started one, and what it does not
   seeds it; Python's ``random`` reseeds itself after a fork; torch's default generator has its
   fixed start seed in both; the string hash seed is the server's (shared by its kernels);
 - the server forks only while it runs no thread but ``FORK_SAFE_THREADS`` (pyarrow's jemalloc
-  thread, which handles forks); otherwise, or when the kernel's command is not ``python ... -m
+  thread) and numpy's OpenBLAS pool, which handle forks (an OpenMP pool would not: torch starts
+  none on import); otherwise, or when the kernel's command is not ``python ... -m
   ipykernel_launcher``, or off Linux, the kernel is launched the ordinary way.
 
 Lifetimes: a kernel dies with its server (``PR_SET_PDEATHSIG``), the server when its owner closes
@@ -78,15 +79,15 @@ class ForkServerError(RuntimeError):
 
 # ----------------------------------------------------------------------------------- the server side
 
-def _threads() -> list[str]:
-    """The names of this process's threads other than the calling one (Linux /proc)."""
+def _threads() -> dict[str, str]:
+    """This process's threads other than the calling one: id -> name (Linux /proc)."""
     me = str(threading.get_native_id())
-    names = []
+    names = {}
     for task in os.listdir("/proc/self/task"):
         if task != me:
             try:
                 with open(f"/proc/self/task/{task}/comm") as fh:
-                    names.append(fh.read().strip())
+                    names[task] = fh.read().strip()
             except OSError:  # the thread ended meanwhile
                 pass
     return names
@@ -167,6 +168,11 @@ def serve(request_fd: int, reply_fd: int, modules) -> None:
     import importlib
     import importlib.util
     try:
+        # numpy's OpenBLAS starts its thread pool as it loads (OMP_NUM_THREADS > 1) and stops it before
+        # every fork itself (pthread_atfork): those threads, told apart by when they appeared, are safe
+        before = set(_threads())
+        importlib.import_module("numpy")
+        blas_threads = set(_threads()) - before
         for name in modules:
             importlib.import_module(name)
         launcher = importlib.util.find_spec(_LAUNCHER).origin
@@ -179,7 +185,7 @@ def serve(request_fd: int, reply_fd: int, modules) -> None:
     reply({"ready": True, "pid": server_pid})
     for line in requests:
         request = json.loads(line)
-        unsafe = [t for t in _threads() if t not in FORK_SAFE_THREADS]
+        unsafe = [name for tid, name in _threads().items() if tid not in blas_threads and name not in FORK_SAFE_THREADS]
         if unsafe or _cuda_initialized():
             reply({"error": f"the fork server runs threads {unsafe}; it forks no kernel" if unsafe else
                    "the fork server initialised CUDA (a forked child could not use it); it forks no kernel"})
