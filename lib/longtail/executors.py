@@ -5,7 +5,8 @@ SLURM job arrays through submitit.
 folder, under a per-run lock (``<output_root>/.locks/<id>.lock``) so that two grid processes never
 run one run at once, retrying a kernel that failed to start; it never raises for a failed run.
 ``run_local`` runs many in a spawn-context process pool (one GPU a worker when there are several,
-``cpu_count // N`` CPU threads a worker otherwise; workers and kernels die with the grid), and
+``cpu_count // N`` CPU threads a worker otherwise; each worker forks its runs' kernels from its own
+server of preloaded modules, ``longtail.kernels``; workers, servers and kernels die with the grid), and
 ``run_submitit`` submits them as one job array (``SlurmOptions``) and waits through ``squeue`` and
 the jobs' result files (``longtail.slurm``).  Each reports a ``RunOutcome`` per run.
 """
