@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -164,6 +165,7 @@ def main():
           f"{args.runs_per_worker} runs: ordinary {mean['ordinary']:.2f} s, forked {mean['forked']:.2f} s")
     print(f"ratio forked / ordinary {f / o:.2f} (steady), {mean['forked'] / mean['ordinary']:.2f} "
           f"(over {args.runs_per_worker} runs); forked / base {f / b:.2f}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

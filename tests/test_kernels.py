@@ -138,6 +138,24 @@ def test_a_server_that_cannot_start_falls_back_to_ordinary_kernels(tmp_path, one
     assert "kernels start the ordinary way" in err
 
 
+def test_a_failed_forked_start_is_retried_with_an_ordinary_kernel(tmp_path, monkeypatch):
+    import papermill
+
+    calls = []
+
+    def flaky(nb, out_path, **kw):
+        calls.append(kw.get("kernel_manager_class"))
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        Path(out_path).parent.joinpath("metrics.json").write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(executors.time, "sleep", lambda s: None)
+    r = executors.run_one({"output_dir": str(tmp_path / "abc"), "epochs": 1}, forked=True)
+    assert (r["status"], r["attempts"]) == ("done", 2)
+    assert calls == [kernels.ForkedKernelManager, None]
+
+
 def _run(out: Path) -> dict:
     from longtail.gridspec import load_grid
     return {**load_grid(TINY, output_root=out).select({"loss": ["ldam"], "train_set": ["longtailed"]}).runs[0]}

@@ -117,7 +117,8 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
     """Execute the notebook for one run into its folder; never raises for a failed run.
 
     ``forked``: its kernel is forked from this process's server of preloaded modules
-    (``longtail.kernels``; for a process that runs many runs, as ``run_local``'s workers do).
+    (``longtail.kernels``; for a process that runs many runs, as ``run_local``'s workers do); a
+    start-up retry starts an ordinary kernel.
 
     Returns ``{id, output_dir, notebook, status (done|skipped|failed|busy), wall_s, error, host, attempts}``.
     """
@@ -144,8 +145,10 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
             except OSError as exc:  # the run folder cannot be written (a full disk): a failure, below
                 ex = Execution(out / rundir.NOTEBOOK_FILE, 0.0, exc)
             else:
+                # a retried start is an ordinary one: a fork server that cannot give a working kernel
+                # costs a run one retry, never the run
                 ex = execute_notebook(notebook, out / rundir.NOTEBOOK_FILE, run, kernel_name=kernel_name, cwd=cwd,
-                                      forked=forked)
+                                      forked=forked and attempt == 0)
             exc = ex.error
             if ex.ok:
                 result["status"] = DONE if (out / rundir.RESULT_FILE).exists() else FAILED

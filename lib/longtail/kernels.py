@@ -194,6 +194,7 @@ def serve(request_fd: int, reply_fd: int, modules) -> None:
         if pid == 0:
             _become_kernel({**request, "launcher": launcher}, server_pid, sigint, (request_fd, reply_fd))
         reply({"pid": pid})
+    os._exit(0)  # the owner closed the pipe: no teardown of the preloaded modules to wait for
 
 
 # ------------------------------------------------------------------------------------ the owner side
