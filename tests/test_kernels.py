@@ -38,7 +38,8 @@ state = {"pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0), "preload
          "module_marker": getattr(probed, "probe_marker", None), "namespace_marker": "leftover" in globals(),
          "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
          "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "cwd": os.getcwd(),
-         "mplbackend": __import__("matplotlib").get_backend()}
+         "mplbackend": __import__("matplotlib").get_backend(),
+         "gpu": (torch.ones(3, device="cuda") * 2).sum().item() if torch.cuda.is_available() else None}
 probed.probe_marker = marker
 leftover = marker
 print(json.dumps(state))
@@ -105,7 +106,7 @@ def test_each_notebook_gets_a_fresh_forked_kernel_that_dies_after_it(tmp_path, o
     # the environment, directory and backend of an ordinary kernel
     ordinary = probe(tmp_path, "ordinary", forked=False)
     assert not ordinary["preloaded"] and ordinary["ppid"] == os.getpid()
-    for key in ("threads", "omp", "cuda", "cwd", "mplbackend", "module_marker", "namespace_marker"):
+    for key in ("threads", "omp", "cuda", "cwd", "mplbackend", "module_marker", "namespace_marker", "gpu"):
         assert first[key] == ordinary[key], key
     assert (first["threads"], first["omp"], first["cwd"]) == (1, "1", str(config.PROJECT_ROOT))
     # each kernel was killed after its notebook; the server lives until closed
@@ -113,6 +114,14 @@ def test_each_notebook_gets_a_fresh_forked_kernel_that_dies_after_it(tmp_path, o
     assert alive(server)
     kernels.close_servers()
     assert gone([server])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device here")
+def test_a_forked_kernel_uses_the_gpu(tmp_path, one_thread):
+    """The server never starts CUDA (a child of a process that did could not use it): each forked
+    kernel starts its own."""
+    forked = probe(tmp_path, "gpu", forked=True)
+    assert forked["preloaded"] and forked["gpu"] == 6.0
 
 
 def test_a_changed_environment_gets_a_new_server(tmp_path, one_thread, monkeypatch):

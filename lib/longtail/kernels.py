@@ -15,8 +15,9 @@ interrupts, the kernel's kill after the last cell and nbclient's clean-up stay j
 
 What a forked kernel shares with an ordinarily started one, and what it does not:
 
-- the environment, working directory, command-line arguments, signal dispositions and session
-  (``setsid``, as jupyter_client's ``start_new_session``) are the request's; the server itself is
+- the environment, working directory, command-line arguments and session (``setsid``, as
+  jupyter_client's ``start_new_session``) are the request's, Ctrl-C's disposition the one the
+  server was started with (the requester's, as an ordinary kernel inherits it); the server itself is
   started with the requester's environment and working directory, and a request whose environment
   (less ``PER_KERNEL_ENV``) or directory differs is served by a new server, since the preloaded
   modules read some variables as they load (``OMP_NUM_THREADS`` by the OpenMP runtime,
@@ -26,7 +27,8 @@ What a forked kernel shares with an ordinarily started one, and what it does not
   fixed start seed in both; the string hash seed is the server's (shared by its kernels);
 - the server forks only while it runs no thread but ``FORK_SAFE_THREADS`` (pyarrow's jemalloc
   thread) and numpy's OpenBLAS pool, which handle forks (an OpenMP pool would not: torch starts
-  none on import); otherwise, or when the kernel's command is not ``python ... -m
+  none on import), and only before CUDA is started in it (a forked child could not use the GPU;
+  the preloaded modules do not start it); otherwise, or when the kernel's command is not ``python ... -m
   ipykernel_launcher``, or off Linux, the kernel is launched the ordinary way.
 
 Lifetimes: a kernel dies with its server (``PR_SET_PDEATHSIG``), the server when its owner closes
@@ -39,6 +41,7 @@ process's servers (the grid calls it after its runs).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -47,7 +50,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from queue import Empty
 
 from jupyter_client.asynchronous import AsyncKernelClient
@@ -58,9 +60,8 @@ from traitlets import DottedObjectName, Type
 #: modules the server imports once for all its kernels: what ``notebooks/train.py`` imports (and
 #: what ipykernel imports to start), the bulk of a run's start-up time.  Any importable module
 #: list works; a module a notebook does not use costs the server's memory only.
-PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.debugger", "matplotlib_inline.backend_inline", "torch",
-           "pandas",
-           "matplotlib.pyplot", "longtail.run", "longtail.figures", "longtail.report")
+PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.debugger", "matplotlib_inline.backend_inline",
+           "torch", "pandas", "matplotlib.pyplot", "longtail.run", "longtail.figures", "longtail.report")
 #: environment variables that differ from kernel to kernel (jupyter_client's launcher sets them):
 #: not part of the server's identity
 PER_KERNEL_ENV = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
@@ -94,8 +95,17 @@ def _threads() -> dict[str, str]:
 
 
 def _cuda_initialized() -> bool:
+    """Whether this process started CUDA: torch's lazy initialisation, or the CUDA driver (libcuda,
+    loaded by the first CUDA runtime call, even ``torch.cuda.is_available()``); a forked child of
+    such a process cannot use the GPU."""
     torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_initialized())
+    if torch is not None and torch.cuda.is_initialized():
+        return True
+    try:
+        with open("/proc/self/maps") as fh:
+            return any(os.path.basename(line.split()[-1]).startswith("libcuda.so") for line in fh if "/" in line)
+    except OSError:
+        return True
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -114,7 +124,8 @@ def _become_kernel(request: dict, server_pid: int, sigint, fds: tuple[int, ...])
         os.setsid()
         _die_with_parent(server_pid)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, sigint)
+        if sigint is not None:  # None: a handler not set from Python, left as it is
+            signal.signal(signal.SIGINT, sigint)
         for fd in fds:
             os.close(fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -135,18 +146,10 @@ def _become_kernel(request: dict, server_pid: int, sigint, fds: tuple[int, ...])
         import traceback
         traceback.print_exc()
     finally:
-        with _suppress():
+        with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def serve(request_fd: int, reply_fd: int, modules) -> None:
@@ -318,7 +321,7 @@ class ForkServer:
     def _stop(self) -> None:
         for fh in (self._requests, self._replies):
             if fh is not None:
-                with _suppress():
+                with contextlib.suppress(OSError):
                     fh.close()
         self._requests = self._replies = None
         if self.proc is not None:
