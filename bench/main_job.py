@@ -126,8 +126,39 @@ def main():
     if overheads:
         print(f"papermill overhead per run (notebook wall - run_training): median {statistics.median(overheads):.2f} s, "
               f"max {overheads[-1]:.2f} s (goal <= 1.5 s on an idle machine)")
+    phases = _grid_phases(runs, rows[0]["wall_s"])
+    if phases:
+        print(phases)
+    timing = [line for line in rows[1]["output"].splitlines() if line.startswith("report: ") and " s; " in line]
+    if timing:  # the report's own split: its two notebooks (at once) and the run pages
+        print(timing[-1].replace("report: ", "report stage: ", 1))
     print(f"main job wall {wall:.0f} s (goal <= {args.goal_s:.0f} s on an idle 2-core machine); "
           f"wall / floor = {wall:.0f} s / {floor_s:.0f} s = {wall / floor_s:.2f} (goal <= 2)")
+
+
+def _grid_phases(runs: list[dict], grid_wall: float) -> str | None:
+    """The grid's wall split at the end of the last run that extracted features (inside
+    run_training more than 5x the median): start-up and extraction, then the other runs."""
+    from datetime import datetime
+    spans = []
+    for m in runs:
+        nb = Path(m["run_dir"]) / rundir.NOTEBOOK_FILE
+        try:
+            meta = json.loads(nb.read_text())["metadata"]["papermill"]
+            spans.append((m["wall_s"], datetime.fromisoformat(meta["start_time"]).timestamp(),
+                           datetime.fromisoformat(meta["end_time"]).timestamp()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    if not spans:
+        return None
+    median = statistics.median(w for w, _, _ in spans)
+    first_start, last_end = min(s for _, s, _ in spans), max(e for _, _, e in spans)
+    extracted = max((e for w, _, e in spans if w > 5 * median), default=first_start)
+    rest = [w for w, _, e in spans if e > extracted]
+    startup = grid_wall - (last_end - first_start)
+    return (f"grid stages: start-up and pre-flight {startup:.1f} s, first runs (feature extraction) "
+            f"{extracted - first_start:.1f} s, the other {len(rest)} runs {last_end - extracted:.1f} s "
+            f"({(last_end - extracted) / max(1, len(rest)):.2f} s a run with the workers together)")
 
 
 def _notebook_walls(root: Path) -> dict:

@@ -5,7 +5,8 @@ SLURM job arrays through submitit.
 folder, under a per-run lock (``<output_root>/.locks/<id>.lock``) so that two grid processes never
 run one run at once, retrying a kernel that failed to start; it never raises for a failed run.
 ``run_local`` runs many in a spawn-context process pool (one GPU a worker when there are several,
-``cpu_count // N`` CPU threads a worker otherwise; workers and kernels die with the grid), and
+``cpu_count // N`` CPU threads a worker otherwise; each worker forks its runs' kernels from its own
+server of preloaded modules, ``longtail.kernels``; workers, servers and kernels die with the grid), and
 ``run_submitit`` submits them as one job array (``SlurmOptions``) and waits through ``squeue`` and
 the jobs' result files (``longtail.slurm``).  Each reports a ``RunOutcome`` per run.
 """
@@ -112,8 +113,12 @@ def run_lock(out: Path, wait: bool = False):
 
 
 def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: str = KERNEL,
-            cwd: str | os.PathLike | None = None, start_retries: int = 2) -> dict:
+            cwd: str | os.PathLike | None = None, start_retries: int = 2, forked: bool = False) -> dict:
     """Execute the notebook for one run into its folder; never raises for a failed run.
+
+    ``forked``: its kernel is forked from this process's server of preloaded modules
+    (``longtail.kernels``; for a process that runs many runs, as ``run_local``'s workers do); a
+    start-up retry starts an ordinary kernel.
 
     Returns ``{id, output_dir, notebook, status (done|skipped|failed|busy), wall_s, error, host, attempts}``.
     """
@@ -140,7 +145,10 @@ def run_one(run: dict, notebook: str | os.PathLike = NOTEBOOK, *, kernel_name: s
             except OSError as exc:  # the run folder cannot be written (a full disk): a failure, below
                 ex = Execution(out / rundir.NOTEBOOK_FILE, 0.0, exc)
             else:
-                ex = execute_notebook(notebook, out / rundir.NOTEBOOK_FILE, run, kernel_name=kernel_name, cwd=cwd)
+                # a retried start is an ordinary one: a fork server that cannot give a working kernel
+                # costs a run one retry, never the run
+                ex = execute_notebook(notebook, out / rundir.NOTEBOOK_FILE, run, kernel_name=kernel_name, cwd=cwd,
+                                      forked=forked and attempt == 0)
             exc = ex.error
             if ex.ok:
                 result["status"] = DONE if (out / rundir.RESULT_FILE).exists() else FAILED
@@ -261,17 +269,25 @@ def _init_worker(slots, gpus: list[str], threads: int | None, grid_pid: int | No
             os.environ.setdefault(var, str(threads))
 
 
-def run_local(todo, labels, *, notebook, jobs, kernel_name, start_retries, report) -> None:
+def run_local(todo, labels, *, notebook, jobs, kernel_name, start_retries, report, forked: bool = True) -> None:
     """``run_one`` for every run of ``todo`` (labels: their axis values) in ``jobs`` worker processes,
-    calling ``report(RunOutcome)`` as each ends; on an interrupt every worker and kernel is killed."""
-    one = functools.partial(run_one, notebook=str(notebook), kernel_name=kernel_name, start_retries=start_retries)
+    calling ``report(RunOutcome)`` as each ends; on an interrupt every worker and kernel is killed.
+
+    ``forked``: each worker (or this process, for one job) forks its runs' kernels from its own server
+    of preloaded modules (``longtail.kernels``), which ends with the worker; False: each kernel starts
+    on its own."""
+    one = functools.partial(run_one, notebook=str(notebook), kernel_name=kernel_name, start_retries=start_retries,
+                            forked=forked)
     if jobs <= 1 or len(todo) <= 1:
         try:
             for run, label in zip(todo, labels):
                 report(_outcome(run, label, one(run)))
-        except BaseException:  # interrupted: the running kernel goes too, now
+        except BaseException:  # interrupted: the running kernel (and its fork server) go too, now
             _kill_processes(_descendants(os.getpid()))
             raise
+        finally:
+            from .kernels import close_servers
+            close_servers()
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed

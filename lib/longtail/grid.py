@@ -48,7 +48,8 @@ python -m longtail.grid params/thesis.yaml --executor slurm --slurm-partition gp
 """
 #: what ``--jobs`` and ``--executor slurm`` do, for ``--help``
 EXECUTION = """\
---jobs N: N worker processes, each running papermill, which starts its own kernel; with several
+--jobs N: N worker processes, each running papermill; a worker forks each run's kernel (a fresh
+process a run) from its own server that imported torch and longtail once; with several
 GPUs each worker sees one (CUDA_VISIBLE_DEVICES, round robin), on CPUs each kernel gets
 cpu_count // N threads.  --workers-per-gpu K: K workers on each visible GPU (several small runs
 share one GPU; start CUDA MPS, nvidia-cuda-mps-control -d, so their kernels overlap).  A kernel that fails to start is retried twice; a cell error is a run
