@@ -51,9 +51,9 @@ EXECUTION = """\
 --jobs N: N worker processes, each running papermill; a worker forks each run's kernel (a fresh
 process a run) from its own server that imported torch and longtail once; with several
 GPUs each worker sees one (CUDA_VISIBLE_DEVICES, round robin), on CPUs each kernel gets
-cpu_count // N threads.  --workers-per-gpu K: K workers on each visible GPU (several small runs
-share one GPU; start CUDA MPS, nvidia-cuda-mps-control -d, so their kernels overlap).  A kernel that fails to start is retried twice; a cell error is a run
-failure.  --executor slurm: one job array through submitit (logs in <output_root>/slurm_logs),
+cpu_count // N threads.  --workers-per-gpu K: K workers on each visible GPU (several small
+runs share one GPU; start CUDA MPS, nvidia-cuda-mps-control -d, so their kernels overlap).
+A kernel that fails to start is retried twice; a cell error is a run failure.  --executor slurm: one job array through submitit (logs in <output_root>/slurm_logs),
 one run per array task; the command waits, reading squeue and the result files (not sacct);
 a job that ends without a result is a failed run, reported with its log's tail.  The project,
 its .venv and the output root must be on the cluster's shared file system; jobs inherit this
