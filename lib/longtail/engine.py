@@ -179,16 +179,21 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
             channels_last: bool = True) -> np.ndarray:
     """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x.
 
-    Every evaluation and feature extraction goes through here, on one fast path: inference mode,
-    and for a conv net on image batches (``channels_last``) the model and each batch in the
-    channels_last layout (MobileNetV2 at 224 px on a CPU: several times the default layout's
-    images per second, ``bench/throughput.py --features``).  Outputs equal the default layout's
-    to float rounding."""
+    Every evaluation and feature extraction goes through here, on one fast path: inference mode;
+    an inference copy of the model with BatchNorm folded into the convolutions and TF "SAME"
+    convolutions without their padded copy (``inference.for_inference``; ``model`` itself is not
+    changed); and for a conv net on image batches (``channels_last``) the model and each batch in
+    the channels_last layout.  The evaluation transform crops and normalises in one pass
+    (``transforms.centre_crop_normalize``).  MobileNetV2 at 224 px on a CPU:
+    ``bench/throughput.py --features`` (this path against the one before issue 14, side by side).
+    Outputs equal the plain eval-mode forward's to float rounding."""
+    from .inference import for_inference
     device = torch.device(device)
     model.eval().to(device)
     image_batches = channels_last and x.dim() == 4 and _has_conv(model)
     if image_batches:  # outside inference mode: the model's parameters stay ordinary tensors
         model.to(memory_format=torch.channels_last)
+    net = for_inference(model)
     outs = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
@@ -197,7 +202,7 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
             if image_batches and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
-                out = model.forward_head(model.forward_features(xb), pre_logits=True) if features else model(xb)
+                out = net.forward_head(net.forward_features(xb), pre_logits=True) if features else net(xb)
             outs.append(out.float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 

@@ -42,6 +42,25 @@ def normalize(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
+def centre_crop_normalize(batch: torch.Tensor, size: int, mean, std, channels_last: bool = False) -> torch.Tensor:
+    """The evaluation transform in one pass: the centre ``size`` crop of a uint8 NHWC batch, taken
+    on the uint8 pixels, converted and normalised straight into the float NCHW output,
+    ``(x / 255 − mean) / std = x · 1/(255·std) − mean/std`` (a channels_last output keeps NHWC's
+    memory order, so the pass reads and writes in order).  Equals ``normalize(center_crop(
+    _to_float(batch)))`` to float rounding; ``size`` must not exceed the batch's height or width."""
+    n, h, w, c = batch.shape
+    if size > min(h, w):
+        raise ValueError(f"centre crop size {size} exceeds the images ({h}x{w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    crop = batch[:, top:top + size, left:left + size].permute(0, 3, 1, 2)
+    std64 = torch.as_tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std64)).to(torch.float32).view(1, -1, 1, 1).to(batch.device)
+    shift = (-torch.as_tensor(mean, dtype=torch.float64) / std64).to(torch.float32).view(1, -1, 1, 1).to(batch.device)
+    out = torch.empty((n, c, size, size), dtype=torch.float32, device=batch.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return torch.addcmul(shift, crop, scale, out=out)
+
+
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """Centre crop of an NCHW batch to ``size``; resizes (bilinear) when ``size`` exceeds the input."""
     h, w = x.shape[-2:]
@@ -102,6 +121,8 @@ class BatchTransform:
             self.randaugment = v2.RandAugment(num_ops=2, magnitude=9)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.augment == "none" and self.randaugment is None and self.image_size <= min(batch.shape[1:3]):
+            return centre_crop_normalize(batch, self.image_size, self.mean, self.std, self.channels_last)
         if self.randaugment is not None:  # per image: RandAugment draws its ops per call
             batch = torch.stack([self.randaugment(img) for img in batch.permute(0, 3, 1, 2)]).permute(0, 2, 3, 1)
         x = _to_float(batch)
