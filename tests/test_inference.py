@@ -57,7 +57,7 @@ def test_same_pad_conv_equals_timm_conv2d_same(size, kernel, stride, groups):
     """Even and odd inputs (asymmetric and symmetric SAME padding), depthwise and dense kernels."""
     torch.manual_seed(0)
     same = Conv2dSame(4, 8, kernel, stride=stride, groups=groups, bias=True).eval()
-    fast = inference.SamePadConv2d(same)
+    fast = inference.InferenceConv2d(same)
     x = torch.randn(2, 4, size, size)
     with torch.no_grad():
         expected = same(x)
@@ -79,9 +79,39 @@ def test_same_pad_offsets_by_hand():
     assert inference._same_pad(7, 3, 1) == (1, 1)
 
 
-def test_same_pad_conv_refuses_dilation():
+def test_inference_conv_refuses_what_it_cannot_compute_exactly():
     with pytest.raises(ValueError, match="dilation"):
-        inference.SamePadConv2d(Conv2dSame(2, 2, 3, stride=2, dilation=2))
+        inference.InferenceConv2d(Conv2dSame(2, 2, 3, stride=2, dilation=2))
+    with pytest.raises(ValueError, match="reflect"):
+        inference.InferenceConv2d(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="unknown activation GELU; choose one of ReLU, ReLU6"):
+        inference.InferenceConv2d(nn.Conv2d(2, 2, 3), nn.GELU)
+
+
+@pytest.mark.parametrize("activation", [None, nn.ReLU, nn.ReLU6])
+@pytest.mark.parametrize("same", [False, True])
+def test_fused_activation_equals_conv_then_activation(activation, same, monkeypatch):
+    """The oneDNN conv + post-op path (CPU, float32) and the plain path (float64 input, which the
+    fused kernel does not take) both equal the convolution followed by the activation."""
+    torch.manual_seed(0)
+    conv = (Conv2dSame(6, 6, 3, stride=2, groups=6) if same else nn.Conv2d(6, 8, 3, padding=1)).eval()
+    with torch.no_grad():
+        conv.bias.normal_(0, 2)  # outputs on both sides of 0 and 6, so the clamps matter
+        conv.weight.mul_(8)
+    fast = inference.InferenceConv2d(conv, activation)
+    act = activation() if activation else nn.Identity()
+    x = torch.randn(2, 6, 10, 10)
+    with torch.no_grad():
+        expected = act(conv(x))
+        assert (expected == 6).any() if activation is nn.ReLU6 else True
+        assert (expected == 0).any() if activation else True
+        plain_conv2d = F.conv2d
+        if inference._mkldnn():  # float32 on the CPU never takes the plain path
+            monkeypatch.setattr(F, "conv2d", lambda *a, **k: pytest.fail("F.conv2d called on the fused path"))
+        assert torch.allclose(fast(x), expected, atol=1e-5)
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+        monkeypatch.setattr(F, "conv2d", plain_conv2d)
+        assert torch.allclose(fast.double()(x.double()), act(conv.double()(x.double())), atol=1e-10)
 
 
 @pytest.mark.parametrize("size", [64, 65])
@@ -94,8 +124,12 @@ def test_mobilenetv2_same_padding_inference_copy_equals_the_model(size):
     assert sum(isinstance(m, Conv2dSame) for m in model.modules()) == 5
     fast = inference.for_inference(model)
     assert fast is not model
-    assert not any(isinstance(m, (nn.BatchNorm2d, Conv2dSame)) for m in fast.modules())
-    assert sum(isinstance(m, inference.SamePadConv2d) for m in fast.modules()) == 5
+    assert not any(isinstance(m, (nn.BatchNorm2d, Conv2dSame, nn.ReLU6)) for m in fast.modules())
+    convs = [m for m in fast.modules() if isinstance(m, inference.InferenceConv2d)]
+    # stem, 2 in the depthwise-separable block, 3 in each of the 16 inverted residuals, head; ReLU6
+    # after all but the 17 projections
+    assert len(convs) == 52 and sum(c.same for c in convs) == 5
+    assert sum(c.activation is nn.ReLU6 for c in convs) == 35 and not any(isinstance(m, nn.Conv2d) for m in fast.modules())
     x = torch.randn(3, 3, size, size)
     expected = _plain_features(model, x)
     with torch.no_grad():
@@ -137,7 +171,8 @@ def test_sequential_conv_batchnorm_pairs_are_folded():
     seq = _randomise_norms(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                                          nn.Conv2d(4, 4, 3, groups=4), nn.BatchNorm2d(4)))
     fast = inference.for_inference(seq)
-    assert [type(m) for m in fast] == [nn.Conv2d, nn.Identity, nn.ReLU, nn.Conv2d, nn.Identity]
+    assert [type(m) for m in fast] == [inference.InferenceConv2d, nn.Identity, nn.ReLU, inference.InferenceConv2d,
+                                       nn.Identity]
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         assert torch.allclose(fast(x), seq(x), rtol=1e-4, atol=1e-5)
