@@ -14,7 +14,8 @@ the model's training step, and a classic DataLoader that decodes JPEG files ever
 
 ``--features``: feature extraction (``engine.predict``, what every evaluation runs), MobileNetV2
 at 224 px from the 256 px decoded-image cache, today's path against the one before issue 14
-(``base_predict``, a frozen copy: autograd off, the model in whatever layout the caller gave it),
+(``base_predict`` and ``base_eval_transform``, frozen copies: autograd off, the model in whatever
+layout the caller gave it, the crop taken on floats),
 side by side in one process (alternating, best of ``--repeats``), over batch sizes and thread
 counts (1 thread: what each kernel of a 2-worker grid gets on 2 cores).
 
@@ -166,8 +167,10 @@ def feature_extraction(n_images: int, repeats: int, batches=(8, 16, 32), threads
       caller got before issue 14), batch 32 (the default then);
     - base, channels_last: the same with a channels_last model and batches, as the linear path of
       run.py handed them over before issue 14 (and engine.predict's first issue-14 step);
-    - now: ``engine.predict`` (inference copy: BatchNorm folded, SAME convolutions without a padded
-      copy; one-pass transform; channels_last; inference mode) over ``batches``.
+    - now: ``engine.predict`` (inference copy: BatchNorm folded, activations fused, SAME convolutions
+      without a padded copy; one-pass transform; channels_last; inference mode; as many batches at
+      once as threads, one intra-op thread each) over ``batches``; and with one batch at a time
+      (``cpu_workers=1``, all threads on each batch's operators), to show what each part gives.
     Every way is checked against the first one's features (float rounding)."""
     model, weights = _feature_model()
     dc = model.data_config
@@ -186,6 +189,8 @@ def feature_extraction(n_images: int, repeats: int, batches=(8, 16, 32), threads
     for b in batches:
         ways[("now: engine.predict", b)] = lambda b=b: engine.predict(model.to(memory_format=torch.contiguous_format),
                                                                         x, now_tf, batch_size=b, features=True)
+    ways[("now, one batch at a time (cpu_workers=1)", 16)] = lambda: engine.predict(
+        model.to(memory_format=torch.contiguous_format), x, now_tf, batch_size=16, features=True, cpu_workers=1)
     reference = None
     best = {}
     for _ in range(repeats):  # alternating, so drifting machine load hits every way alike
@@ -238,13 +243,15 @@ def main_features(args):
     for r in sorted(rows, key=lambda r: (r["threads"], r["way"], r["batch"])):
         print(f"| {r['way']} | {r['batch']} | {r['threads']} | {r['img_s']:.0f} |")
     rate = lambda way, t: max(r["img_s"] for r in rows if r["way"].startswith(way) and r["threads"] == t)  # noqa: E731
+    # "now" below: engine.predict as every evaluation runs it (the cpu_workers=1 row is a breakdown)
     for t in sorted({r["threads"] for r in rows}):
-        print(f"{t} thread(s): now {rate('now', t):.0f} img/s (best batch); now / base default layout "
-              f"{rate('now', t) / rate('base, default', t):.2f}, now / base channels_last "
-              f"{rate('now', t) / rate('base, channels', t):.2f}")
-    now = max((r for r in rows if r["way"].startswith("now")), key=lambda r: r["img_s"])
+        print(f"{t} thread(s): now {rate('now:', t):.0f} img/s (best batch); now / base default layout "
+              f"{rate('now:', t) / rate('base, default', t):.2f}, now / base channels_last "
+              f"{rate('now:', t) / rate('base, channels', t):.2f}")
+    now = max((r for r in rows if r["way"].startswith("now:")), key=lambda r: r["img_s"])
     stages = feature_stages(now["batch"], now["threads"], max(3, args.repeats))
-    print(f"\nStages at batch {now['batch']}, {now['threads']} thread(s), ms per image (best of {max(3, args.repeats)}):")
+    print(f"\nStages of one batch of {now['batch']} on {now['threads']} thread(s), ms per image "
+          f"(best of {max(3, args.repeats)}):")
     print("\n| stage | base (channels_last) | now | base / now |\n|---|---|---|---|")
     for stage in ("transform", "model"):
         b, n = stages[(stage, "base")] * 1e3, stages[(stage, "now")] * 1e3

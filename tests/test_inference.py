@@ -221,3 +221,31 @@ def test_predict_equals_the_plain_eval_forward_of_the_pretrained_mobilenetv2(wei
         logits = model(floats).numpy()
     assert np.allclose(engine.predict(model, x, transforms.BatchTransform(224, dc["mean"], dc["std"]), batch_size=4),
                        logits, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_cpu_batches_keep_the_order_and_the_thread_setting():
+    """Batches on several threads at once (one intra-op thread each) give the rows in order, equal
+    to one batch at a time; the caller's thread count comes back, also after an error."""
+    torch.manual_seed(0)
+    model = models.build_model("resnet32", 10)
+    x = torch.randint(0, 256, (11, 36, 36, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    tf = transforms.BatchTransform(32, (0.5,) * 3, (0.25,) * 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        serial = engine.predict(model, x, tf, batch_size=3, cpu_workers=1)
+        parallel = engine.predict(model, x, tf, batch_size=3, cpu_workers=3)
+        assert torch.get_num_threads() == 2
+        assert parallel.shape == (11, 10) and np.allclose(parallel, serial, rtol=1e-5, atol=1e-6)
+        one_by_one = np.concatenate([engine.predict(model, x[i:i + 1], tf, cpu_workers=1) for i in range(11)])
+        assert np.allclose(parallel, one_by_one, rtol=1e-4, atol=1e-5)  # row i is image i
+
+        def broken(batch):
+            raise RuntimeError("bad batch")
+        with pytest.raises(RuntimeError, match="bad batch"):
+            engine.predict(model, x, broken, batch_size=3, cpu_workers=2)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="cpu_workers must be at least 1"):
+            engine.predict(model, x, tf, cpu_workers=0)
+    finally:
+        torch.set_num_threads(threads)
