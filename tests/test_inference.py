@@ -240,6 +240,11 @@ def test_parallel_cpu_batches_keep_the_order_and_the_thread_setting():
         one_by_one = np.concatenate([engine.predict(model, x[i:i + 1], tf, cpu_workers=1) for i in range(11)])
         assert np.allclose(parallel, one_by_one, rtol=1e-4, atol=1e-5)  # row i is image i
 
+        flip = transforms.BatchTransform(32, (0.5,) * 3, (0.25,) * 3, augment="flip", seed=3)  # draws per batch
+        random_serial = engine.predict(model, x, flip, batch_size=3, cpu_workers=1)
+        flip.generator.manual_seed(3)
+        assert np.allclose(engine.predict(model, x, flip, batch_size=3, cpu_workers=3), random_serial, rtol=1e-5, atol=1e-6)
+
         def broken(batch):
             raise RuntimeError("bad batch")
         with pytest.raises(RuntimeError, match="bad batch"):

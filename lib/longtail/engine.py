@@ -184,12 +184,15 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
     into them and TF "SAME" convolutions without their padded copy (``inference.for_inference``;
     ``model`` itself is not changed); for a conv net on image batches (``channels_last``) the model
     and each batch in the channels_last layout; the evaluation transform crops and normalises in one
-    pass (``transforms.centre_crop_normalize``).  On a CPU, ``cpu_workers`` batches (default
-    ``torch.get_num_threads()``) run at once, each on one intra-op thread (the thread setting is
-    restored afterwards): whole batches in parallel scale better than one batch's operators split
-    over the cores, and far better on a shared machine.  MobileNetV2 at 224 px on a CPU:
+    pass (``transforms.centre_crop_normalize``).  On a CPU, ``cpu_workers`` image batches (default
+    ``torch.get_num_threads()``) run their forward at once, each on one intra-op thread (the thread
+    setting is restored afterwards): whole batches in parallel scale better than one batch's
+    operators split over the cores, and far better on a shared machine.  The transform runs in the
+    calling thread, batch by batch in order, so a random one draws as it would serially.
+    MobileNetV2 at 224 px on a CPU:
     ``bench/throughput.py --features`` (this path against the one before issue 14, side by side).
     Outputs equal the plain eval-mode forward's to float rounding."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from .inference import for_inference
@@ -202,26 +205,32 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
         model.to(memory_format=torch.channels_last)
     net = for_inference(model)
 
-    def one_batch(start: int) -> torch.Tensor:
-        with torch.inference_mode():  # thread-local, as autocast: entered in the thread that runs the batch
+    def prepare(start: int) -> torch.Tensor:  # in the calling thread, in order: a random transform stays reproducible
+        with torch.inference_mode():
             xb = x[start:start + batch_size].to(device, non_blocking=True)
             xb = transform(xb) if transform is not None else xb
-            if image_batches and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                out = net.forward_head(net.forward_features(xb), pre_logits=True) if features else net(xb)
-            return out.float().cpu()
+            return xb.contiguous(memory_format=torch.channels_last) if image_batches and xb.dim() == 4 else xb
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(device, precision):  # both thread-local: entered where it runs
+            out = net.forward_head(net.forward_features(xb), pre_logits=True) if features else net(xb)
+        return out.float().cpu()
 
     starts = range(0, len(x), batch_size)
     workers = min(torch.get_num_threads() if cpu_workers is None else cpu_workers, len(starts))
-    if device.type != "cpu" or workers <= 1:
-        outs = [one_batch(s) for s in starts]
+    if device.type != "cpu" or workers <= 1 or x.dim() != 4:  # features (a head) are no work worth threads
+        outs = [forward(prepare(s)) for s in starts]
     else:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        outs, running = [], deque()
         try:
             with ThreadPoolExecutor(workers) as pool:
-                outs = list(pool.map(one_batch, starts))
+                for s in starts:  # at most workers + 1 batches prepared ahead, so memory stays bounded
+                    running.append(pool.submit(forward, prepare(s)))
+                    if len(running) > workers:
+                        outs.append(running.popleft().result())
+                outs += [f.result() for f in running]
         finally:
             torch.set_num_threads(threads)
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
