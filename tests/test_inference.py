@@ -254,3 +254,19 @@ def test_parallel_cpu_batches_keep_the_order_and_the_thread_setting():
             engine.predict(model, x, tf, cpu_workers=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_predict_reads_a_memory_mapped_array_batch_by_batch(tmp_path, recwarn):
+    """The decoded-image cache as it is on disk (a read-only memory map): the same outputs as the
+    images in memory, without a warning about a non-writable array."""
+    torch.manual_seed(0)
+    model = models.build_model("resnet32", 4)
+    x = torch.randint(0, 256, (7, 34, 34, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    np.save(tmp_path / "images.npy", x.numpy())
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    tf = transforms.BatchTransform(32, (0.5,) * 3, (0.25,) * 3)
+    expected = engine.predict(model, x, tf, batch_size=3, features=True)
+    for workers in (1, 2):
+        got = engine.predict(model, mapped, tf, batch_size=3, features=True, cpu_workers=workers)
+        assert np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -174,10 +174,12 @@ def place(x: torch.Tensor, device: torch.device, budget_bytes: float = 0.5) -> t
     return x
 
 
-def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: int = 512,
+def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, batch_size: int = 512,
             device: torch.device | str = "cpu", precision: str = "auto", features: bool = False,
             channels_last: bool = True, cpu_workers: int | None = None) -> np.ndarray:
     """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x.
+    ``x`` may be a numpy array, e.g. the memory-mapped decoded-image cache: it is read batch by batch,
+    never copied whole.
 
     Every evaluation and feature extraction goes through here, on one fast path: inference mode;
     an inference copy of the model with BatchNorm folded into the convolutions, ReLU/ReLU6 fused
@@ -200,14 +202,16 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
         raise ValueError(f"cpu_workers must be at least 1 (or None: torch.get_num_threads()), got {cpu_workers}")
     device = torch.device(device)
     model.eval().to(device)
-    image_batches = channels_last and x.dim() == 4 and _has_conv(model)
+    image_batches = channels_last and x.ndim == 4 and _has_conv(model)
     if image_batches:  # outside inference mode: the model's parameters stay ordinary tensors
         model.to(memory_format=torch.channels_last)
     net = for_inference(model)
 
     def prepare(start: int) -> torch.Tensor:  # in the calling thread, in order: a random transform stays reproducible
         with torch.inference_mode():
-            xb = x[start:start + batch_size].to(device, non_blocking=True)
+            xb = x[start:start + batch_size]
+            xb = torch.from_numpy(np.array(xb)) if isinstance(xb, np.ndarray) else xb  # a copy: the map is read-only
+            xb = xb.to(device, non_blocking=True)
             xb = transform(xb) if transform is not None else xb
             return xb.contiguous(memory_format=torch.channels_last) if image_batches and xb.dim() == 4 else xb
 
@@ -218,7 +222,7 @@ def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: in
 
     starts = range(0, len(x), batch_size)
     workers = min(torch.get_num_threads() if cpu_workers is None else cpu_workers, len(starts))
-    if device.type != "cpu" or workers <= 1 or x.dim() != 4:  # features (a head) are no work worth threads
+    if device.type != "cpu" or workers <= 1 or x.ndim != 4:  # features (a head) are no work worth threads
         outs = [forward(prepare(s)) for s in starts]
     else:
         threads = torch.get_num_threads()
