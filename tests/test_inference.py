@@ -191,7 +191,7 @@ def test_one_pass_eval_transform_equals_the_float_path(size, crop, channels_last
     x = torch.randint(0, 256, (5, size, size + 3, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = transforms.normalize(transforms.center_crop(transforms._to_float(x), crop), mean, std)
-    got = transforms.centre_crop_normalize(x, crop, mean, std, channels_last)
+    got = transforms.center_crop_normalize(x, crop, mean, std, channels_last)
     assert got.dtype == torch.float32 and got.shape == (5, 3, crop, crop)
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert torch.allclose(got, expected, rtol=0, atol=2e-6), (got - expected).abs().max()
@@ -203,7 +203,7 @@ def test_one_pass_eval_transform_equals_the_float_path(size, crop, channels_last
 
 def test_one_pass_eval_transform_refuses_a_crop_larger_than_the_image():
     with pytest.raises(ValueError, match="exceeds"):
-        transforms.centre_crop_normalize(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), 9, (0.5,) * 3, (0.5,) * 3)
+        transforms.center_crop_normalize(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), 9, (0.5,) * 3, (0.5,) * 3)
 
 
 def test_predict_equals_the_plain_eval_forward_of_the_pretrained_mobilenetv2(weights_dir):

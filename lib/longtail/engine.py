@@ -186,7 +186,7 @@ def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, b
     into them and TF "SAME" convolutions without their padded copy (``inference.for_inference``;
     ``model`` itself is not changed); for a conv net on image batches (``channels_last``) the model
     and each batch in the channels_last layout; the evaluation transform crops and normalises in one
-    pass (``transforms.centre_crop_normalize``).  On a CPU, ``cpu_workers`` image batches (default
+    pass (``transforms.center_crop_normalize``).  On a CPU, ``cpu_workers`` image batches (default
     ``torch.get_num_threads()``) run their forward at once, each on one intra-op thread (the thread
     setting is restored afterwards): whole batches in parallel scale better than one batch's
     operators split over the cores, and far better on a shared machine.  The transform runs in the

@@ -42,7 +42,7 @@ def normalize(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-def centre_crop_normalize(batch: torch.Tensor, size: int, mean, std, channels_last: bool = False) -> torch.Tensor:
+def center_crop_normalize(batch: torch.Tensor, size: int, mean, std, channels_last: bool = False) -> torch.Tensor:
     """The evaluation transform in one pass: the centre ``size`` crop of a uint8 NHWC batch, taken
     on the uint8 pixels, converted and normalised straight into the float NCHW output,
     ``(x / 255 − mean) / std = x · 1/(255·std) − mean/std`` (a channels_last output keeps NHWC's
@@ -122,7 +122,7 @@ class BatchTransform:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.augment == "none" and self.randaugment is None and self.image_size <= min(batch.shape[1:3]):
-            return centre_crop_normalize(batch, self.image_size, self.mean, self.std, self.channels_last)
+            return center_crop_normalize(batch, self.image_size, self.mean, self.std, self.channels_last)
         if self.randaugment is not None:  # per image: RandAugment draws its ops per call
             batch = torch.stack([self.randaugment(img) for img in batch.permute(0, 3, 1, 2)]).permute(0, 2, 3, 1)
         x = _to_float(batch)
