@@ -14,7 +14,8 @@ the model's training step, and a classic DataLoader that decodes JPEG files ever
 
 ``--features``: feature extraction (``engine.predict``, what every evaluation runs), MobileNetV2
 at 224 px from the 256 px decoded-image cache, today's path against the one before issue 14
-(``base_predict``, a frozen copy: autograd off, the model in whatever layout the caller gave it),
+(``base_predict`` and ``base_eval_transform``, frozen copies: autograd off, the model in whatever
+layout the caller gave it, the crop taken on floats),
 side by side in one process (alternating, best of ``--repeats``), over batch sizes and thread
 counts (1 thread: what each kernel of a 2-worker grid gets on 2 cores).
 
@@ -27,6 +28,7 @@ the ratio now / base (goal: >= 200 img/s on an idle 2-core machine).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -138,29 +140,60 @@ def base_predict(model, x, transform=None, *, batch_size=512, device="cpu", prec
     return torch.cat(outs).numpy()
 
 
-def feature_extraction(n_images: int, repeats: int, batches=(16, 32, 64), threads=(1, 2)):
-    """img/s of base_predict and engine.predict on MobileNetV2 at 224 px; returns the table's rows."""
+def base_eval_transform(image_size, mean, std, channels_last=False):
+    """The evaluation transform before issue 14 (BatchTransform, augment none), kept to measure
+    against: uint8 NHWC -> float NCHW / 255, centre crop of the floats, normalise, lay out."""
+    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+    def transform(batch):
+        x = batch.permute(0, 3, 1, 2).float().div_(255)
+        h, w = x.shape[-2:]
+        top, left = (h - image_size) // 2, (w - image_size) // 2
+        x = (x[..., top:top + image_size, left:left + image_size] - mean_t) / std_t
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    return transform
+
+
+def _feature_model():
     from longtail import config
     weights = "inat_insects" if (config.weights_dir() / models.LOCAL_WEIGHTS["inat_insects"]["file"]).exists() else None
-    model = models.build_model("mobilenetv2", 200, weights)
+    return models.build_model("mobilenetv2", 200, weights), weights
+
+
+def feature_extraction(n_images: int, repeats: int, batches=(8, 16, 32), threads=(1, 2)):
+    """img/s of the paths before and after issue 14 on MobileNetV2 at 224 px; returns the table's rows.
+
+    - base, default layout: ``base_predict`` with the model in the default layout (what every
+      caller got before issue 14), batch 32 (the default then);
+    - base, channels_last: the same with a channels_last model and batches, as the linear path of
+      run.py handed them over before issue 14 (and engine.predict's first issue-14 step);
+    - now: ``engine.predict`` (inference copy: BatchNorm folded, activations fused, SAME convolutions
+      without a padded copy; one-pass transform; channels_last; inference mode; as many batches at
+      once as threads, one intra-op thread each) over ``batches``; and with one batch at a time
+      (``cpu_workers=1``, all threads on each batch's operators), to show what each part gives.
+    Every way is checked against the first one's features (float rounding)."""
+    model, weights = _feature_model()
     dc = model.data_config
     x = torch.randint(0, 256, (n_images, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    plain_tf = transforms.BatchTransform(224, dc["mean"], dc["std"])
-    cl_tf = transforms.BatchTransform(224, dc["mean"], dc["std"], channels_last=True)
+    base_tf = base_eval_transform(224, dc["mean"], dc["std"])
+    base_cl_tf = base_eval_transform(224, dc["mean"], dc["std"], channels_last=True)
+    now_tf = transforms.BatchTransform(224, dc["mean"], dc["std"], channels_last=True)
 
     def base_default():  # the model in the default layout, as base predict ran it for any caller
-        return base_predict(model.to(memory_format=torch.contiguous_format), x, plain_tf, batch_size=32, features=True)
+        return base_predict(model.to(memory_format=torch.contiguous_format), x, base_tf, batch_size=32, features=True)
 
     def base_cl():  # channels_last model and inputs, as the linear path of run.py handed them over
-        return base_predict(model.to(memory_format=torch.channels_last), x, cl_tf, batch_size=32, features=True)
+        return base_predict(model.to(memory_format=torch.channels_last), x, base_cl_tf, batch_size=32, features=True)
 
-    ways = {("base, default layout", 32): base_default, ("base, channels_last from the caller", 32): base_cl}
+    ways = {("base, default layout", 32): base_default, ("base, channels_last", 32): base_cl}
     for b in batches:
         ways[("now: engine.predict", b)] = lambda b=b: engine.predict(model.to(memory_format=torch.contiguous_format),
-                                                                        x, plain_tf, batch_size=b, features=True)
+                                                                        x, now_tf, batch_size=b, features=True)
+    ways[("now, one batch at a time (cpu_workers=1)", 16)] = lambda: engine.predict(
+        model.to(memory_format=torch.contiguous_format), x, now_tf, batch_size=16, features=True, cpu_workers=1)
     reference = None
     best = {}
-    for _ in range(repeats):
+    for _ in range(repeats):  # alternating, so drifting machine load hits every way alike
         for t in threads:
             torch.set_num_threads(t)
             for (name, b), fn in ways.items():
@@ -168,28 +201,64 @@ def feature_extraction(n_images: int, repeats: int, batches=(16, 32, 64), thread
                 out = fn()
                 rate = n_images / (time.perf_counter() - t0)
                 reference = out if reference is None else reference
-                assert np.allclose(out, reference, rtol=1e-3, atol=1e-4), f"{name}: features differ"
+                assert np.allclose(out, reference, rtol=1e-4, atol=1e-4), f"{name}: features differ"
                 best[(name, b, t)] = max(best.get((name, b, t), 0.0), rate)
     return [{"way": name, "batch": b, "threads": t, "img_s": r} for (name, b, t), r in best.items()], weights
 
 
+def feature_stages(batch: int, threads: int, repeats: int):
+    """Seconds per image of each stage of one batch, base (channels_last) against now, best of
+    ``repeats`` alternating: the transform, the model's forward, the whole batch."""
+    from longtail import inference
+    torch.set_num_threads(threads)
+    model, _ = _feature_model()
+    model.eval().to(memory_format=torch.channels_last)
+    dc = model.data_config
+    fast = inference.for_inference(model)
+    xb = torch.randint(0, 256, (batch, 256, 256, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    base_tf = base_eval_transform(224, dc["mean"], dc["std"], channels_last=True)
+    now_tf = transforms.BatchTransform(224, dc["mean"], dc["std"], channels_last=True)
+    floats = now_tf(xb)
+    steps = {("transform", "base"): lambda: base_tf(xb), ("transform", "now"): lambda: now_tf(xb),
+             ("model", "base"): lambda: model.forward_head(model.forward_features(floats), pre_logits=True),
+             ("model", "now"): lambda: fast.forward_head(fast.forward_features(floats), pre_logits=True)}
+    best = {}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for key, fn in steps.items():
+                t0 = time.perf_counter()
+                fn()
+                best[key] = min(best.get(key, math.inf), (time.perf_counter() - t0) / batch)
+    return best
+
+
 def main_features(args):
+    load_before = os.getloadavg()
     rows, weights = feature_extraction(args.images, args.repeats)
     print(f"MobileNetV2 ({weights or 'random weights'}), 224 px from 256 px uint8, {args.images} images, "
-          f"best of {args.repeats}; torch {torch.__version__}, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} (1 min)")
+          f"best of {args.repeats}; torch {torch.__version__}, {os.cpu_count()} cores; load average "
+          f"(1, 5, 15 min) before {', '.join(f'{v:.1f}' for v in load_before)}, "
+          f"after {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print("\n| path | batch | threads | img/s |\n|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["threads"], r["way"], r["batch"])):
         print(f"| {r['way']} | {r['batch']} | {r['threads']} | {r['img_s']:.0f} |")
+    rate = lambda way, t: max(r["img_s"] for r in rows if r["way"].startswith(way) and r["threads"] == t)  # noqa: E731
+    # "now" below: engine.predict as every evaluation runs it (the cpu_workers=1 row is a breakdown)
     for t in sorted({r["threads"] for r in rows}):
-        rate = lambda way: max(r["img_s"] for r in rows if r["way"].startswith(way) and r["threads"] == t)  # noqa: E731
-        print(f"{t} thread(s): now {rate('now'):.0f} img/s (best batch); now / base default layout "
-              f"{rate('now') / rate('base, default'):.2f}, now / base channels_last from the caller "
-              f"{rate('now') / rate('base, channels'):.2f}")
-    now = max((r for r in rows if r["way"].startswith("now")), key=lambda r: r["img_s"])
-    base = max(r["img_s"] for r in rows if r["way"] == "base, default layout" and r["threads"] == now["threads"])
-    print(f"fastest now: batch {now['batch']}, {now['threads']} thread(s), {now['img_s']:.0f} img/s "
+        print(f"{t} thread(s): now {rate('now:', t):.0f} img/s (best batch); now / base default layout "
+              f"{rate('now:', t) / rate('base, default', t):.2f}, now / base channels_last "
+              f"{rate('now:', t) / rate('base, channels', t):.2f}")
+    now = max((r for r in rows if r["way"].startswith("now:")), key=lambda r: r["img_s"])
+    stages = feature_stages(now["batch"], now["threads"], max(3, args.repeats))
+    print(f"\nStages of one batch of {now['batch']} on {now['threads']} thread(s), ms per image "
+          f"(best of {max(3, args.repeats)}):")
+    print("\n| stage | base (channels_last) | now | base / now |\n|---|---|---|---|")
+    for stage in ("transform", "model"):
+        b, n = stages[(stage, "base")] * 1e3, stages[(stage, "now")] * 1e3
+        print(f"| {stage} | {b:.2f} | {n:.2f} | {b / n:.2f} |")
+    print(f"\nfastest now: batch {now['batch']}, {now['threads']} thread(s), {now['img_s']:.0f} img/s "
           f"(goal >= 200 img/s on an idle 2-core machine)")
+    base = rate("base, default", now["threads"])
     print(f"feature extraction now / base (default layout, {now['threads']} thread(s)): {now['img_s'] / base:.2f}")
 
 

@@ -200,31 +200,69 @@ def place(x: torch.Tensor, device: torch.device, budget_bytes: float = 0.5) -> t
     return x
 
 
-def predict(model: nn.Module, x: torch.Tensor, transform=None, *, batch_size: int = 512,
+def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, batch_size: int = 512,
             device: torch.device | str = "cpu", precision: str = "auto", features: bool = False,
-            channels_last: bool = True) -> np.ndarray:
+            channels_last: bool = True, cpu_workers: int | None = None) -> np.ndarray:
     """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x.
+    ``x`` may be a numpy array, e.g. the memory-mapped decoded-image cache: it is read batch by batch,
+    never copied whole.
 
-    Every evaluation and feature extraction goes through here, on one fast path: inference mode,
-    and for a conv net on image batches (``channels_last``) the model and each batch in the
-    channels_last layout (MobileNetV2 at 224 px on a CPU: several times the default layout's
-    images per second, ``bench/throughput.py --features``).  Outputs equal the default layout's
-    to float rounding."""
+    Every evaluation and feature extraction goes through here, on one fast path: inference mode;
+    an inference copy of the model with BatchNorm folded into the convolutions, ReLU/ReLU6 fused
+    into them and TF "SAME" convolutions without their padded copy (``inference.for_inference``;
+    ``model`` itself is not changed); for a conv net on image batches (``channels_last``) the model
+    and each batch in the channels_last layout; the evaluation transform crops and normalises in one
+    pass (``transforms.center_crop_normalize``).  On a CPU, ``cpu_workers`` image batches (default
+    ``torch.get_num_threads()``) run their forward at once, each on one intra-op thread (the thread
+    setting is restored afterwards): whole batches in parallel scale better than one batch's
+    operators split over the cores, and far better on a shared machine.  The transform runs in the
+    calling thread, batch by batch in order, so a random one draws as it would serially.
+    MobileNetV2 at 224 px on a CPU:
+    ``bench/throughput.py --features`` (this path against the one before issue 14, side by side).
+    Outputs equal the plain eval-mode forward's to float rounding."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .inference import for_inference
+    if cpu_workers is not None and cpu_workers < 1:
+        raise ValueError(f"cpu_workers must be at least 1 (or None: torch.get_num_threads()), got {cpu_workers}")
     device = torch.device(device)
     model.eval().to(device)
-    image_batches = channels_last and x.dim() == 4 and _has_conv(model)
+    image_batches = channels_last and x.ndim == 4 and _has_conv(model)
     if image_batches:  # outside inference mode: the model's parameters stay ordinary tensors
         model.to(memory_format=torch.channels_last)
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size].to(device, non_blocking=True)
+    net = for_inference(model)
+
+    def prepare(start: int) -> torch.Tensor:  # in the calling thread, in order: a random transform stays reproducible
+        with torch.inference_mode():
+            xb = x[start:start + batch_size]
+            xb = torch.from_numpy(np.array(xb)) if isinstance(xb, np.ndarray) else xb  # a copy: the map is read-only
+            xb = xb.to(device, non_blocking=True)
             xb = transform(xb) if transform is not None else xb
-            if image_batches and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                out = model.forward_head(model.forward_features(xb), pre_logits=True) if features else model(xb)
-            outs.append(out.float().cpu())
+            return xb.contiguous(memory_format=torch.channels_last) if image_batches and xb.dim() == 4 else xb
+
+    def forward(xb: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(device, precision):  # both thread-local: entered where it runs
+            out = net.forward_head(net.forward_features(xb), pre_logits=True) if features else net(xb)
+        return out.float().cpu()
+
+    starts = range(0, len(x), batch_size)
+    workers = min(torch.get_num_threads() if cpu_workers is None else cpu_workers, len(starts))
+    if device.type != "cpu" or workers <= 1 or x.ndim != 4:  # features (a head) are no work worth threads
+        outs = [forward(prepare(s)) for s in starts]
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        outs, running = [], deque()
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for s in starts:  # at most workers + 1 batches prepared ahead, so memory stays bounded
+                    running.append(pool.submit(forward, prepare(s)))
+                    if len(running) > workers:
+                        outs.append(running.popleft().result())
+                outs += [f.result() for f in running]
+        finally:
+            torch.set_num_threads(threads)
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 

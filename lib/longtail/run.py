@@ -252,7 +252,7 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
 
     def request(imgs, split, view):  # (images, transform, cache key) of one split seen in one view
         key = features.feature_key(images=_images_id(split, run.cache_size), **key_parts, **({"view": view} if view else {}))
-        return lambda: run.in_memory(imgs), run.eval_tf if view is None else _flipped(run.eval_tf), key
+        return imgs, run.eval_tf if view is None else _flipped(run.eval_tf), key  # predict reads the map batch by batch
 
     # one call for both splits: parallel workers on a cold cache extract different splits at once
     per_view = [torch.from_numpy(f) for f in features.cached_features_many(

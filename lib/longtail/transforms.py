@@ -54,10 +54,37 @@ def _channel_stats(mean: tuple, std: tuple, device: torch.device, dtype: torch.d
             torch.tensor(std, dtype=dtype).view(1, -1, 1, 1).to(device))
 
 
+@functools.lru_cache(maxsize=32)
+def _uint8_affine(mean: tuple, std: tuple, device: torch.device):
+    """``scale = 1/(255·std)`` and ``shift = −mean/std`` as float32 [1, C, 1, 1] on ``device``, computed in
+    float64 and made once (like ``_channel_stats``: no blocking host-to-device copy per batch)."""
+    std64 = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std64)).to(torch.float32).view(1, -1, 1, 1)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std64).to(torch.float32).view(1, -1, 1, 1)
+    return scale.to(device), shift.to(device)
+
+
 def normalize(x: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
     mean, std = _channel_stats(tuple(map(float, mean)), tuple(map(float, std)), x.device, x.dtype)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def center_crop_normalize(batch: torch.Tensor, size: int, mean, std, channels_last: bool = False) -> torch.Tensor:
+    """The evaluation transform in one pass: the centre ``size`` crop of a uint8 NHWC batch, taken
+    on the uint8 pixels, converted and normalised straight into the float NCHW output,
+    ``(x / 255 − mean) / std = x · 1/(255·std) − mean/std`` (a channels_last output keeps NHWC's
+    memory order, so the pass reads and writes in order).  Equals ``normalize(center_crop(
+    _to_float(batch)))`` to float rounding; ``size`` must not exceed the batch's height or width."""
+    n, h, w, c = batch.shape
+    if size > min(h, w):
+        raise ValueError(f"centre crop size {size} exceeds the images ({h}x{w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    crop = batch[:, top:top + size, left:left + size].permute(0, 3, 1, 2)
+    scale, shift = _uint8_affine(tuple(map(float, mean)), tuple(map(float, std)), batch.device)
+    out = torch.empty((n, c, size, size), dtype=torch.float32, device=batch.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return torch.addcmul(shift, crop, scale, out=out)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -120,6 +147,8 @@ class BatchTransform:
             self.randaugment = v2.RandAugment(num_ops=2, magnitude=9)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.augment == "none" and self.randaugment is None and self.image_size <= min(batch.shape[1:3]):
+            return center_crop_normalize(batch, self.image_size, self.mean, self.std, self.channels_last)
         if self.randaugment is not None:  # per image: RandAugment draws its ops per call
             batch = torch.stack([self.randaugment(img) for img in batch.permute(0, 3, 1, 2)]).permute(0, 2, 3, 1)
         x = _to_float(batch)
