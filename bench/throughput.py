@@ -188,9 +188,10 @@ def feature_extraction(n_images: int, repeats: int, batches=(8, 16, 32), threads
     ways = {("base, default layout", 32): base_default, ("base, channels_last", 32): base_cl}
     for b in batches:
         ways[("now: engine.predict", b)] = lambda b=b: engine.predict(model.to(memory_format=torch.contiguous_format),
-                                                                        x, now_tf, batch_size=b, features=True)
+                                                                        x, now_tf, batch_size=b, features=True, cpu_batch=None)
     ways[("now, one batch at a time (cpu_workers=1)", 16)] = lambda: engine.predict(
-        model.to(memory_format=torch.contiguous_format), x, now_tf, batch_size=16, features=True, cpu_workers=1)
+        model.to(memory_format=torch.contiguous_format), x, now_tf, batch_size=16, features=True, cpu_workers=1,
+        cpu_batch=None)
     reference = None
     best = {}
     for _ in range(repeats):  # alternating, so drifting machine load hits every way alike

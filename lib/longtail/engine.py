@@ -200,9 +200,16 @@ def place(x: torch.Tensor, device: torch.device, budget_bytes: float = 0.5) -> t
     return x
 
 
+#: the largest image batch of a CPU evaluation: with whole batches running in parallel, small ones
+#: are fastest (MobileNetV2 at 224 px, 2 cores, ``bench/throughput.py --features``: 153 img/s at 8,
+#: 127 at 16, 107 at 32); ``eval_batch_size`` still sets it on a GPU
+CPU_IMAGE_BATCH = 8
+
+
 def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, batch_size: int = 512,
             device: torch.device | str = "cpu", precision: str = "auto", features: bool = False,
-            channels_last: bool = True, cpu_workers: int | None = None) -> np.ndarray:
+            channels_last: bool = True, cpu_workers: int | None = None,
+            cpu_batch: int | None = CPU_IMAGE_BATCH) -> np.ndarray:
     """Outputs of ``model`` (or its pooled pre-logit features when ``features``) for every row of x.
     ``x`` may be a numpy array, e.g. the memory-mapped decoded-image cache: it is read batch by batch,
     never copied whole.
@@ -215,7 +222,8 @@ def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, b
     pass (``transforms.center_crop_normalize``).  On a CPU, ``cpu_workers`` image batches (default
     ``torch.get_num_threads()``) run their forward at once, each on one intra-op thread (the thread
     setting is restored afterwards): whole batches in parallel scale better than one batch's
-    operators split over the cores, and far better on a shared machine.  The transform runs in the
+    operators split over the cores, and far better on a shared machine; such batches hold at most
+    ``cpu_batch`` images (default ``CPU_IMAGE_BATCH``, the fastest size measured; None: ``batch_size``).  The transform runs in the
     calling thread, batch by batch in order, so a random one draws as it would serially.
     MobileNetV2 at 224 px on a CPU:
     ``bench/throughput.py --features`` (this path against the one before issue 14, side by side).
@@ -232,6 +240,8 @@ def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, b
     if image_batches:  # outside inference mode: the model's parameters stay ordinary tensors
         model.to(memory_format=torch.channels_last)
     net = for_inference(model)
+    if device.type == "cpu" and image_batches and cpu_batch:
+        batch_size = min(batch_size, cpu_batch)
 
     def prepare(start: int) -> torch.Tensor:  # in the calling thread, in order: a random transform stays reproducible
         with torch.inference_mode():

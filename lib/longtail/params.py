@@ -65,7 +65,8 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "epochs": (30, "training epochs"),
     "crt_epochs": (10, "classifier re-training epochs (mode crt)"),
     "batch_size": (128, "training batch size"),
-    "eval_batch_size": (32, "evaluation and feature-extraction batch size (32: fastest on a CPU, measured; raise it on a GPU)"),
+    "eval_batch_size": (32, "evaluation and feature-extraction batch size (on a CPU, image batches hold at most "
+                        "engine.CPU_IMAGE_BATCH = 8, the fastest measured; raise it on a GPU)"),
     "optimizer": ("sgd", "sgd | adamw"),
     "lr": (0.1, "peak learning rate"),
     "momentum": (0.9, "SGD momentum"),
