@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -117,5 +118,7 @@ def _problem(path: Path) -> str | None:
 def _extract(model, images, transform, path, batch_size, device, precision, channels_last, log) -> np.ndarray:
     images = images() if callable(images) else images
     log(f"extracting features of {len(images)} images (cached as {path.name})")
+    # every core, not this kernel's share of them: the extraction holds the cache entry's lock, so the
+    # grid's other workers that need these features wait for it (2 workers on 2 cores: 1.8x faster)
     return predict(model(), images, transform, batch_size=batch_size, device=device, precision=precision,
-                   features=True, channels_last=channels_last).astype(np.float32)
+                   features=True, channels_last=channels_last, cpu_workers=os.cpu_count() or 1).astype(np.float32)
