@@ -42,3 +42,21 @@ def test_notebook_parameters_cell_matches_the_schema():
     assert {k: ns[k] for k in DEFAULTS} == {**DEFAULTS, **main_job}
     assert ns["dataset"] == "eu_moths" and ns["pretrained"] == "inat_insects" and ns["mode"] == "linear"
     assert set(k for k in ns if not k.startswith("__")) == set(DEFAULTS)
+
+
+def test_git_state_names_the_commit_and_changed_tracked_files(tmp_path):
+    import subprocess
+
+    from longtail import config
+    assert config.git_state(tmp_path) == (None, None)  # no repository
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
+                                    check=True, capture_output=True, text=True)
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "a")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    (tmp_path / "untracked.txt").write_text("not part of the code\n")
+    assert config.git_state(tmp_path) == (head, False)
+    (tmp_path / "a.py").write_text("x = 2\n")  # the code that runs is not the commit's
+    assert config.git_state(tmp_path) == (head, True)

@@ -13,7 +13,8 @@ decoded-image caches and feature caches go to the cache folder.
 | runs dir     | ``LT_RUNS_DIR``      | ``<project>/runs``    |
 
 Paths written in project files (a grid's ``notebook``, ``output_root``) are relative to the
-project root (``from_project_root``).
+project root (``from_project_root``).  ``git_state`` says which code the checkout holds (HEAD, and
+whether tracked files differ from it), for the runs' and the report's provenance.
 """
 from __future__ import annotations
 
@@ -54,3 +55,21 @@ def cache_dir(value: str | os.PathLike | None = None) -> Path:
 
 def runs_dir(value: str | os.PathLike | None = None) -> Path:
     return _resolve(value, "LT_RUNS_DIR", PROJECT_ROOT / "runs")
+
+
+def git_state(root: str | os.PathLike = PROJECT_ROOT) -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the project's checkout: HEAD, and whether tracked files differ from it
+    (a run or report made from changed code, or from a copied tree whose history is older, says so);
+    ``(None, None)`` where there is no git or no repository."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip() or None, (bool(status.stdout.strip()) if status.returncode == 0 else None)
+    except (OSError, subprocess.SubprocessError):
+        return None, None

@@ -163,12 +163,7 @@ def provenance(sources, runs: pd.DataFrame | None = None) -> dict:
     import importlib.metadata as md
     import platform
     import subprocess
-    git = lambda *a: subprocess.run(["git", *a], cwd=config.PROJECT_ROOT, capture_output=True, text=True,  # noqa: E731
-                                    timeout=10).stdout.strip()
-    try:
-        commit, dirty = git("rev-parse", "HEAD") or None, bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
+    commit, dirty = config.git_state()
     versions = {}
     for pkg in ("longtail", "torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn",
                 "papermill", "nbconvert", "jupytext"):

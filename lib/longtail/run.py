@@ -10,7 +10,7 @@ The run folder (``output_dir``; its file names, status and id live in ``longtail
 | ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
 | ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids;       |
 |                       | validation logits, labels and ids; training image ids                 |
-| ``environment.json``  | package versions, device, git commit, host, wall time                 |
+| ``environment.json``  | package versions, device, git commit (and changed files), wall time   |
 | ``last.pt``/``best.pt`` | checkpoints of the head (linear) or model (``save_checkpoints``)   |
 | ``metrics.csv``       | the final metrics row (pandas reads it in one call), with ``wall_s``  |
 |                       | and ``cpu_s`` (process CPU seconds, all threads)                      |
@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import platform
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass
@@ -467,13 +466,9 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit, dirty = config.git_state()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"python": platform.python_version(), "packages": versions, "platform": platform.platform(),
             "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu, "git_commit": commit,
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "git_commit": commit, "git_dirty": dirty,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
