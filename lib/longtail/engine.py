@@ -87,14 +87,14 @@ def autocast(device: torch.device, precision: str = "auto", *, cache_enabled: bo
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16, cache_enabled=cache_enabled)
 
 
-def graph_model(model: nn.Module, sample: torch.Tensor, precision: str = "auto") -> bool:
+def graph_model(model: nn.Module, sample: torch.Tensor, precision: str = "auto") -> None:
     """Capture ``model``'s training forward and backward as CUDA graphs (``torch.cuda.make_graphed_callables``):
     afterwards ``model(x)`` in train mode replays them for inputs shaped like ``sample`` (one launch each
     instead of hundreds; ResNet-32's step is launch-bound otherwise).  Eval mode keeps the eager forward.
 
     The warm-up iterations that capture needs run real forward passes, so BatchNorm statistics and
     every other buffer are restored afterwards: training starts from the same state as eager.
-    Returns False (model unchanged, a warning logged by the caller) where capture is impossible."""
+    Raises where capture is impossible (e.g. a module with hooks); the state is restored then too."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         with autocast(sample.device, precision, cache_enabled=False):
@@ -105,7 +105,6 @@ def graph_model(model: nn.Module, sample: torch.Tensor, precision: str = "auto")
                 v.copy_(state[k])
         for p in model.parameters():
             p.grad = None
-    return True
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -334,7 +333,8 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
                 g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg)
             if use_graph and not graphed and len(xb) == cfg.batch_size:
                 try:
-                    graphed = graph_model(model, xb, cfg.precision)
+                    graph_model(model, xb, cfg.precision)
+                    graphed = True
                 except Exception as exc:  # noqa: BLE001 - e.g. a model with hooks: train eagerly instead
                     use_graph = False
                     log(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training eagerly")
