@@ -96,8 +96,11 @@ for table in results.appendix_tables(runs):
 # moth photographs against EU Moths here) and, on a CPU, a different schedule (a linear probe): the
 # *pattern* across losses can be compared, not the level.  The last column names the thesis row's
 # known defect, found in its numbers.  Then the thesis's schedule itself, fine-tuned end to end on a
-# lent GPU (MobileNetV2, `bench/measured/thesis_finetune_*`), and each of the thesis's findings, with
-# the thesis's figure (computed from its tables), ours, and a verdict computed from the two.
+# lent GPU (MobileNetV2, `bench/measured/thesis_finetune_*`), and our readings of the thesis's tables
+# (what its numbers show), each with the thesis's value for every backbone, ours (mean ± standard
+# error over the seeds) and a verdict that holds only where our difference exceeds its standard error.
+# Each setting of ours (a linear probe, a fine-tuned run, another schedule) is its own row: runs of
+# different settings are never averaged.
 
 # %%
 beside = thesis.side_by_side(runs)
@@ -108,8 +111,9 @@ else:
     print("No run has a thesis backbone (mobilenetv2, resnet50v2, vit_b16, convnext_base) with a thesis loss.")
 found = thesis.findings(runs)
 if len(found):
-    display(report.show_table(found.set_index(["Finding", "Backbone"]), out_dir, "thesis_findings",
-                              "The thesis's findings against our runs (verdicts computed from the numbers)"))
+    display(report.show_table(found.set_index(["Reading of the thesis's tables", "Backbone", "Setting"]), out_dir,
+                              "thesis_findings", "Our readings of the thesis's tables against our runs (verdicts "
+                              "computed from the numbers; each setting on its own)"))
 for name, text in results.benchmark_tables():  # fine-tuned under the thesis protocol on a lent GPU
     if name.startswith(results.THESIS_FINETUNE_PREFIX):
         display(Markdown(f"### `bench/measured/{name}`\n\n{text}"))

@@ -52,58 +52,118 @@ def make_run(root: Path, rid: str, acc: dict, **params) -> Path:
     return d
 
 
+#: our seeds: each run's top-1 is its setting's value plus these offsets (mean 0, standard error 1 point)
+SEED_OFFSETS = (-0.01, 0.0, 0.01)
+
+
+def make_seeds(root: Path, rid: str, acc: dict, **params) -> None:
+    for seed, off in enumerate(SEED_OFFSETS):
+        make_run(root, f"{rid}_s{seed}", {k: v + off for k, v in acc.items()}, seed=seed, **params)
+
+
+LT = {"ce": dict(balanced=0.50, head=0.80, tail=0.20), "balanced_softmax": dict(balanced=0.55, head=0.78, tail=0.50),
+      "weighted_ce": dict(balanced=0.45, head=0.70, tail=0.30), "ldam": dict(balanced=0.40, head=0.60, tail=0.20),
+      "focal": dict(balanced=0.505, head=0.80, tail=0.21), "class_balanced": dict(balanced=0.10, head=0.0, tail=0.3)}
+
+
 @pytest.fixture
 def runs(tmp_path):
     root = tmp_path / "default"
-    make_run(root, "a_ce_bal", {"balanced": 0.80}, train_set="balanced")
-    lt = {"ce": dict(balanced=0.50, head=0.80, tail=0.20), "balanced_softmax": dict(balanced=0.55, head=0.78, tail=0.50),
-          "weighted_ce": dict(balanced=0.45, head=0.70, tail=0.30), "ldam": dict(balanced=0.40, head=0.60, tail=0.20),
-          "focal": dict(balanced=0.505, head=0.80, tail=0.21), "class_balanced": dict(balanced=0.10, head=0.0, tail=0.3)}
-    for loss, acc in lt.items():
-        make_run(root, f"b_{loss}", acc, loss=loss)
-    make_run(root, "c_ldam_drw", dict(balanced=0.9, head=0.9, tail=0.9), loss="ldam", drw_epoch=20)
+    make_seeds(root, "a_ce_bal", {"balanced": 0.80}, train_set="balanced")
+    for loss, acc in LT.items():
+        make_seeds(root, f"b_{loss}", acc, loss=loss)
+    make_seeds(root, "c_ldam_drw", dict(balanced=0.9, head=0.9, tail=0.9), loss="ldam", drw_epoch=20)
     return results.collect_runs(root)
 
 
+READING = "Reading of the thesis's tables"
+
+
 def test_findings_verdicts_are_computed(runs):
-    f = thesis.findings(runs).set_index("Finding")
-    assert set(f["Backbone"]) == {"mobilenetv2"}
+    f = thesis.findings(runs).set_index(READING)
+    assert set(f["Backbone"]) == {"mobilenetv2"} and set(f["Setting"]) == {"–"}
     cost = f.loc["Long-tailed training costs Softmax balanced-test top-1 (points)"]
-    assert cost["Ours"] == "-30.0" and cost["Verdict"] == "holds (within the thesis's range)"
-    # thesis: MobileNetV2 .5282 - .7978, ResNet50V2 .5522 - .7954 ... computed from the tables
+    # two means of 3 seeds with standard error 1/sqrt(3) point each: the difference's is sqrt(2/3) = 0.8
+    assert cost["Ours"] == "-30.0 ± 0.8" and cost["Verdict"] == "holds (within the thesis's range)"
+    # the thesis's value of every backbone, computed from its tables (MobileNetV2 .5282 - .7978, ...)
     wide = thesis.reference_wide()
     costs = [wide.loc[(bb, "longtailed", "ce"), "balanced"] - wide.loc[(bb, "balanced", "ce"), "balanced"]
              for bb in thesis.BACKBONES]
-    assert cost["Thesis"] == f"{100 * min(costs):+.1f} to {100 * max(costs):+.1f}"
+    assert cost["Thesis"] == "; ".join(f"{bb} {100 * c:+.1f}" for bb, c in zip(thesis.BACKBONES, costs))
     bs = f.loc["Balanced softmax gives the largest tail gain over Softmax (points of tail top-1)"]
-    assert bs["Ours"] == "+30.0" and bs["Verdict"].startswith("holds: the largest tail gain; head -2.0 points")
+    assert bs["Ours"] == "+30.0 ± 0.8" and bs["Verdict"].startswith(
+        "holds: the largest tail gain (margin +20.0 ± 0.8); head -2.0 ± 0.8 points")
     assert f.loc["Weighted softmax lowers balanced-test top-1 (points against Softmax)", "Verdict"] == \
         "holds (within the thesis's range)"
-    # LDAM: plain LDAM (-10 points), not LDAM-DRW; the ViT-B/16 copied row is left out, so the thesis agrees
+    # LDAM: plain LDAM (-10 points), not LDAM-DRW; the thesis's copied ViT-B/16 row is left out
     ldam = f.loc["LDAM lowers balanced-test top-1 (points against Softmax)"]
-    assert ldam["Ours"] == "-10.0" and ldam["Verdict"] == "holds (lower)"
-    assert f.loc["Focal ≈ Softmax (balanced-test top-1, points against Softmax)", "Verdict"].startswith("holds")
+    assert ldam["Ours"] == "-10.0 ± 0.8" and ldam["Verdict"].startswith("holds")
+    assert "ViT-B/16 –" in ldam["Thesis"]
+    # focal: +0.5 ± 0.8 against the thesis's largest |difference| 0.8: the standard error straddles it
+    assert f.loc["Focal ≈ Softmax (balanced-test top-1, points against Softmax)", "Verdict"] == \
+        "undetermined (the thesis's largest |Δ|, 0.8, is within one standard error)"
     cb = f.loc["Class-balanced collapses (balanced-test top-1, %)"]
-    assert cb["Ours"] == "10.0" and cb["Thesis"] == "1.4 to 20.5" and cb["Verdict"].startswith("holds: collapses")
+    assert cb["Ours"] == "10.0 ± 0.6" and cb["Verdict"].startswith("holds: collapses")
+    assert cb["Thesis"] == "MobileNetV2 19.4; ResNet50V2 20.5; ViT-B/16 5.6; ConvNeXt Base 1.4"
+
+
+def test_a_verdict_needs_the_difference_to_exceed_its_standard_error(tmp_path):
+    """Weighted softmax 1 point below Softmax with seeds 3 points apart: no verdict either way; with a
+    single seed there is no standard error at all."""
+    root = tmp_path / "g"
+    for seed, (ce, wce) in enumerate([(0.50, 0.52), (0.53, 0.49), (0.47, 0.46)]):
+        make_run(root, f"ce{seed}", {"balanced": ce}, seed=seed)
+        make_run(root, f"w{seed}", {"balanced": wce}, seed=seed, loss="weighted_ce")
+    f = thesis.findings(results.collect_runs(root)).set_index(READING)
+    row = f.loc["Weighted softmax lowers balanced-test top-1 (points against Softmax)"]
+    assert row["Ours"] == "-1.0 ± 2.4" and row["Verdict"] == "undetermined (within one standard error of 0)"
+    one = tmp_path / "one"
+    make_run(one, "ce", {"balanced": 0.5})
+    make_run(one, "w", {"balanced": 0.3}, loss="weighted_ce")
+    row = thesis.findings(results.collect_runs(one)).set_index(READING).loc[
+        "Weighted softmax lowers balanced-test top-1 (points against Softmax)"]
+    assert row["Ours"] == "-20.0 (one seed)" and row["Verdict"] == "undetermined (one seed: no standard error)"
 
 
 def test_range_verdict():
-    assert thesis.range_verdict(-0.05, -0.188, -0.027) == "holds (within the thesis's range)"
-    assert thesis.range_verdict(-0.01, -0.188, -0.027) == "same direction, smaller than the thesis"
-    assert thesis.range_verdict(-0.3, -0.188, -0.027) == "same direction, larger than the thesis"
-    assert thesis.range_verdict(0.01, -0.188, -0.027) == "does not hold"
-    assert thesis.range_verdict(float("nan"), -0.188, -0.027) == "no runs"
+    E = thesis.Estimate
+    thesis_values = [-0.188, -0.027, -0.1]
+    assert thesis.range_verdict(E(-0.05, 0.01), thesis_values) == "holds (within the thesis's range)"
+    assert thesis.range_verdict(E(-0.01, 0.005), thesis_values) == "holds (smaller than the thesis's)"
+    assert thesis.range_verdict(E(-0.3, 0.01), thesis_values) == "holds (larger than the thesis's)"
+    assert thesis.range_verdict(E(0.05, 0.01), thesis_values) == "does not hold"
+    assert thesis.range_verdict(E(-0.05, 0.06), thesis_values) == "undetermined (within one standard error of 0)"
+    assert thesis.range_verdict(E(float("nan"), 0.0), thesis_values) == "no runs"
+    assert thesis.range_verdict(E(-0.05, 0.01), [-0.1, 0.02]).startswith("the thesis is not unanimous")
 
 
 def test_side_by_side(runs):
     t = thesis.side_by_side(runs)
-    assert ("A.3", "MobileNetV2", "longtailed", "Class-balanced") in t.index
-    row = t.loc[("A.3", "MobileNetV2", "longtailed", "Class-balanced")]
-    assert row[("Balanced", "Thesis")] == "19.4" and row[("Balanced", "Ours")] == "10.0"
-    assert row[("Thesis row", "")].startswith("collapse")
-    ldam = t.loc[("A.3", "MobileNetV2", "longtailed", "LDAM")]
-    assert ldam[("Balanced", "Ours")] == "40.0"  # plain LDAM, not the LDAM-DRW run
-    assert ("A.1", "MobileNetV2", "balanced", "Softmax") in t.index and len(t) == 7
+    key = ("A.3", "MobileNetV2", "longtailed", "Class-balanced", "–")
+    assert key in t.index
+    row = t.loc[key]
+    assert row[("Balanced", "Thesis")] == "19.4" and row[("Balanced", "Ours")] == "10.0 ± 1.0"
+    assert row[("Thesis row", "")].startswith("collapse") and row[("Seeds", "")] == 3
+    ldam = t.loc[("A.3", "MobileNetV2", "longtailed", "LDAM", "–")]
+    assert ldam[("Balanced", "Ours")] == "40.0 ± 1.0"  # plain LDAM, not the LDAM-DRW run
+    assert ("A.1", "MobileNetV2", "balanced", "Softmax", "–") in t.index and len(t) == 7
+
+
+def test_settings_are_never_pooled(tmp_path):
+    """A linear probe (74 %) and a fine-tuned run (58.6 %) of one backbone, training set and loss are
+    two settings: two rows, never "66.3 ± 8.4 (6 seeds)"; so are two epoch counts of one mode."""
+    root = tmp_path / "g"
+    make_seeds(root, "lin", {"balanced": 0.74}, train_set="balanced")
+    make_seeds(root, "ft", {"balanced": 0.586}, train_set="balanced", mode="finetune")
+    make_seeds(root, "ft60", {"balanced": 0.60}, train_set="balanced", mode="finetune", epochs=60)
+    runs = results.collect_runs(root)
+    t = thesis.side_by_side(runs).xs(("A.1", "MobileNetV2", "balanced", "Softmax"))
+    assert t[("Balanced", "Ours")].to_dict() == {"mode=linear, epochs=nan": "74.0 ± 1.0",
+                                                 "mode=finetune, epochs=nan": "58.6 ± 1.0",
+                                                 "mode=finetune, epochs=60": "60.0 ± 1.0"}
+    assert set(t[("Seeds", "")]) == {3}
+    f = thesis.findings(runs)
+    assert len(f) == 3 * 6 and f["Setting"].nunique() == 3  # every reading once per setting
 
 
 def test_class_balanced_ablation(tmp_path):

@@ -195,6 +195,39 @@ def _is_metric_col(c: str) -> bool:
     return c in _METRIC_COLS
 
 
+#: columns ``collect_runs`` adds that are no parameter
+_BOOKKEEPING = ("grid", "run_id", "run_dir", "notebook", "method")
+
+
+def setting_columns(df: pd.DataFrame, exclude=()) -> list[str]:
+    """The parameter columns of collected runs that change what a run computes: all but the
+    replicate keys (``REPLICATE_KEYS``), where and how fast (``_NOT_A_VARIANT``), and ``exclude``."""
+    skip = set(REPLICATE_KEYS) | set(_NOT_A_VARIANT) | set(_BOOKKEEPING) | set(exclude)
+    return [c for c in df.columns if "/" not in c and c not in skip and not _is_metric_col(c)]
+
+
+def setting_groups(df: pd.DataFrame, exclude=()) -> list[tuple[dict, pd.DataFrame]]:
+    """The runs grouped by every parameter except the replicate keys (and ``exclude``): one group
+    per setting, its runs replicates of each other, so that a mean is never taken over runs of
+    different settings (a linear probe and a fine-tuned run of one backbone and loss are two).
+    Each item: ({parameter: value}, runs), in the order the runs first show them."""
+    if not len(df):
+        return []
+    cols = setting_columns(df, exclude)
+    if not cols:
+        return [({}, df)]
+    return [({c: sub.iloc[0][c] for c in cols}, sub)
+            for _, sub in df.groupby([df[c].astype(str) for c in cols], sort=False, dropna=False)]
+
+
+def setting_differences(keys: list[dict]) -> list[str]:
+    """``k=v, ...`` of the parameters whose values differ between the settings ``keys`` (the ones
+    ``setting_groups`` gave), one text each ("" where nothing differs)."""
+    varying = [c for c in dict.fromkeys(c for k in keys for c in k)
+               if len({str(k.get(c)) for k in keys}) > 1]
+    return [", ".join(f"{c}={_label_value(k.get(c))}" for c in varying) for k in keys]
+
+
 def table_keys(df: pd.DataFrame) -> list[str]:
     """``TABLE_KEYS`` plus the ``EXTRA_TABLE_KEYS`` whose value differs between runs of one
     (dataset, backbone, training set), e.g. two imbalance factors of CIFAR-10-LT."""

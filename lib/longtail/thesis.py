@@ -12,12 +12,15 @@ another training set's row, a collapse); ``class_balanced_ablation`` summarises
 """
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .results import LOSS_LABELS, SPLIT_LABELS, SPLITS, format_mean_std
+from .results import LOSS_LABELS, SPLIT_LABELS, SPLITS, format_mean_std, setting_differences, setting_groups
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "thesis_appendix_a.csv"
 #: the thesis's backbone names and our aliases (``models.ALIASES``)
@@ -95,6 +98,11 @@ def is_collapse(top1, ce_top1, head, tail) -> bool:
 
 # ============================================================================ our side
 
+#: the parameters that make a thesis row (backbone, training set, loss and the loss's own settings,
+#: which a grid's overrides set per loss); every other parameter is the *setting* a row is run in
+ROW_KEYS = ("backbone", "train_set", "loss", "loss_params", "drw_epoch", "drw_beta", "cosine_head")
+
+
 def _ours(runs: pd.DataFrame) -> pd.DataFrame:
     """Our runs that match a thesis row: a thesis backbone, the plain loss label (``LDAM`` is plain LDAM,
     not LDAM-DRW; ``Class-balanced`` the softmax base)."""
@@ -110,135 +118,227 @@ def _col(split: str) -> str:
     return protocol_column("thesis", split, "acc1")
 
 
+@dataclass
+class OurSetting:
+    """The runs of one setting (``results.setting_groups``: every parameter but the seeds equal) that
+    match one thesis row; ``label`` names what tells this setting from the others ("" for one)."""
+    backbone: str      # our alias
+    train_set: str
+    loss: str          # the thesis loss
+    context: str       # the setting's parameters other than ``ROW_KEYS``, as a key
+    label: str
+    runs: pd.DataFrame
+
+
+def our_settings(runs: pd.DataFrame) -> list[OurSetting]:
+    """Every setting of our thesis-matching runs, each on its own: never pooled across settings (a
+    linear probe and a fine-tuned run of one backbone and loss are two settings, two rows)."""
+    ours = _ours(runs)
+    groups = setting_groups(ours, exclude=("thesis_loss",))
+    contexts = [{k: v for k, v in key.items() if k not in ROW_KEYS} for key, _ in groups]
+    labels = setting_differences(contexts)
+    out = []
+    for (key, sub), ctx, label in zip(groups, contexts, labels):
+        out.append(OurSetting(str(sub.iloc[0]["backbone"]), str(sub.iloc[0]["train_set"]),
+                              str(sub.iloc[0]["thesis_loss"]), json.dumps(ctx, sort_keys=True, default=str),
+                              label, sub))
+    # two settings of one row in one context differ in the loss's own parameters: say so
+    by_row = {}
+    for s in out:
+        by_row.setdefault((s.backbone, s.train_set, s.loss, s.context), []).append(s)
+    for same in (v for v in by_row.values() if len(v) > 1):
+        for s, extra in zip(same, setting_differences([{k: s.runs.iloc[0].get(k) for k in ROW_KEYS} for s in same])):
+            s.label = ", ".join(x for x in (s.label, extra) if x)
+    return out
+
+
+def _split_sizes(sub: pd.DataFrame) -> str:
+    """Test images of the thesis protocol's splits, as ``balanced 552, long-tailed 228 (head .. / middle .. /
+    tail ..)`` from the runs' metrics (``thesis_<split>/n``); "" where the runs do not record them."""
+    n = {s: pd.to_numeric(sub.get(f"thesis_{s}/n", pd.Series(dtype=float)), errors="coerce").dropna() for s in SPLITS}
+    if not all(len(v) for v in n.values()):
+        return ""
+    v = {s: int(n[s].iloc[0]) for s in SPLITS}
+    return (f"{v['balanced']} / {v['longtailed']} ({v['head']} + {v['middle']} + {v['tail']})")
+
+
 def side_by_side(runs: pd.DataFrame) -> pd.DataFrame:
     """For every thesis top-1 table (A.1, A.3, ...) whose backbone, training set and loss the runs have:
-    per split the thesis's top-1 (%) and ours (mean ± std over seeds, thesis protocol), and the
-    thesis row's known defect.  Index (Table, Training set, Loss); empty when nothing matches."""
-    ours = _ours(runs)
-    if not len(ours):
+    per split the thesis's top-1 (%) and ours (mean ± std over the seeds of *one setting*, thesis
+    protocol), the thesis row's known defect, and our test split sizes.  One row per setting of ours
+    (``our_settings``): index (Table, Backbone, Training set, Loss, Setting); empty when nothing matches."""
+    settings_ = our_settings(runs)
+    if not settings_:
         return pd.DataFrame()
     ref, defects = reference_wide(), known_defects()
     rows = []
     for (bb, ts, loss), r in ref.iterrows():
-        sub = ours[(ours["backbone"] == BACKBONES[bb]) & (ours["train_set"] == ts) & (ours["thesis_loss"] == loss)]
-        if not len(sub):
-            continue
-        row = {"Table": r["table"], "Backbone": bb, "Training set": ts, "Loss": THESIS_LOSS_NAMES[loss]}
-        for s in SPLITS:
-            row[(SPLIT_LABELS[s], "Thesis")] = "data" if not np.isfinite(r[s]) else f"{100 * r[s]:.1f}"
-            row[(SPLIT_LABELS[s], "Ours")] = format_mean_std(sub[_col(s)] if _col(s) in sub else [])
-        row["Seeds"] = len(sub)
-        row["Thesis row"] = defects.get((bb, ts, loss), "")
-        rows.append(row)
+        for s in settings_:
+            if (s.backbone, s.train_set, s.loss) != (BACKBONES[bb], ts, loss):
+                continue
+            row = {"Table": r["table"], "Backbone": bb, "Training set": ts, "Loss": THESIS_LOSS_NAMES[loss],
+                   "Setting": s.label or "–"}
+            for sp in SPLITS:
+                row[(SPLIT_LABELS[sp], "Thesis")] = "data" if not np.isfinite(r[sp]) else f"{100 * r[sp]:.1f}"
+                row[(SPLIT_LABELS[sp], "Ours")] = format_mean_std(s.runs[_col(sp)] if _col(sp) in s.runs else [])
+            row["Seeds"] = len(s.runs)
+            row["Test images: balanced / long-tailed (head + middle + tail)"] = _split_sizes(s.runs) or "–"
+            row["Thesis row"] = defects.get((bb, ts, loss), "")
+            rows.append(row)
     if not rows:
         return pd.DataFrame()
-    out = pd.DataFrame(rows).set_index(["Table", "Backbone", "Training set", "Loss"])
+    out = pd.DataFrame(rows).set_index(["Table", "Backbone", "Training set", "Loss", "Setting"])
     out.columns = pd.MultiIndex.from_tuples([c if isinstance(c, tuple) else (c, "") for c in out.columns])
     return out
 
 
-def _mean_of(frame: pd.DataFrame, alias: str, train_set: str, loss: str, split: str, ours: bool) -> float:
-    if ours:
-        sub = frame[(frame["backbone"] == alias) & (frame["train_set"] == train_set) & (frame["thesis_loss"] == loss)]
-        col = _col(split)
-        return float(sub[col].mean()) if len(sub) and col in sub else float("nan")
-    name = {v: k for k, v in BACKBONES.items()}[alias]
-    key = (name, train_set, loss)
-    return float(frame.loc[key, split]) if key in frame.index else float("nan")
+# --------------------------------------------------------------------------- readings of the thesis's tables
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds and its standard error (NaN with fewer than two seeds)."""
+    mean: float
+    se: float
+
+    def __sub__(self, other: "Estimate") -> "Estimate":  # independent seeds: the variances add
+        return Estimate(self.mean - other.mean, math.hypot(self.se, other.se))
+
+
+def _estimate(values) -> Estimate:
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(dtype=float)
+    if not len(v):
+        return Estimate(float("nan"), float("nan"))
+    return Estimate(float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"))
 
 
 def _pp(x: float) -> str:
     return "–" if not np.isfinite(x) else f"{100 * x:+.1f}"
 
 
-def range_verdict(x: float, lo: float, hi: float) -> str:
-    """``holds`` inside [lo, hi]; ``same direction, smaller / larger`` outside it with the sign of the
-    range; ``does not hold`` otherwise; ``no runs`` for NaN (all in the same unit)."""
-    if not np.isfinite(x):
+def _pp_se(e: Estimate) -> str:
+    if not np.isfinite(e.mean):
+        return "–"
+    return _pp(e.mean) + (f" ± {100 * e.se:.1f}" if np.isfinite(e.se) else " (one seed)")
+
+
+def direction(e: Estimate) -> int:
+    """+1 or −1 when the difference exceeds its standard error in that direction; 0 when it does not
+    (or there is no standard error: one seed)."""
+    if not (np.isfinite(e.mean) and np.isfinite(e.se)) or abs(e.mean) <= e.se:
+        return 0
+    return 1 if e.mean > 0 else -1
+
+
+def range_verdict(e: Estimate, thesis_values: list[float]) -> str:
+    """A difference against the thesis's per-backbone values: ``holds`` when it exceeds its standard
+    error in the thesis's direction (all its values of one sign), then where it lies against them;
+    ``does not hold`` beyond the standard error the other way; ``undetermined`` within it."""
+    if not np.isfinite(e.mean):
         return "no runs"
-    if lo <= x <= hi:
-        return "holds (within the thesis's range)"
-    if (lo > 0 and x > 0) or (hi < 0 and x < 0):
-        return "same direction, " + ("smaller" if abs(x) < min(abs(lo), abs(hi)) else "larger") + " than the thesis"
-    return "does not hold"
+    if not np.isfinite(e.se):
+        return "undetermined (one seed: no standard error)"
+    sign = direction(e)
+    if sign == 0:
+        return "undetermined (within one standard error of 0)"
+    tv = [v for v in thesis_values if np.isfinite(v)]
+    thesis_sign = 1 if tv and min(tv) > 0 else -1 if tv and max(tv) < 0 else 0
+    if thesis_sign == 0:
+        return "the thesis is not unanimous; ours " + ("positive" if sign > 0 else "negative")
+    if sign != thesis_sign:
+        return "does not hold"
+    lo, hi = min(tv), max(tv)
+    where = "within the thesis's range" if lo <= e.mean <= hi else (
+        "smaller than the thesis's" if abs(e.mean) < min(abs(lo), abs(hi)) else "larger than the thesis's")
+    return f"holds ({where})"
 
 
 def findings(runs: pd.DataFrame) -> pd.DataFrame:
-    """The thesis's findings, each with the thesis's figure and ours per backbone that we ran, and a
-    verdict computed from the two (columns Finding, Backbone, Thesis, Ours, Verdict).  Thesis figures
-    are computed from the reference table too, over the backbones it has (a copied or missing row left
-    out); points are percentage points of top-1 (thesis protocol)."""
-    ours = _ours(runs)
+    """Our readings of the thesis's tables (what its numbers show; the thesis states them in words, we
+    read them off Tables A.1–A.16), each checked against every setting of ours on its own.  Columns:
+    Reading, Backbone, Setting, Thesis (each backbone's value; a copied or missing row left out),
+    Ours (mean ± standard error over seeds), Verdict: "holds" only where our difference exceeds its
+    standard error (``direction``).  Points are percentage points of top-1 (thesis protocol)."""
+    settings_ = our_settings(runs)
     ref = reference_wide().copy()
     for key, text in known_defects().items():  # a copied or missing row is no result: left out of the figures
         if not text.startswith("collapse"):
             ref.loc[key, list(SPLITS)] = np.nan
-    aliases = [a for a in BACKBONES.values() if len(ours) and (ours["backbone"] == a).any()]
+    contexts = list(dict.fromkeys((s.backbone, s.context) for s in settings_))
     rows = []
 
-    def stat(frame, is_ours, alias, fn):
-        return fn(lambda ts, loss, split: _mean_of(frame, alias, ts, loss, split, is_ours))
+    def thesis_m(bb):
+        return lambda ts, loss, split: float(ref.loc[(bb, ts, loss), split]) if (bb, ts, loss) in ref.index else float("nan")
 
-    def thesis_values(fn):
-        return [v for a in BACKBONES.values() if np.isfinite(v := stat(ref, False, a, fn))]
+    def thesis_text(fn, fmt=_pp):
+        return "; ".join(f"{bb} {fmt(fn(thesis_m(bb)))}" for bb in BACKBONES)
 
-    def add(finding, fn, verdict_of, fmt=_pp):
-        tv = thesis_values(fn)
-        lo, hi = (min(tv), max(tv)) if tv else (float("nan"), float("nan"))
-        for a in aliases:
-            x = stat(ours, True, a, fn)
-            rows.append({"Finding": finding, "Backbone": a,
-                         "Thesis": f"{fmt(lo)} to {fmt(hi)}" if tv else "–", "Ours": fmt(x),
-                         "Verdict": verdict_of(x, lo, hi, a)})
+    for alias, ctx in contexts:
+        mine = {(s.train_set, s.loss): s for s in settings_ if (s.backbone, s.context) == (alias, ctx)}
+        label = next(s.label for s in mine.values()) if mine else ""
 
-    def delta(loss, split="balanced"):
-        return lambda m: m("longtailed", loss, split) - m("longtailed", "ce", split)
+        def m(ts, loss, split):
+            s = mine.get((ts, loss))
+            return _estimate(s.runs[_col(split)]) if s is not None and _col(split) in s.runs else _estimate([])
 
-    add("Long-tailed training costs Softmax balanced-test top-1 (points)",
-        lambda m: m("longtailed", "ce", "balanced") - m("balanced", "ce", "balanced"),
-        lambda x, lo, hi, a: range_verdict(x, lo, hi))
+        def tm(fn):  # the thesis's values of every backbone
+            return [fn(lambda ts, loss, split: Estimate(thesis_m(bb)(ts, loss, split), 0.0)).mean for bb in BACKBONES]
 
-    def bs_verdict(x, lo, hi, alias):
-        gains = {loss: stat(ours, True, alias, delta(loss, "tail")) for loss in THESIS_LOSS_NAMES if loss != "ce"}
-        gains = {k: v for k, v in gains.items() if np.isfinite(v)}
-        if not np.isfinite(x) or not gains:
-            return "no runs"
-        head = stat(ours, True, alias, delta("balanced_softmax", "head"))
-        best = max(gains, key=gains.get)
-        largest = gains["balanced_softmax"] >= gains[best]
-        return (("holds: the largest tail gain" if largest else f"does not hold: {THESIS_LOSS_NAMES[best]} gains more "
-                 f"({_pp(gains[best])})") + f"; head {_pp(head)} points (thesis: "
-                + f"{_pp(min(thesis_values(delta('balanced_softmax', 'head'))))} to "
-                + f"{_pp(max(thesis_values(delta('balanced_softmax', 'head'))))})")
-    add("Balanced softmax gives the largest tail gain over Softmax (points of tail top-1)",
-        delta("balanced_softmax", "tail"), bs_verdict)
-    add("Weighted softmax lowers balanced-test top-1 (points against Softmax)", delta("weighted_ce"),
-        lambda x, lo, hi, a: range_verdict(x, lo, hi))
-    add("LDAM lowers balanced-test top-1 (points against Softmax)", delta("ldam"),
-        lambda x, lo, hi, a: "no runs" if not np.isfinite(x) else (
-            "holds (lower)" if x < 0 else "does not hold (not lower)") + (
-            "" if hi < 0 else f"; the thesis itself is not unanimous ({_pp(lo)} to {_pp(hi)})"))
+        def add(reading, fn, verdict, ours_text=None, fmt=_pp):
+            e = fn(m)
+            rows.append({"Reading of the thesis's tables": reading, "Backbone": alias, "Setting": label or "–",
+                         "Thesis": thesis_text(lambda mm: fn(lambda *a: Estimate(mm(*a), 0.0)).mean, fmt),
+                         "Ours": ours_text(e) if ours_text else _pp_se(e), "Verdict": verdict(e)})
 
-    def focal_verdict(x, lo, hi, a):
-        bound = max(abs(lo), abs(hi))
-        return "no runs" if not np.isfinite(x) else (
-            f"holds (|Δ| within the thesis's largest, {100 * bound:.1f})" if abs(x) <= bound
-            else f"does not hold (|Δ| above the thesis's largest, {100 * bound:.1f})")
-    add("Focal ≈ Softmax (balanced-test top-1, points against Softmax)", delta("focal"), focal_verdict)
+        def delta(loss, split="balanced"):
+            return lambda mm: mm("longtailed", loss, split) - mm("longtailed", "ce", split)
 
-    def cb_verdict(x, lo, hi, alias):
-        m = lambda ts, loss, split: _mean_of(ours, alias, ts, loss, split, True)  # noqa: E731
-        if not np.isfinite(x):
-            return "no runs"
-        collapsed = is_collapse(x, m("longtailed", "ce", "balanced"), m("longtailed", "class_balanced", "head"),
-                                m("longtailed", "class_balanced", "tail"))
-        return ("holds: collapses" if collapsed else "does not hold: no collapse") + (
-            f" (Softmax {100 * m('longtailed', 'ce', 'balanced'):.1f} %, head "
-            f"{100 * m('longtailed', 'class_balanced', 'head'):.1f} %, tail "
-            f"{100 * m('longtailed', 'class_balanced', 'tail'):.1f} %)")
-    add("Class-balanced collapses (balanced-test top-1, %)",
-        lambda m: m("longtailed", "class_balanced", "balanced"), cb_verdict,
-        fmt=lambda v: "–" if not np.isfinite(v) else f"{100 * v:.1f}")
+        cost = lambda mm: mm("longtailed", "ce", "balanced") - mm("balanced", "ce", "balanced")  # noqa: E731
+        add("Long-tailed training costs Softmax balanced-test top-1 (points)", cost, lambda e: range_verdict(e, tm(cost)))
+
+        def bs_verdict(e):
+            gains = {loss: delta(loss, "tail")(m) for loss in THESIS_LOSS_NAMES if loss not in ("ce", "balanced_softmax")}
+            gains = {k: v for k, v in gains.items() if np.isfinite(v.mean)}
+            if not np.isfinite(e.mean) or not gains:
+                return "no runs"
+            best = max(gains, key=lambda k: gains[k].mean)
+            margin = m("longtailed", "balanced_softmax", "tail") - m("longtailed", best, "tail")
+            sign = direction(margin)
+            head = delta("balanced_softmax", "head")(m)
+            verdict = ("holds: the largest tail gain" if sign > 0 else
+                       f"does not hold: {THESIS_LOSS_NAMES[best]} gains more" if sign < 0 else
+                       f"undetermined: within one standard error of {THESIS_LOSS_NAMES[best]}'s gain")
+            return f"{verdict} (margin {_pp_se(margin)}); head {_pp_se(head)} points"
+        add("Balanced softmax gives the largest tail gain over Softmax (points of tail top-1)",
+            delta("balanced_softmax", "tail"), bs_verdict)
+        add("Weighted softmax lowers balanced-test top-1 (points against Softmax)", delta("weighted_ce"),
+            lambda e: range_verdict(e, tm(delta("weighted_ce"))))
+        add("LDAM lowers balanced-test top-1 (points against Softmax)", delta("ldam"),
+            lambda e: range_verdict(e, tm(delta("ldam"))))
+
+        def focal_verdict(e):
+            bound = max(abs(v) for v in tm(delta("focal")) if np.isfinite(v))
+            if not np.isfinite(e.mean):
+                return "no runs"
+            if not np.isfinite(e.se):
+                return "undetermined (one seed: no standard error)"
+            if abs(e.mean) + e.se <= bound:
+                return f"holds (|Δ| and its standard error within the thesis's largest, {100 * bound:.1f})"
+            if abs(e.mean) - e.se > bound:
+                return f"does not hold (|Δ| above the thesis's largest, {100 * bound:.1f}, by more than its standard error)"
+            return f"undetermined (the thesis's largest |Δ|, {100 * bound:.1f}, is within one standard error)"
+        add("Focal ≈ Softmax (balanced-test top-1, points against Softmax)", delta("focal"), focal_verdict)
+
+        def cb_verdict(e):
+            if not np.isfinite(e.mean):
+                return "no runs"
+            ce, head, tail = (m("longtailed", lo, sp).mean for lo, sp in
+                              (("ce", "balanced"), ("class_balanced", "head"), ("class_balanced", "tail")))
+            collapsed = is_collapse(e.mean, ce, head, tail)
+            return ("holds: collapses" if collapsed else "does not hold: no collapse") + (
+                f" (Softmax {100 * ce:.1f} %, head {100 * head:.1f} %, tail {100 * tail:.1f} %)")
+        pct = lambda v: "–" if not np.isfinite(v) else f"{100 * v:.1f}"  # noqa: E731
+        add("Class-balanced collapses (balanced-test top-1, %)", lambda mm: mm("longtailed", "class_balanced", "balanced"),
+            cb_verdict, ours_text=lambda e: pct(e.mean) + (f" ± {100 * e.se:.1f}" if np.isfinite(e.se) else ""), fmt=pct)
     return pd.DataFrame(rows)
 
 
