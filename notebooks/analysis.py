@@ -60,10 +60,11 @@ if len(tradeoff):
 # ## The long-tailed leaderboard
 #
 # Every method trained on the long-tailed set (`params/techniques.yaml`: the survey's families
-# beyond the thesis's losses), best balanced-test top-1 first: top-1 on the balanced test set, its
-# tail and head classes (mean ± standard deviation over the seeds), the balanced validation score
-# that tuned it (unused training-fold images), its family in the survey's taxonomy and the CPU
-# seconds of one run (training and evaluation).  The ensemble averages the softmax of two of the
+# beyond the thesis's losses), ranked by the balanced validation score that tuned it (unused
+# training-fold images; the test fold chooses nothing, the top row included): top-1 on the balanced
+# test set, its tail and head classes (mean ± standard deviation over the seeds, and in brackets the
+# 95 % bootstrap interval over the test images, the test fold's own sampling error), its family in
+# the survey's taxonomy and the CPU seconds of one run (training and evaluation).  The ensemble averages the softmax of two of the
 # five methods with the best validation score, the pair whose ensemble scores best on validation.
 # ● marks the tail/head front, ✓ the goal.
 
@@ -74,7 +75,8 @@ board = leaderboard.leaderboard(runs)
 display(Markdown(leaderboard.goal_text(board, runs).replace("\n", "\n\n")))
 for setting, b in (board.groupby("Setting", sort=False) if len(board) else []):
     display(report.show_table(leaderboard.table(b), out_dir, "leaderboard" if board["Setting"].nunique() == 1
-                              else f"leaderboard_{b.index[0]}", f"Leaderboard, long-tailed training set: {setting}"))
+                              else f"leaderboard_{b.index[0]}",
+                              f"Leaderboard, long-tailed training set: {setting}. {leaderboard.TABLE_NOTE}"))
     fig = figures.tail_vs_head(b, leaderboard.GOAL["tail"] * 100, title=setting)
     report.show_figure(fig, out_dir, "tail_vs_head" if board["Setting"].nunique() == 1 else f"tail_vs_head_{b.index[0]}")
 
