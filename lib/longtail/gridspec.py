@@ -294,10 +294,21 @@ def output_root_of(spec: dict, override: str | os.PathLike | None = None) -> Pat
 def run_folders(path: str | os.PathLike) -> tuple[str, list[Path]]:
     """(name, run folders) of a parameter file, where ``load_grid`` places its runs, without
     validating them: reading finished runs needs neither torch nor the data."""
+    name, shown = shown_parameters(path)
+    return name, list(shown)
+
+
+def shown_parameters(path: str | os.PathLike) -> tuple[str, dict[Path, dict]]:
+    """(name, {run folder: the grid's values of ``rundir.SHOWN_NOT_COMPUTED``}) of a parameter file: a
+    run found under its id may have been run by another grid or protocol, and shows what this grid asks."""
+    from .params import resolve
     spec = read_spec(path)
     root = output_root_of(spec)
-    ids = dict.fromkeys(rundir.run_id(params) for params, _ in _expand(spec))
-    return str(spec.get("name") or "grid"), [root / rid for rid in ids]
+    out: dict[Path, dict] = {}
+    for params, _ in _expand(spec):
+        resolved = resolve(params)
+        out.setdefault(rundir.folder_of(root, params), {k: resolved[k] for k in rundir.SHOWN_NOT_COMPUTED})
+    return str(spec.get("name") or "grid"), out
 
 
 def build_grid(spec: dict, *, output_root: str | os.PathLike | None = None, sets: dict | None = None,
@@ -333,13 +344,14 @@ def build_grid(spec: dict, *, output_root: str | os.PathLike | None = None, sets
             for line in str(exc).splitlines()[1:]:
                 problems.setdefault(line.strip(), []).append(label)
             continue
-        rid = rundir.run_id(resolved)
+        folder = rundir.folder_of(root, resolved)
+        rid = folder.name
         if rid in seen:
             notes.append(f"runs {label_text(seen[rid]) or '(base)'} and {label_text(label)} have the same parameters "
                          f"(id {rid}); running it once")
             continue
         seen[rid] = label
-        resolved["output_dir"] = str(root / rid)
+        resolved["output_dir"] = str(folder)
         runs.append(resolved)
         labels.append(label)
     where = spec.get("path") or name

@@ -95,6 +95,15 @@ def source_runs(source) -> tuple[str, list[Path]]:
     return p.name, sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != LOG_FOLDER)
 
 
+def _shown(source) -> dict[Path, dict]:
+    """For a parameter file: each run folder's ``rundir.SHOWN_NOT_COMPUTED`` values as the grid sets them."""
+    p = project_path(source)
+    if p.suffix in (".yaml", ".yml"):
+        from .gridspec import shown_parameters
+        return shown_parameters(p)[1]
+    return {}
+
+
 def _cell(v):
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
@@ -113,6 +122,7 @@ def collect_runs(sources) -> pd.DataFrame:
     rows, unfinished = [], []
     for source in sources:
         grid, dirs = source_runs(source)
+        shown = _shown(source)
         for d in dirs:
             if not rundir.is_done(d):  # not run yet, running, or failed (even if it wrote metrics.json)
                 unfinished.append(str(d))
@@ -127,6 +137,7 @@ def collect_runs(sources) -> pd.DataFrame:
                 continue
             row = {k: _cell(v) for k, v in params.items()}
             row.update({k: _cell(v) for k, v in metrics.items()})
+            row.update(shown.get(d, {}))  # what the grid asks to show (a run is shared by the protocols)
             nb = d / RUN_NOTEBOOK
             row.update(grid=grid, run_id=d.name, run_dir=str(d), notebook=str(nb) if nb.exists() else None)
             rows.append(row)

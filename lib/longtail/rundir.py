@@ -54,15 +54,40 @@ RUNNING = "running"
 #: parameters that say where things are or how fast they run, not what is computed (cuda_graph replays
 #: the same kernels as eager; kept out so that adding it left every earlier run's id unchanged)
 NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "cuda_graph")
+#: parameters that choose what the tables show of a run, not what it computes (every run computes both
+#: evaluation protocols): hashed at their default whatever their value, so that a thesis-protocol run
+#: has the id of its weighted-protocol twin, and every weighted run keeps the id it always had
+SHOWN_NOT_COMPUTED = ("eval_protocol",)
 
 
 def run_id(params: dict) -> str:
-    """Stable id of a run: a hash of its resolved parameters (``params.resolve``; locations excluded)."""
+    """Stable id of a run: a hash of its resolved parameters (``params.resolve``; locations excluded,
+    ``SHOWN_NOT_COMPUTED`` at their defaults)."""
+    from .params import DEFAULTS
+    return _hash_id(params, {k: DEFAULTS[k] for k in SHOWN_NOT_COMPUTED})
+
+
+def legacy_run_id(params: dict) -> str:
+    """The id a run had while the evaluation protocol was part of it (a thesis-protocol run's old
+    folder name), so that folders written then are still found."""
+    return _hash_id(params, {})
+
+
+def _hash_id(params: dict, fixed: dict) -> str:
     from .params import resolve
 
     resolved = resolve(params)
     ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID}
+    ident.update({k: v for k, v in fixed.items() if k in ident})
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def folder_of(root: str | os.PathLike, params: dict) -> Path:
+    """The run folder of ``params`` below ``root``: ``<root>/<run id>``, or the folder of its legacy id
+    where only that one holds a finished run."""
+    root = Path(root)
+    new, old = root / run_id(params), root / legacy_run_id(params)
+    return old if old != new and not is_done(new) and is_done(old) else new
 
 
 def read_json(path: str | os.PathLike):
