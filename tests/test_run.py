@@ -173,3 +173,22 @@ def test_data_summary_counts_the_images_a_run_trains_on(tmp_path, tmp_cache, val
     assert table[train_set].tolist() == run_counts
     val_counts = pd.read_csv(tmp_path / "run" / "classes.csv")["val_count"]
     assert val_counts.sum() > 0  # the validation split takes images, so the counts depend on it
+
+
+def test_the_own_loss_column_of_a_linear_drw_run_has_the_drw_weights(tmp_path, tmp_cache):
+    """The thesis protocol's loss column is the method's loss as trained: for a linear head with DRW,
+    cross-entropy weighted by the class-balanced weights in force at the end (as in fine-tuned runs)."""
+    import torch
+    import torch.nn.functional as F
+    from longtail.losses import class_balanced_weights
+    out = tmp_path / "run"
+    run_training({**TINY, "mode": "linear", "epochs": 2, "drw_epoch": 1, "val_fraction": 0.0, "output_dir": str(out)},
+                 log=_quiet)
+    preds = np.load(out / "predictions.npz")
+    counts = pd.read_csv(out / "classes.csv")["train_count"].tolist()
+    z, y = torch.as_tensor(preds["logits"], dtype=torch.float64), torch.as_tensor(preds["labels"])
+    weights = class_balanced_weights(counts, DEFAULTS["drw_beta"]).double()
+    weighted = F.cross_entropy(z, y, weight=weights).item()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["thesis_balanced/train_loss"] == pytest.approx(weighted, rel=1e-9)
+    assert weighted != pytest.approx(F.cross_entropy(z, y).item(), rel=1e-3)  # the weights matter here

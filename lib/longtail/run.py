@@ -118,6 +118,9 @@ class Trained:
     best_epoch: int
     test_x: torch.Tensor
     val_x: torch.Tensor | None
+    #: the run's loss as the head was trained with it (DRW weights in force), where that is not
+    #: ``RunData.loss_fn`` itself (the linear path builds its loss on the counts it fits): the own-loss column
+    own_loss: torch.nn.Module | None = None
 
 
 def run_training(params: dict, log=print) -> RunResult:
@@ -273,7 +276,7 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
     fit = _head_fitter(p, run.cfg, C, run.drw is not None, val_x, run.val_y, out, log, run.monitor(test_feats))
     head, history = methods.train_classifier(p["technique"], p["technique_params"], new_head,
                                              train_feats[run.train_idx], run.train_y, C, fit, seed=p["seed"])
-    return Trained(head, history, history[-1]["best_epoch"] if history else -1, test_feats, val_x)
+    return Trained(head, history, history[-1]["best_epoch"] if history else -1, test_feats, val_x, fit.own_loss)
 
 
 def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Trained:
@@ -362,7 +365,7 @@ def _evaluate(run: RunData, trained: Trained, hist: pd.DataFrame, out: Path, log
     results = metrics.evaluate(logits[tb], test.labels[tb], lt_counts, run.groups, activation=activation)
     results["longtailed_sampled"] = metrics.split_metrics(logits[tl], test.labels[tl], C, activation=activation)
     results.update(metrics.evaluate_physical(logits[tb], test.labels[tb], None, run.groups, activation=activation,
-                                             own_loss=lambda z, y: _own_loss(loss_fn, z / scale, y),
+                                             own_loss=lambda z, y: _own_loss(loss_fn if trained.own_loss is None else trained.own_loss, z / scale, y),
                                              lt_logits=logits[tl], lt_labels=test.labels[tl]))
     flat = metrics.flatten(results)
     if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
@@ -453,8 +456,11 @@ def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, ou
         history, best, best_epoch = engine.fit(module, x, y, loss_fn, smp, c, val_x=val_x, val_y=val_y, drw=drw,
                                                log=log, on_step=on_step, **monitor)
         _keep_checkpoints(module, best, out, p["save_checkpoints"])
+        if loss is None:  # the run's own loss, as trained (a second stage's other loss is not the run's)
+            fit.own_loss = loss_fn
         score = history[best_epoch].get("val_balanced_acc") if 0 <= best_epoch < len(history) else None
         return history, score
+    fit.own_loss = None
     return fit
 
 
