@@ -332,18 +332,22 @@ def test_benchmark_tables_are_read_in_name_order(tmp_path):
 
 
 def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path):
-    """Backbones in the order the runs come (the grid's), not alphabetical; four numbers per backbone,
-    a missing training set keeping its numbers; the caption names the protocol; coinciding rows noted."""
+    """Backbones in the order the runs come (the grid's), not alphabetical; each numbered by its place
+    in the thesis (ViT-B/16 A.9–A.12, ConvNeXt-Base A.13–A.16, whichever backbones ran), another
+    backbone after them; a missing training set keeping its numbers; the caption names the protocol;
+    coinciding rows noted."""
     root = tmp_path / "g"
     make_run(root, "a1", backbone="vit_b16", train_set="longtailed")
     make_run(root, "b1", backbone="convnext_base", train_set="balanced", acc={"balanced": 0.7})
     make_run(root, "b2", backbone="convnext_base", train_set="balanced", loss="weighted_ce", acc={"balanced": 0.7})
     make_run(root, "b3", backbone="convnext_base", train_set="balanced", loss="focal", acc={"balanced": 0.6})
+    make_run(root, "c1", backbone="resnet32", train_set="longtailed")
     runs = results.collect_runs(root)
     tables = results.appendix_tables(runs)
     assert [(t.name, t.caption.split(":")[0]) for t in tables] == [
-        ("top1_vit_b16_longtailed", "Table A.3"), ("splits_vit_b16_longtailed", "Table A.4"),
-        ("top1_convnext_base_balanced", "Table A.5"), ("splits_convnext_base_balanced", "Table A.6")]
+        ("top1_vit_b16_longtailed", "Table A.11"), ("splits_vit_b16_longtailed", "Table A.12"),
+        ("top1_convnext_base_balanced", "Table A.13"), ("splits_convnext_base_balanced", "Table A.14"),
+        ("top1_resnet32_longtailed", "Table A.19"), ("splits_resnet32_longtailed", "Table A.20")]
     assert "evaluation protocol 'weighted'" in tables[0].caption and "macro F1" in tables[1].caption
     assert list(tables[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
     assert tables[2].notes == ["The rows CE, Weighted CE coincide in every digit."]

@@ -27,6 +27,7 @@ from . import config
 # bars we want anyway.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+#: the thesis's four backbones, in the order of its appendix (its table numbers follow it)
 ALIASES = {
     "mobilenetv2": "mobilenetv2_100",
     "resnet50v2": "resnetv2_50",

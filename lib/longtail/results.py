@@ -461,20 +461,27 @@ def _loss_default(loss: str, name: str):
     return inspect.signature(LOSSES[loss].__init__).parameters[name].default
 
 
-def appendix_tables(df: pd.DataFrame, first_number: int = 1) -> list[Table]:
+def appendix_tables(df: pd.DataFrame) -> list[Table]:
     """The thesis's four tables per backbone (per setting without the training set): top-1 on the
     balanced training set, loss / top-1 / F1 on it, the same two on the long-tailed training set,
-    numbered A.1–A.4 for the first backbone of the grid, A.5–A.8 for the second, ... (a training set
-    without runs keeps its numbers free, as in the thesis).  Captions name the evaluation protocol;
-    ``notes`` say where two rows coincide."""
+    numbered by the backbone's place in the thesis (``models.ALIASES``' order: MobileNetV2 A.1–A.4,
+    ResNet50V2 A.5–A.8, ViT-B/16 A.9–A.12, ConvNeXt-Base A.13–A.16, whichever backbones have runs;
+    several settings of one backbone share its numbers, their captions tell them apart), other
+    backbones after them (A.17 on) in the grids' order; a training set without runs keeps its numbers
+    free, as in the thesis.  Captions name the evaluation protocol; ``notes`` say where two rows coincide."""
     from .metrics import PROTOCOL_TEXT
+    from .models import ALIASES
+    thesis_order = list(ALIASES)
     tables = []
-    blocks = list(dict.fromkeys(tuple((k, str(v)) for k, v in st.key.items() if k != "train_set")
-                                for st in settings(df)))
+    others = list(dict.fromkeys(tuple((k, str(v)) for k, v in st.key.items() if k != "train_set")
+                                for st in settings(df) if st.key.get("backbone") not in thesis_order))
     for st in settings(df):
         key, runs, slug = st.key, st.runs, st.slug
-        block = blocks.index(tuple((k, str(v)) for k, v in key.items() if k != "train_set"))
-        n = first_number + 4 * block + 2 * {"balanced": 0, "longtailed": 1}.get(key.get("train_set"), 0)
+        if key.get("backbone") in thesis_order:
+            block = thesis_order.index(key["backbone"])
+        else:
+            block = len(thesis_order) + others.index(tuple((k, str(v)) for k, v in key.items() if k != "train_set"))
+        n = 1 + 4 * block + 2 * {"balanced": 0, "longtailed": 1}.get(key.get("train_set"), 0)
         protocol = table_protocol(runs)
         seeds = runs.groupby("method").size()
         over = (f"mean ± standard deviation over {seeds.min()}–{seeds.max()} seeds" if seeds.max() > 1 and
