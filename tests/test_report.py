@@ -349,6 +349,8 @@ def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path
         ("top1_convnext_base_balanced", "Table A.13"), ("splits_convnext_base_balanced", "Table A.14"),
         ("top1_resnet32_longtailed", "Table A.19"), ("splits_resnet32_longtailed", "Table A.20")]
     assert "evaluation protocol 'weighted'" in tables[0].caption and "macro F1" in tables[1].caption
+    assert tables[0].caption.endswith("; test images: balanced 10 (head 10, middle 10, tail 10); long-tailed = the "
+                                      "balanced set weighted by the training prior.")
     assert list(tables[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
     assert tables[2].notes == ["The rows CE, Weighted CE coincide in every digit."]
     assert tables[0].notes == []

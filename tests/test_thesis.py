@@ -198,6 +198,7 @@ def test_thesis_protocol_tables_and_the_class_balanced_note(tmp_path):
     top1, split = tables
     assert "evaluation protocol 'thesis'" in top1.caption and "support-weighted F1" in split.caption
     assert "Loss (the method's own training loss)" in split.caption
+    assert top1.caption.endswith("test images: balanced 10, long-tailed 10 = head 10 + middle 10 + tail 10 (tail 100.0 %).")
     # by hand: class-balanced weights (1-b)/(1-b^n) normalised to mean 1 against 1/n normalised to mean 1
     b = 0.9999
     cb = np.array([(1 - b) / (1 - b ** n) for n in counts])

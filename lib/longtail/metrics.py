@@ -45,8 +45,8 @@ ACTIVATIONS = ("softmax", "sigmoid")
 PROTOCOLS = ("thesis", "weighted")
 THESIS_PREFIX = "thesis_"
 #: the metric behind each table column, per protocol
-_PROTOCOL_METRICS = {"weighted": {"loss": "loss", "acc1": "acc1", "f1": "macro_f1"},
-                     "thesis": {"loss": "train_loss", "acc1": "acc1", "f1": "weighted_f1"}}
+_PROTOCOL_METRICS = {"weighted": {"loss": "loss", "acc1": "acc1", "f1": "macro_f1", "n": "n"},
+                     "thesis": {"loss": "train_loss", "acc1": "acc1", "f1": "weighted_f1", "n": "n"}}
 PROTOCOL_TEXT = {
     "weighted": "evaluation protocol 'weighted': the balanced test set weighted by the long-tailed training "
                 "prior, groups on the balanced test set, macro F1, loss = cross-entropy",
@@ -56,7 +56,7 @@ PROTOCOL_TEXT = {
 
 
 def protocol_column(protocol: str, split: str, measure: str) -> str:
-    """The metrics column of ``measure`` (``loss`` | ``acc1`` | ``f1``) of ``split`` under ``protocol``:
+    """The metrics column of ``measure`` (``loss`` | ``acc1`` | ``f1`` | ``n``) of ``split`` under ``protocol``:
     ``protocol_column("thesis", "tail", "f1") == "thesis_tail/weighted_f1"``."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown eval_protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")

@@ -461,6 +461,36 @@ def _loss_default(loss: str, name: str):
     return inspect.signature(LOSSES[loss].__init__).parameters[name].default
 
 
+def split_sizes_text(runs: pd.DataFrame, protocol: str) -> str:
+    """The sizes behind a table's numbers, for its caption: test images per split and class group
+    under ``protocol`` (the thesis protocol's groups partition its long-tailed test set: their sum and
+    the tail's share), and classes per group (``classes.csv`` of the first run); "" where unknown."""
+    from .metrics import protocol_column
+    if not len(runs):
+        return ""
+    first = runs.iloc[0]
+
+    def n(split):
+        v = pd.to_numeric(pd.Series([first.get(protocol_column(protocol, split, "n"))]), errors="coerce").iloc[0]
+        return None if pd.isna(v) else int(round(v))
+    sizes = {s: n(s) for s in SPLITS}
+    parts = []
+    if all(v is not None for v in sizes.values()):
+        b, lt, h, m, t = (sizes[s] for s in SPLITS)
+        if protocol == "thesis":
+            parts.append(f"test images: balanced {b}, long-tailed {lt} = head {h} + middle {m} + tail {t} "
+                         f"(tail {100 * t / lt:.1f} %)" if lt else f"test images: balanced {b}")
+        else:
+            parts.append(f"test images: balanced {b} (head {h}, middle {m}, tail {t}); long-tailed = the balanced "
+                         "set weighted by the training prior")
+    try:
+        groups = pd.read_csv(Path(first["run_dir"]) / rundir.CLASSES_FILE)["group"].value_counts()
+        parts.append("classes: " + ", ".join(f"{g} {int(groups.get(g, 0))}" for g in SPLITS[2:]))
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    return "; ".join(parts)
+
+
 def appendix_tables(df: pd.DataFrame) -> list[Table]:
     """The thesis's four tables per backbone (per setting without the training set): top-1 on the
     balanced training set, loss / top-1 / F1 on it, the same two on the long-tailed training set,
@@ -491,12 +521,14 @@ def appendix_tables(df: pd.DataFrame) -> list[Table]:
         f1_text = "support-weighted F1" if protocol == "thesis" else "macro F1"
         top1 = top1_table(runs, protocol)
         split = split_table(runs, protocol)
+        sizes = split_sizes_text(runs, protocol)
+        sizes = f"; {sizes}" if sizes else ""
         tables.append(Table(f"top1_{slug}", f"Table A.{n}: Top-1 accuracy (%) per test split and class group; "
-                            f"{setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}.", top1, key,
+                            f"{setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}{sizes}.", top1, key,
                             coincidence_notes(top1, runs)))
         tables.append(Table(f"splits_{slug}", f"Table A.{n + 1}: Loss ({loss_text}), top-1 accuracy (%) and "
-                            f"{f1_text} (%) per test split; {setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}.",
-                            split, key, coincidence_notes(split, runs)))
+                            f"{f1_text} (%) per test split; {setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}"
+                            f"{sizes}.", split, key, coincidence_notes(split, runs)))
     return tables
 
 
