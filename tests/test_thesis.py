@@ -47,7 +47,7 @@ def make_run(root: Path, rid: str, acc: dict, **params) -> Path:
     for s in SPLITS:
         v = acc.get(s, acc.get("balanced"))
         m.update({f"{s}/acc1": v, f"thesis_{s}/acc1": v, f"thesis_{s}/weighted_f1": v, f"thesis_{s}/train_loss": 1.0,
-                  f"{s}/macro_f1": v, f"{s}/loss": 1.0, f"{s}/n": 10})
+                  f"{s}/macro_f1": v, f"{s}/loss": 1.0, f"{s}/n": 10, f"thesis_{s}/n": 10})
     (d / "metrics.json").write_text(json.dumps(m))
     return d
 
