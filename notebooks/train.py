@@ -61,7 +61,7 @@ label = None  # a free name of a grid entry (a leaderboard row); computes nothin
 epochs = 30  # training epochs
 crt_epochs = 10  # classifier re-training epochs (mode crt)
 batch_size = 64  # training batch size
-eval_batch_size = 32  # evaluation and feature-extraction batch size (32: fastest on a CPU, measured; raise it on a GPU)
+eval_batch_size = 32  # evaluation and feature-extraction batch size (on a CPU, image batches hold at most engine.CPU_IMAGE_BATCH = 8, the fastest measured; raise it on a GPU)
 optimizer = 'sgd'  # sgd | adamw
 lr = 0.1  # peak learning rate
 momentum = 0.9  # SGD momentum
@@ -82,7 +82,7 @@ device = 'auto'  # auto (cuda, mps, cpu) | cuda | cuda:N | mps | cpu
 precision = 'auto'  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
 channels_last = True  # channels_last memory format for conv nets
 compile = False  # torch.compile the model
-cuda_graph = False  # replay forward + backward as one CUDA graph per step (CUDA only)
+cuda_graph = False  # replay the model's forward and backward as one CUDA graph per step (CUDA only; ignored on other devices): removes the kernel-launch overhead that bounds small models such as ResNet-32
 seed = 0  # training seed (initialisation, sampling order, augmentation)
 save_checkpoints = True  # write last.pt and best.pt
 monitor_test = False  # record test top-1 after every epoch in history.csv (monitor_acc), only to compare with papers that report their best test epoch; never used for model selection

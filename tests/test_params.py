@@ -36,3 +36,26 @@ def test_all_problems_are_reported_at_once():
 def test_describe_lists_every_parameter():
     table = describe()
     assert all(f"`{k}`" in table for k in DEFAULTS)
+
+
+def test_the_notebook_parameters_cell_is_the_schema():
+    """notebooks/train.py's parameters cell is ``params.notebook_cell`` of its values, line by line
+    (names, order, help strings), and its values are the main job's first long-tailed CE run
+    (params/default.yaml's base, loss ce, the long-tailed set, seed 0)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from longtail import params
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "notebooks" / "train.py").read_text()
+    cell = re.search(r'# %% tags=\["parameters"\]\n(.*?)(?=# %%)', text, re.S).group(1)
+    values = {}
+    exec(cell, {}, values)  # noqa: S102 - the project's own notebook
+    expected = params.notebook_cell(values)
+    for got, want in zip(cell.splitlines(), expected.splitlines()):
+        assert got == want, f"notebooks/train.py's parameters cell drifted from SCHEMA:\n  {got}\nshould be\n  {want}"
+    assert cell == expected, "the parameters cell and SCHEMA differ in their parameters (params.notebook_cell())"
+    main_job = yaml.safe_load((root / "params" / "default.yaml").read_text())["base"]
+    assert values == {**params.DEFAULTS, **main_job, "loss": "ce", "train_set": "longtailed", "seed": 0}

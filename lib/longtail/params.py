@@ -403,3 +403,12 @@ def describe() -> str:
     """The parameter table as markdown (README and notebook help)."""
     rows = [f"| `{k}` | `{v[0]!r}` | {v[1]} |" for k, v in SCHEMA.items()]
     return "| parameter | default | meaning |\n|---|---|---|\n" + "\n".join(rows)
+
+
+def notebook_cell(values: dict | None = None) -> str:
+    """The training notebook's ``parameters`` cell: every ``SCHEMA`` parameter in its order, with
+    ``values`` (default: ``DEFAULTS``) and its description as the comment.  ``notebooks/train.py``
+    holds exactly this text for the main job's values (``tests/test_params.py`` checks it), so a
+    parameter added to ``SCHEMA`` reaches the notebook, and its help never drifts."""
+    values = {**DEFAULTS, **(values or {})}
+    return "\n".join(f"{k} = {values[k]!r}  # {help_}" for k, (_, help_) in SCHEMA.items()) + "\n"
