@@ -7,7 +7,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# the grids of the main job: the default grid and the class-balanced ablation (issue 10, §5)
+# the grids of the main job: the default grid and the class-balanced ablation
 PARAMS ?= params/default.yaml params/class_balanced.yaml
 JOBS   ?= 2
 # JupyterLab's defaults for this venv only (jupytext .py files open as notebooks): an overrides.d

@@ -1,4 +1,4 @@
-"""Issue 12: parameters that cannot run code, "done" meaning the notebook completed, every value
+"""Reliability: parameters that cannot run code, "done" meaning the notebook completed, every value
 checked before any work, the same result cold or warm, caches that heal, I/O faults."""
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_cifar_augmentation_shifts_by_whole_pixels():
 
 def test_cifar_augmentation_is_the_reference_pad_crop_flip():
     """Each output is exactly one of torchvision's RandomCrop(padding=pad) + RandomHorizontalFlip
-    results (zero padding, whole-pixel offsets), and every offset and flip occurs (issue 16)."""
+    results (zero padding, whole-pixel offsets), and every offset and flip occurs."""
     pad, n = 2, 2000
     x = torch.rand(n, 3, 6, 6)
     out = transforms.pad_crop_flip(x, pad=pad, generator=torch.Generator().manual_seed(0))

@@ -225,7 +225,7 @@ def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, b
     ``cpu_batch`` images (default ``CPU_IMAGE_BATCH``, the fastest size measured; None: ``batch_size``).  The transform runs in the
     calling thread, batch by batch in order, so a random one draws as it would serially.
     MobileNetV2 at 224 px on a CPU:
-    ``bench/throughput.py --features`` (this path against the one before issue 14, side by side).
+    ``bench/throughput.py --features`` (this path against the plain eval-mode one, side by side).
     Outputs equal the plain eval-mode forward's to float rounding."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor

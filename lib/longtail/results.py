@@ -760,7 +760,7 @@ def _label_value(v) -> str:
 
 
 BENCH_FOLDERS = ("bench/results", "bench/measured")  # written by `make bench`; kept from lent GPU machines
-#: bench tables that belong beside the published numbers (issue 16's ablation), not among the speed figures
+#: bench tables that belong beside the published numbers (the CIFAR-10-LT ablation), not among the speed figures
 PUBLISHED_ABLATION_PREFIX = "cifar10_lt_ablation"
 #: bench tables of thesis-protocol runs fine-tuned on a lent GPU: shown beside the thesis's numbers
 THESIS_FINETUNE_PREFIX = "thesis_finetune"
