@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import LOSS_LABELS, SPLIT_LABELS, SPLITS, format_mean_std, setting_differences, setting_groups
+from .results import (LOSS_LABELS, SPLIT_LABELS, SPLITS, base_method, format_mean_std, setting_differences,
+                      setting_groups)
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "thesis_appendix_a.csv"
 #: the thesis's backbone names and our aliases (``models.ALIASES``)
@@ -109,8 +110,11 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
     if not len(runs) or "backbone" not in runs:
         return runs.iloc[0:0]
     plain = {label: loss for loss, label in LOSS_LABELS.items() if loss in THESIS_LOSS_NAMES}
-    sel = runs[runs["backbone"].isin(BACKBONES.values()) & runs["method"].isin(plain)]
-    return sel.assign(thesis_loss=sel["method"].map(plain))
+    # the run's own ingredients (``base_method``), not its label among the collected runs, which other
+    # grids' runs can lengthen ("CE (val_source=split)"): their parameters make separate settings instead
+    base = runs.apply(base_method, axis=1)
+    sel = runs[runs["backbone"].isin(BACKBONES.values()) & base.isin(plain)]
+    return sel.assign(thesis_loss=base[sel.index].map(plain))
 
 
 def _col(split: str) -> str:
@@ -257,7 +261,8 @@ def findings(runs: pd.DataFrame) -> pd.DataFrame:
     read them off Tables A.1–A.16), each checked against every setting of ours on its own.  Columns:
     Reading, Backbone, Setting, Thesis (each backbone's value; a copied or missing row left out),
     Ours (mean ± standard error over seeds), Verdict: "holds" only where our difference exceeds its
-    standard error (``direction``).  Points are percentage points of top-1 (thesis protocol)."""
+    standard error (``direction``).  Points are percentage points of top-1 (thesis protocol).  A
+    reading a setting lacks the runs for is left out."""
     settings_ = our_settings(runs)
     ref = reference_wide().copy()
     for key, text in known_defects().items():  # a copied or missing row is no result: left out of the figures
@@ -339,7 +344,8 @@ def findings(runs: pd.DataFrame) -> pd.DataFrame:
         pct = lambda v: "–" if not np.isfinite(v) else f"{100 * v:.1f}"  # noqa: E731
         add("Class-balanced collapses (balanced-test top-1, %)", lambda mm: mm("longtailed", "class_balanced", "balanced"),
             cb_verdict, ours_text=lambda e: pct(e.mean) + (f" ± {100 * e.se:.1f}" if np.isfinite(e.se) else ""), fmt=pct)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return out[out["Verdict"] != "no runs"].reset_index(drop=True) if len(out) else out
 
 
 # ============================================================================ the class-balanced ablation
