@@ -29,7 +29,9 @@ examples_per_kind = 6  # tail-class test images shown, correct and wrong each
 # %%
 from IPython.display import Markdown, display
 
-from longtail import figures, report, results, thesis
+from pathlib import Path
+
+from longtail import figures, report, results, rundir, thesis
 
 figures.setup()
 out_dir = results.project_path(out_dir)
@@ -41,6 +43,13 @@ results.save_runs(all_runs, out_dir)
 runs = all_runs[all_runs["grid"] != thesis.ABLATION_GRID] if len(all_runs) else all_runs
 if len(runs):
     runs = runs.assign(method=results.method_labels(runs))
+# runs restored from an archive (`longtail.archive`) keep their metrics but not their test predictions:
+# the sections that read predictions (leaderboard ensemble, per class, confusion, calibration, examples)
+# use the runs that have them
+predicted = runs[[(Path(d) / rundir.PREDICTIONS_FILE).exists() for d in runs["run_dir"]]] if len(runs) else runs
+if len(predicted) < len(runs):
+    print(f"{len(runs) - len(predicted)} runs without predictions (restored from an archive): in the tables, "
+          "not in the leaderboard, per-class, confusion, calibration or example figures")
 
 # %% [markdown]
 # ## What helps the tail, at what cost to the head
@@ -70,8 +79,8 @@ if len(tradeoff):
 # %%
 from longtail import leaderboard
 
-board = leaderboard.leaderboard(runs)
-display(Markdown(leaderboard.goal_text(board, runs).replace("\n", "\n\n")))
+board = leaderboard.leaderboard(predicted)
+display(Markdown(leaderboard.goal_text(board, predicted).replace("\n", "\n\n")))
 for setting, b in (board.groupby("Setting", sort=False) if len(board) else []):
     display(report.show_table(leaderboard.table(b), out_dir, "leaderboard" if board["Setting"].nunique() == 1
                               else f"leaderboard_{b.index[0]}", f"Leaderboard, long-tailed training set: {setting}"))
@@ -180,7 +189,7 @@ for s in results.settings(runs, by_train_set=False):
 # training set); lines: the mean over classes of one size and the seeds.
 
 # %%
-for s in results.settings(runs):
+for s in results.settings(predicted):
     if s.key["train_set"] == "longtailed":
         fig = figures.per_class_vs_count(results.per_class_frame(s.runs), results.method_order(s.runs["method"]),
                                          title=s.text)
@@ -195,7 +204,7 @@ for s in results.settings(runs):
 # predictions went to most, then all other classes together.
 
 # %%
-focus = results.focus_runs(runs, baseline)
+focus = results.focus_runs(predicted, baseline)
 if focus:
     key, fruns, shown = focus
     print(f"{results.setting_text(key)}; shown: {', '.join(shown)}")
