@@ -20,9 +20,9 @@ schedule (warm-up, lr steps, DRW epoch) by E/200::
 
 Every run records its test top-1 after each epoch (``monitor_test``), so the tables give both the
 last epoch (our number: no selection on the test set) and the best test epoch (what Cao et al.'s
-script prints), labelled; a row without a result says "not run yet".  Prints markdown tables (grid vs published; the ablation, each row's
-difference to the reference row) and writes them to ``--results`` (default
-``bench/results/cifar10_lt.md``).
+script prints), labelled; a row without a result says "not run yet".  Prints markdown tables (grid
+vs published; the ablation, each row's difference to the reference row) and writes them to
+``--results`` (default ``bench/results/cifar10_lt.md``).
 """
 from __future__ import annotations
 
