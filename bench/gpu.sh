@@ -21,8 +21,10 @@
 #   minutes alone, more than one call; CIFAR_IMBALANCE=100 runs its IF-100 half.
 #   bash bench/gpu.sh control [SECONDS]  # (after setup: CIFAR-10's image cache) the data-cost control,
 #                                    # params/cifar10_control.yaml: ResNet-32 on the balanced full CIFAR-10 JPEG
-#                                    # copy, He et al.'s protocol, 2 seeds at once with CUDA graphs (~5 min of
-#                                    # an H200), against their 92.49 %; table in $OUT/cifar10_control_gpu.md
+#                                    # copy, He et al.'s protocol, 2 seeds at once with CUDA graphs, against
+#                                    # their 92.49 %; table in $OUT/cifar10_control_gpu.md.  2 x 8.2 M images:
+#                                    # ~5-6 min at the probe's 27,000 img/s a run (not measured yet; SECONDS
+#                                    # default 480: setup + control fit one 15-minute lease, run is another)
 #   bash bench/gpu.sh all [SECONDS]  # setup, run, control, one after the other (a machine that holds everything)
 #
 # Several runs share the one GPU (CUDA MPS when it starts, so their small kernels overlap).  Whatever
@@ -181,7 +183,7 @@ run() {
 }
 
 control() {  # the data-cost control: balanced full CIFAR-10 (JPEG copy), He et al.'s protocol, 2 seeds
-  local deadline=${1:-420} mps graph_flag args
+  local deadline=${1:-480} mps graph_flag args
   [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || copy_inputs
   [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || { say "control skipped: no cifar10-jpg.tar.gz (carried by setup)"; return; }
   mps=$(mps_on)
@@ -200,7 +202,7 @@ control() {  # the data-cost control: balanced full CIFAR-10 (JPEG copy), He et 
 case "${1:-}" in
   setup) setup ;;
   run) run "${2:-540}" ;;
-  control) control "${2:-420}" ;;
-  all) setup; run "${2:-540}"; control "${3:-420}" ;;
+  control) control "${2:-480}" ;;
+  all) setup; run "${2:-540}"; control "${3:-480}" ;;
   *) echo "usage: bash bench/gpu.sh setup | run [deadline seconds] | control [deadline seconds] | all [run's deadline] [control's deadline]" >&2; exit 2 ;;
 esac
