@@ -27,9 +27,9 @@ confusion_classes = 12  # classes per confusion-matrix panel (largest and smalle
 examples_per_kind = 6  # tail-class test images shown, correct and wrong each
 
 # %%
-from IPython.display import Markdown, display
-
 from pathlib import Path
+
+from IPython.display import Markdown, display
 
 from longtail import figures, report, results, rundir, thesis
 
@@ -106,14 +106,16 @@ for table in results.appendix_tables(runs):
 # *pattern* across losses can be compared, not the level.  The last column names the thesis row's
 # known defect, found in its numbers.  Then the thesis's grid fine-tuned end to end on a lent GPU with
 # `params/thesis.yaml`'s schedule, which is our choice (the thesis states no epochs, learning rate,
-# optimiser or pretraining; MobileNetV2, `bench/measured/thesis_finetune_*`), and each of the thesis's findings, with
-# the thesis's figure (computed from its tables), ours, and a verdict computed from the two.
+# optimiser or pretraining; MobileNetV2, `bench/measured/thesis_finetune_*`), and each of the
+# thesis's findings, with the thesis's figure (computed from its tables), ours, and a verdict
+# computed from the two.
 
 # %%
 beside = thesis.side_by_side(runs)
 if len(beside):
     display(report.show_table(beside, out_dir, "thesis_side_by_side",
-                              "Top-1 (%): the thesis (its data) and ours (our data; the thesis's evaluation protocol), side by side"))
+                              "Top-1 (%): the thesis (its data) and ours (our data; the thesis's evaluation "
+                              "protocol), side by side"))
 else:
     print("No run has a thesis backbone (mobilenetv2, resnet50v2, vit_b16, convnext_base) with a thesis loss.")
 found = thesis.findings(runs)
