@@ -1,6 +1,8 @@
 """CIFAR-10-LT against the literature: the protocol of ``params/cifar10_lt.yaml`` (ResNet-32,
-Cao et al.'s LDAM-DRW recipe) beside the published top-1, and an ablation of what separates our
-training from the reference code (issue 16).
+Cao et al.'s LDAM-DRW recipe) beside the published top-1, an ablation of what separates our
+training from the reference code, and the data-cost control (``params/cifar10_control.yaml``:
+ResNet-32 on the balanced full CIFAR-10 from the same JPEG copy, He et al. 2016's protocol, beside
+their published 92.49 %), whose rows join the ablation table.
 
 Runs go to worker processes that share one device (``--parallel P``): a ResNet-32 run leaves
 most of a GPU idle, so several at once finish the grid sooner.  On a GPU the decoded data set lives
@@ -8,6 +10,8 @@ on the GPU as uint8, the augmentation runs there, bf16 autocast and channels_las
 
     python bench/cifar10_lt.py --runs ablation --max-runs 8 --parallel 8 --deadline 520   # one H200 lease
     python bench/cifar10_lt.py --losses ce,ldam --imbalance 100                    # a subset of the grid
+    python bench/cifar10_lt.py --runs control --parallel 2 --cuda-graph             # the control, 2 seeds
+    python bench/cifar10_lt.py --runs ablation,control --table-only                 # the table from the runs on disk
 
 On a CPU, a shortened schedule, labelled as such in the output: ``--epochs E`` scales the whole
 schedule (warm-up, lr steps, DRW epoch) by E/200::
@@ -16,9 +20,9 @@ schedule (warm-up, lr steps, DRW epoch) by E/200::
 
 Every run records its test top-1 after each epoch (``monitor_test``), so the tables give both the
 last epoch (our number: no selection on the test set) and the best test epoch (what Cao et al.'s
-script prints), labelled.  Prints markdown tables (grid vs published; the ablation, each row's
-difference to the reference row) and writes them to ``--results`` (default
-``bench/results/cifar10_lt.md``).
+script prints), labelled; a row without a result says "not run yet".  Prints markdown tables (grid
+vs published; the ablation, each row's difference to the reference row) and writes them to
+``--results`` (default ``bench/results/cifar10_lt.md``).
 """
 from __future__ import annotations
 
@@ -54,6 +58,13 @@ ABLATION = [
 ]
 
 
+#: the control's row in the ablation table, and the number it is read against (one home for both)
+CONTROL_ROW = "control: balanced CIFAR-10, He et al. protocol"
+CONTROL_PUBLISHED_TOP1 = 92.49  # 100 - 7.51 % top-1 error of ResNet-32
+CONTROL_SOURCE = ("K. He, X. Zhang, S. Ren, J. Sun. Deep Residual Learning for Image Recognition. CVPR 2016 "
+                  "(Table 6: ResNet-32, 7.51 % top-1 error on CIFAR-10, 64k iterations).")
+
+
 def scaled(run: dict, epochs: int) -> dict:
     """The protocol's schedule compressed from its epochs to ``epochs``."""
     f = epochs / run["epochs"]
@@ -62,6 +73,10 @@ def scaled(run: dict, epochs: int) -> dict:
     if run.get("drw_epoch") is not None:
         run["drw_epoch"] = max(1, round(run["drw_epoch"] * f))
     return run
+
+
+#: the kinds of rows ``--runs`` chooses from
+RUN_KINDS = ("ablation", "control", "grid")
 
 
 def plan(args) -> list[dict]:
@@ -76,6 +91,8 @@ def plan(args) -> list[dict]:
     def add(kind, name, params, monitor=True):
         params = scaled(params, args.epochs) if args.epochs else params
         params = {**params, "n_max": args.n_max} if args.n_max else params
+        if args.n_max and params["train_set"] == "balanced":  # the control: as many images as that long-tailed set
+            params["balanced_size"] = "matched"
         params = {**params, "monitor_test": monitor, "eval_batch_size": 4096, "save_checkpoints": False,
                   "cuda_graph": args.cuda_graph}
         params["output_dir"] = str(root / run_id({**params, "output_dir": None}))
@@ -93,6 +110,10 @@ def plan(args) -> list[dict]:
             # the test set after every epoch (+25 % of a run's time on a GPU) only for the row that is
             # compared with the published best-epoch figure: LDAM-DRW's reference protocol
             add("ablation", name, {**base, **overrides}, monitor=i == 0)
+    if "control" in kinds:
+        control = grid_mod.load_grid(args.control_params, output_root=root, check_backbone=False)
+        for r in control.runs:
+            add("control", f"{CONTROL_ROW}, seed {r['seed']}", r, monitor=False)
     if "grid" in kinds:
         only = {}
         if args.losses:
@@ -196,25 +217,29 @@ def tables(results: list[dict], label: str) -> str:
            "`last` = the last epoch (our reported number, no selection on the test set); "
            "`best test epoch` = the best of the per-epoch test evaluations (what Cao et al.'s script prints; "
            "selection on the test set, shown only to compare like with like).", ""]
-    rows = [r for r in results if r["_kind"] == "ablation"]
+    rows = [r for r in results if r["_kind"] in ("ablation", "control")]
     if rows:
         # the reference row of each loss: its first row in ABLATION (no overrides)
         refs = {loss: name for name, loss, _, over in reversed(ABLATION) if not over}
         ref_last = {r["loss"]: r["metrics"]["balanced/acc1"] for r in rows
                     if "metrics" in r and refs.get(r["loss"]) == r["_name"]}
-        out += ["### Ablation: LDAM-DRW (and CE) on CIFAR-10-LT, IF 100", "",
-                "| run | loss | top-1 last (%) | best test epoch (%) | last − reference of its loss (points) | seconds |",
-                "|---|---|---|---|---|---|"]
+        out += ["### Ablation: LDAM-DRW (and CE) on CIFAR-10-LT, IF 100; the control on balanced CIFAR-10", "",
+                "| run | loss | top-1 last (%) | best test epoch (%) | last − reference of its loss (points) "
+                "| published top-1 (%) | seconds |",
+                "|---|---|---|---|---|---|---|"]
         for r in rows:
             m = r.get("metrics")
+            published = _published_top1(r)
             if not m:
-                out.append(f"| {r['_name']} | {r['loss']} | not run: {r['error']} | | | |")
+                why = f"not run: {r['error']}" if r.get("error") else "not run yet"
+                out.append(f"| {r['_name']} | {r['loss']} | {why} | | | {published} | |")
                 continue
-            diff = f"{100 * (m['balanced/acc1'] - ref_last[r['loss']]):+.2f}" if r["loss"] in ref_last else ""
+            diff = f"{100 * (m['balanced/acc1'] - ref_last[r['loss']]):+.2f}" \
+                if r["_kind"] == "ablation" and r["loss"] in ref_last else ""
             secs = f"{r['seconds']:.0f}" if r.get("seconds") else ""
             out.append(f"| {r['_name']} | {r['loss']} | {_pct(m['balanced/acc1'])} | {_pct(m.get('monitor/best_test_acc1'))} "
-                       f"| {diff} | {secs} |")
-        out.append("")
+                       f"| {diff} | {published} | {secs} |")
+        out += ["", control_summary(rows), ""] if any(r["_kind"] == "control" for r in rows) else [""]
     grid_rows = [r for r in results if r["_in_grid"] and "metrics" in r]
     if grid_rows:
         ours = pd.DataFrame([r["metrics"] for r in grid_rows])
@@ -232,14 +257,44 @@ def tables(results: list[dict], label: str) -> str:
         out += ["", "Published: " + " ".join(PUBLISHED_REFERENCES.values()), ""]
     missing = [r for r in results if "metrics" not in r]
     if missing:
-        out.append(f"{len(missing)} run(s) did not finish: " + "; ".join(f"{r['_name']} ({r['error']})" for r in missing))
+        out.append(f"{len(missing)} run(s) without a result: "
+                   + "; ".join(f"{r['_name']} ({r.get('error') or 'not run yet'})" for r in missing))
     return "\n".join(out)
+
+
+def _published_top1(row: dict) -> str:
+    """The published top-1 (%) a row of the ablation table is read against: He et al.'s for the
+    control, Cao et al.'s for a reference-protocol row at seed 0 (no overrides), else none."""
+    if row["_kind"] == "control":
+        return f"{CONTROL_PUBLISHED_TOP1:.2f}"
+    from longtail.results import PUBLISHED
+    reference = {name for name, _, _, over in ABLATION if not over}
+    if row["_name"] not in reference:
+        return ""
+    pub = PUBLISHED[(PUBLISHED["loss"] == row["loss"]) & (PUBLISHED["imbalance_factor"] == row["imbalance_factor"])
+                    & (PUBLISHED["drw"] == (row.get("drw_epoch") is not None))]
+    return f"{float(pub['top1'].iloc[0]):.2f}" if len(pub) else ""
+
+
+def control_summary(rows: list[dict]) -> str:
+    """One line: the control's mean over its finished seeds against He et al.'s number, or that it has not run."""
+    control = [r for r in rows if r["_kind"] == "control"]
+    done = [100 * r["metrics"]["balanced/acc1"] for r in control if r.get("metrics")]
+    if not done:
+        return (f"Control ({CONTROL_ROW.removeprefix('control: ')}): not run yet; published {CONTROL_PUBLISHED_TOP1:.2f} % ({CONTROL_SOURCE})")
+    mean = sum(done) / len(done)
+    return (f"Control ({CONTROL_ROW.removeprefix('control: ')}): {mean:.2f} % top-1, mean of {len(done)} of {len(control)} seeds, against the "
+            f"published {CONTROL_PUBLISHED_TOP1:.2f} % ({mean - CONTROL_PUBLISHED_TOP1:+.2f} points; {CONTROL_SOURCE})")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(ROOT / "params" / "cifar10_lt.yaml"))
-    ap.add_argument("--runs", default="grid", help="comma-separated: ablation, grid (default grid)")
+    ap.add_argument("--runs", default="grid", help="comma-separated: ablation, control, grid (default grid)")
+    ap.add_argument("--control-params", default=str(ROOT / "params" / "cifar10_control.yaml"),
+                    help="the control's parameter file (default: %(default)s)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: the tables from the runs already on disk (the others: not run yet)")
     ap.add_argument("--epochs", type=int, default=None, help="shortened schedule (default: the protocol's)")
     ap.add_argument("--losses", default=None, help="comma-separated subset of the grid's losses")
     ap.add_argument("--imbalance", default=None, help="comma-separated subset of the imbalance factors")
@@ -256,26 +311,29 @@ def main():
     ap.add_argument("--output-root", default=None)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "cifar10_lt.md"))
     args = ap.parse_args()
-    bad = set(args.runs.split(",")) - {"ablation", "grid"}
+    bad = set(args.runs.split(",")) - set(RUN_KINDS)
     if bad:
-        sys.exit(f"--runs {args.runs!r}: unknown {sorted(bad)}; choose from ablation, grid")
+        sys.exit(f"--runs {args.runs!r}: unknown {sorted(bad)}; choose from {', '.join(RUN_KINDS)}")
     suffix = f"_{args.epochs}ep" if args.epochs else ""
     args.output_root = args.output_root or str(ROOT / "runs" / f"cifar10_lt{suffix}")
 
     import torch
     todo = plan(args)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    epochs = todo[0]["epochs"] if todo else 0
-    label = f"full protocol ({epochs} epochs)" if not args.epochs else \
-        f"SHORTENED schedule: {args.epochs} of 200 epochs, scaled warm-up/steps/DRW"
+    epochs = sorted({p["epochs"] for p in todo})
+    label = f"full protocol ({' and '.join(map(str, epochs))} epochs)" if not args.epochs else \
+        f"SHORTENED schedule: {args.epochs} epochs instead of the protocol's (200; the control's 164), scaled warm-up/steps/DRW"
     if args.n_max:
         label += f"; SMALLER training set: n_max {args.n_max} instead of 5,000"
     print(f"device: {device}; {label}; {len(todo)} runs, {args.parallel} at once", flush=True)
     t0 = time.perf_counter()
-    warm_caches(todo)
-    print(f"caches ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-    left = None if args.deadline is None else args.deadline - (time.perf_counter() - t0)
-    results = execute(todo, args.parallel, left)
+    if args.table_only:
+        results = [_load_done(p) or p for p in todo]
+    else:
+        warm_caches(todo)
+        print(f"caches ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+        left = None if args.deadline is None else args.deadline - (time.perf_counter() - t0)
+        results = execute(todo, args.parallel, left)
     text = f"## CIFAR-10-LT on {device}\n\n" + tables(results, label) + \
         f"\n\nWall time {time.perf_counter() - t0:.0f} s for {len(todo)} runs, {args.parallel} at once on one device.\n"
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

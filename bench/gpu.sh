@@ -7,19 +7,32 @@
 #                                    # the CUDA-only tests, the CUDA-graph probe (bench/gpu_probe.py), a tiny
 #                                    # grid through papermill
 #   bash bench/gpu.sh run [SECONDS]  # carries .devdata/eu-moths; until SECONDS (default 540):
-#     1. the thesis grid's MobileNetV2 part (iNat-insects weights, fine-tuned end to end at 224 px,
-#        7 losses x 2 training sets x 3 seeds) through the real papermill grid, $THESIS_JOBS (14) at once;
+#     1. the thesis grid's MobileNetV2 part (iNat-insects weights, fine-tuned end to end at 224 px with
+#        params/thesis.yaml's schedule, which is our choice: the thesis states none; 7 losses x 2 training
+#        sets x 3 seeds) through the real papermill grid, $THESIS_JOBS (14) at once, resumed across leases:
+#        the runs of earlier leases are restored from bench/archive/thesis.tar.gz first (the grid skips
+#        them), and every finished run is packed into $OUT/thesis.tar.gz at the end, also when the time
+#        limit stopped the grid (python -m longtail.archive); copy that file over bench/archive/thesis.tar.gz
+#        and commit it, and the next lease adds its runs;
 #     2. params/cifar10_lt.yaml, all 14 runs at the full 200 epochs, 14 at once (CUDA graphs when the
 #        probe found them equal to eager), with the time left, against the published table;
 #     3. the projected wall time of the full thesis grid (bench/gpu_projection.py).
 #   Measured on one H200 (bench/measured/gpu_issue14_h200_2026-11-27.md): the CIFAR grid needs ~12
 #   minutes alone, more than one call; CIFAR_IMBALANCE=100 runs its IF-100 half.
-#   bash bench/gpu.sh all [SECONDS]  # both, one after the other (a machine that holds everything)
+#   bash bench/gpu.sh control [SECONDS]  # (after setup: CIFAR-10's image cache) the data-cost control,
+#                                    # params/cifar10_control.yaml: ResNet-32 on the balanced full CIFAR-10 JPEG
+#                                    # copy, He et al.'s protocol, 2 seeds at once with CUDA graphs, against
+#                                    # their 92.49 %; table in $OUT/cifar10_control_gpu.md.  2 x 8.2 M images:
+#                                    # ~5-6 min at the probe's 27,000 img/s a run (not measured yet; SECONDS
+#                                    # default 480: setup + control fit one 15-minute lease, run is another)
+#   bash bench/gpu.sh all [SECONDS]  # setup, run, control, one after the other (a machine that holds everything)
 #
 # Several runs share the one GPU (CUDA MPS when it starts, so their small kernels overlap).  Whatever
 # input is missing skips the part that needs it, with a line saying so.  State between the calls lives
-# in $LT_GPU_STATE (default /tmp/lt-gpu); tables and logs go to $OUT (default bench/results; 8 files).
+# in $LT_GPU_STATE (default /tmp/lt-gpu); tables, logs and the thesis archive go to $OUT (default
+# bench/results; at most 8 files a call come back from a lent machine: a run call writes 6).
 # A CPU smoke test of the whole script (tiny settings, minutes): GPU_SMOKE=1 bash bench/gpu.sh all 900
+# (its thesis runs are archived under $LT_GPU_STATE, never into bench/archive/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}; mkdir -p "$OUT"
@@ -89,15 +102,19 @@ setup() {
   say "setup done"
 }
 
-start_cifar() {  # the CIFAR-10-LT grid (14 runs at once; $CIFAR_IMBALANCE: e.g. 100 for its IF-100 half)
-  local deadline=$1 graph_flag=""
-  [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || { say "CIFAR part skipped: no cifar10-jpg.tar.gz"; return; }
-  "$PY" - "$STATE/probe.json" <<'PY' && graph_flag="--cuda-graph"
+cuda_graph_flag() {  # --cuda-graph when the probe found CUDA graphs equal to eager in every row it ran
+  "$PY" - "$STATE/probe.json" <<'PY' 2>/dev/null && echo --cuda-graph
 import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
 ok = [r for r in rows if r["graph"] and r["cuda_graph_used"] and r.get("agrees_with_eager")]
 sys.exit(0 if ok and len(ok) == sum(r["graph"] for r in rows) else 1)
 PY
+}
+
+start_cifar() {  # the CIFAR-10-LT grid (14 runs at once; $CIFAR_IMBALANCE: e.g. 100 for its IF-100 half)
+  local deadline=$1 graph_flag
+  [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || { say "CIFAR part skipped: no cifar10-jpg.tar.gz"; return; }
+  graph_flag=$(cuda_graph_flag)
   # no per-epoch test evaluation (a fifth of the GPU time): the last epoch is our number anyway
   local args="--runs grid --parallel 14 --no-monitor ${CIFAR_IMBALANCE:+--imbalance $CIFAR_IMBALANCE}"
   [ "$SMOKE" = 1 ] && args="--runs grid --parallel 2 --epochs 1 --n-max 200 --losses ce,ldam --imbalance 100 --no-monitor"
@@ -116,20 +133,40 @@ run() {
 
   # 1. the thesis grid's MobileNetV2 part (3 seeds) through the real papermill grid, the GPU to itself
   #    (measured 2026-11-27: beside the CIFAR grid, each slowed the other 2-3x)
-  local thesis_args=(--only backbone=mobilenetv2 --set pretrained=inat_insects --set save_checkpoints=false)
-  [ "$SMOKE" = 1 ] && thesis_args+=(--only seed=0 --only loss=ce,ldam --set epochs=1 --set image_size=64 --set device=cpu)
+  # --set values change the runs' ids: the grid and its archive take the same ones
+  local thesis_sets=(--set pretrained=inat_insects --set save_checkpoints=false)
+  local thesis_only=(--only backbone=mobilenetv2)
+  local archive=${THESIS_ARCHIVE:-bench/archive/thesis.tar.gz} packed="$OUT/thesis.tar.gz"
+  if [ "$SMOKE" = 1 ]; then
+    thesis_sets+=(--set epochs=1 --set image_size=64 --set device=cpu)
+    thesis_only+=(--only seed=0 --only loss=ce,ldam)
+    archive=$STATE/archive/thesis_smoke.tar.gz packed=$STATE/archive/thesis_smoke.tar.gz
+  fi
   if [ -d "$LT_DATA_ROOT/eu-moths" ] && [ -e "$LT_WEIGHTS_DIR/mobilenetv2_100.coral_inat_insects.pt" ] &&
      "$PY" -c "import papermill" 2>/dev/null; then
-    local t0; t0=$(date +%s)
-    decode eu_moths "$([ "$SMOKE" = 1 ] && echo 73 || echo 256)"
-    say "thesis grid, MobileNetV2 part (42 runs: 7 losses x 2 training sets x 3 seeds; fewer when smoke-testing) through papermill, ${THESIS_JOBS:-14} at once"
-    timeout "${THESIS_TIMEOUT:-$(( deadline / 2 ))}" "$PY" -m longtail.grid params/thesis.yaml "${thesis_args[@]}" \
-      --jobs "${THESIS_JOBS:-14}" --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" | tail -4
-    echo $(( $(date +%s) - t0 )) > "$STATE/thesis_wall_s"
-    say "thesis grid: $(cat "$STATE/thesis_wall_s") s wall, image decoding included"
-    "$PY" bench/gpu_summary.py thesis "$STATE/runs/thesis" --wall-s "$(cat "$STATE/thesis_wall_s")" \
-      --jobs "${THESIS_JOBS:-14}" > "$OUT/thesis_mobilenetv2_gpu.md" 2>>"$LOG"
-    "$PY" bench/gpu_summary.py pack "$STATE/runs/thesis" --to "$OUT/thesis_runs" --parts 3 2>>"$LOG"
+    local t0 restored=ok; t0=$(date +%s)
+    if [ -e "$archive" ]; then  # the runs of earlier leases: the grid skips them
+      mkdir -p "$(dirname "$packed")"; [ "$archive" -ef "$packed" ] || cp "$archive" "$packed"
+      "$PY" -m longtail.archive restore params/thesis.yaml "$packed" "${thesis_sets[@]}" \
+        --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" || restored=refused
+    else
+      say "no $archive yet: the thesis grid starts from nothing"
+    fi
+    if [ "$restored" = refused ]; then  # running now would give runs that could not be packed with the archive's
+      say "thesis part skipped: $archive was refused (above); fix or remove it"
+    else
+      decode eu_moths "$([ "$SMOKE" = 1 ] && echo 73 || echo 256)"
+      say "thesis grid, MobileNetV2 part (42 runs: 7 losses x 2 training sets x 3 seeds; fewer when smoke-testing) through papermill, ${THESIS_JOBS:-14} at once"
+      # the time limit stops the grid with SIGTERM (it stops its workers and kernels at once); the pack below runs anyway
+      timeout -k 20 "${THESIS_TIMEOUT:-$(( deadline / 2 ))}" "$PY" -m longtail.grid params/thesis.yaml "${thesis_only[@]}" \
+        "${thesis_sets[@]}" --jobs "${THESIS_JOBS:-14}" --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG" | tail -4
+      echo $(( $(date +%s) - t0 )) > "$STATE/thesis_wall_s"
+      say "thesis grid: $(cat "$STATE/thesis_wall_s") s wall, image decoding included"
+      "$PY" -m longtail.archive pack params/thesis.yaml "$packed" "${thesis_sets[@]}" \
+        --output-root "$STATE/runs/thesis" 2>&1 | tee -a "$LOG"
+      "$PY" bench/gpu_summary.py thesis "$STATE/runs/thesis" --wall-s "$(cat "$STATE/thesis_wall_s")" \
+        --jobs "${THESIS_JOBS:-14}" > "$OUT/thesis_mobilenetv2_gpu.md" 2>>"$LOG"
+    fi
   else
     say "thesis part skipped: needs eu-moths (carried by this call), the iNat-insects weights in $LT_WEIGHTS_DIR, papermill"
   fi
@@ -145,9 +182,27 @@ run() {
   say "run done"
 }
 
+control() {  # the data-cost control: balanced full CIFAR-10 (JPEG copy), He et al.'s protocol, 2 seeds
+  local deadline=${1:-480} mps graph_flag args
+  [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || copy_inputs
+  [ -e "$LT_DATA_ROOT/cifar10-jpg.tar.gz" ] || { say "control skipped: no cifar10-jpg.tar.gz (carried by setup)"; return; }
+  mps=$(mps_on)
+  graph_flag=$(cuda_graph_flag)
+  args="--runs control --parallel 2 --no-monitor"
+  [ "$SMOKE" = 1 ] && args="--runs control --parallel 2 --epochs 1 --n-max 200 --no-monitor"
+  say "control: params/cifar10_control.yaml ($args), ${graph_flag:-eager (the probe did not clear CUDA graphs)}, deadline $deadline s"
+  OMP_NUM_THREADS=1 timeout $(( deadline + 20 )) "$PY" bench/cifar10_lt.py $args $graph_flag --deadline "$deadline" \
+    --output-root "$STATE/runs/cifar10_lt" --results "$OUT/cifar10_control_gpu.md" 2>&1 | grep -v "^\s*$" | tee -a "$LOG" | tail -12
+  # beside the CIFAR-10-LT runs (other ids), in the one JSON-lines file (a lent machine returns 8 files)
+  "$PY" bench/gpu_summary.py jsonl "$STATE/runs/cifar10_lt" > "$OUT/cifar10_lt_runs.jsonl" 2>>"$LOG"
+  [ "$mps" = on ] && echo quit | nvidia-cuda-mps-control
+  say "control done"
+}
+
 case "${1:-}" in
   setup) setup ;;
   run) run "${2:-540}" ;;
-  all) setup; run "${2:-540}" ;;
-  *) echo "usage: bash bench/gpu.sh setup | run [deadline seconds] | all [deadline seconds]" >&2; exit 2 ;;
+  control) control "${2:-480}" ;;
+  all) setup; run "${2:-540}"; control "${3:-480}" ;;
+  *) echo "usage: bash bench/gpu.sh setup | run [deadline seconds] | control [deadline seconds] | all [run's deadline] [control's deadline]" >&2; exit 2 ;;
 esac

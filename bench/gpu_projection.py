@@ -43,6 +43,8 @@ def thesis_projection(runs_root: str, wall_s: float, jobs: int) -> list[str]:
 
     from longtail import results, rundir
     runs = results.collect_runs(runs_root) if runs_root and Path(runs_root).is_dir() else None
+    if runs is not None and len(runs):  # this lease's runs: those restored from earlier leases (longtail.archive,
+        runs = runs[runs["notebook"].notna()]  # no executed notebook) are not in wall_s
     if runs is None or not len(runs) or not math.isfinite(wall_s):
         return ["No MobileNetV2 thesis grid finished: no projection.", ""]
     thr = bare_throughput()

@@ -27,9 +27,11 @@ confusion_classes = 12  # classes per confusion-matrix panel (largest and smalle
 examples_per_kind = 6  # tail-class test images shown, correct and wrong each
 
 # %%
+from pathlib import Path
+
 from IPython.display import Markdown, display
 
-from longtail import figures, report, results, thesis
+from longtail import figures, report, results, rundir, thesis
 
 figures.setup()
 out_dir = results.project_path(out_dir)
@@ -41,6 +43,13 @@ results.save_runs(all_runs, out_dir)
 runs = all_runs[all_runs["grid"] != thesis.ABLATION_GRID] if len(all_runs) else all_runs
 if len(runs):
     runs = runs.assign(method=results.method_labels(runs))
+# runs restored from an archive (`longtail.archive`) keep their metrics but not their test predictions:
+# the sections that read predictions (leaderboard ensemble, per class, confusion, calibration, examples)
+# use the runs that have them
+predicted = runs[[(Path(d) / rundir.PREDICTIONS_FILE).exists() for d in runs["run_dir"]]] if len(runs) else runs
+if len(predicted) < len(runs):
+    print(f"{len(runs) - len(predicted)} runs without predictions (restored from an archive): in the tables, "
+          "not in the leaderboard, per-class, confusion, calibration or example figures")
 
 # %% [markdown]
 # ## What helps the tail, at what cost to the head
@@ -71,8 +80,8 @@ if len(tradeoff):
 # %%
 from longtail import leaderboard
 
-board = leaderboard.leaderboard(runs)
-display(Markdown(leaderboard.goal_text(board, runs).replace("\n", "\n\n")))
+board = leaderboard.leaderboard(predicted)
+display(Markdown(leaderboard.goal_text(board, predicted).replace("\n", "\n\n")))
 for setting, b in (board.groupby("Setting", sort=False) if len(board) else []):
     display(report.show_table(leaderboard.table(b), out_dir, "leaderboard" if board["Setting"].nunique() == 1
                               else f"leaderboard_{b.index[0]}",
@@ -95,20 +104,22 @@ for table in results.appendix_tables(runs):
 # The thesis's published top-1 (Appendix A) beside ours, for every thesis table whose backbone,
 # training set and loss these runs have (ours under the thesis's evaluation protocol: a physical
 # long-tailed test set that head / middle / tail partition).  **Different data** (the thesis's own
-# moth photographs against EU Moths here) and, on a CPU, a different schedule (a linear probe): the
+# moth photographs against EU Moths here) and, on a CPU, a linear probe instead of fine-tuning: the
 # *pattern* across losses can be compared, not the level.  The last column names the thesis row's
-# known defect, found in its numbers.  Then the thesis's schedule itself, fine-tuned end to end on a
-# lent GPU (MobileNetV2, `bench/measured/thesis_finetune_*`), and our readings of the thesis's tables
-# (what its numbers show), each with the thesis's value for every backbone, ours (mean ± standard
-# error over the seeds) and a verdict that holds only where our difference exceeds its standard error.
-# Each setting of ours (a linear probe, a fine-tuned run, another schedule) is its own row: runs of
-# different settings are never averaged.
+# known defect, found in its numbers.  Then the thesis's grid fine-tuned end to end on a lent GPU with
+# `params/thesis.yaml`'s schedule, which is our choice (the thesis states no epochs, learning rate,
+# optimiser or pretraining; MobileNetV2, `bench/measured/thesis_finetune_*`), and our readings of the
+# thesis's tables (what its numbers show), each with the thesis's value for every backbone, ours (mean
+# ± standard error over the seeds) and a verdict that holds only where our difference exceeds its
+# standard error.  Each setting of ours (a linear probe, a fine-tuned run, another schedule) is its own
+# row: runs of different settings are never averaged.
 
 # %%
 beside = thesis.side_by_side(runs)
 if len(beside):
     display(report.show_table(beside, out_dir, "thesis_side_by_side",
-                              "Top-1 (%): the thesis (its data) and ours (our data; thesis protocol), side by side"))
+                              "Top-1 (%): the thesis (its data) and ours (our data; the thesis's evaluation "
+                              "protocol), side by side"))
 else:
     print("No run has a thesis backbone (mobilenetv2, resnet50v2, vit_b16, convnext_base) with a thesis loss.")
 found = thesis.findings(runs)
@@ -116,7 +127,7 @@ if len(found):
     display(report.show_table(found.set_index(["Reading of the thesis's tables", "Backbone", "Setting"]), out_dir,
                               "thesis_findings", "Our readings of the thesis's tables against our runs (verdicts "
                               "computed from the numbers; each setting on its own)"))
-for name, text in results.benchmark_tables():  # fine-tuned under the thesis protocol on a lent GPU
+for name, text in results.benchmark_tables():  # params/thesis.yaml (our schedule) fine-tuned on a lent GPU
     if name.startswith(results.THESIS_FINETUNE_PREFIX):
         display(Markdown(f"### `bench/measured/{name}`\n\n{text}"))
 defects = thesis.known_defects()
@@ -186,7 +197,7 @@ for s in results.settings(runs, by_train_set=False):
 # training set); lines: the mean over classes of one size and the seeds.
 
 # %%
-for s in results.settings(runs):
+for s in results.settings(predicted):
     if s.key["train_set"] == "longtailed":
         fig = figures.per_class_vs_count(results.per_class_frame(s.runs), results.method_order(s.runs["method"]),
                                          title=s.text)
@@ -201,7 +212,7 @@ for s in results.settings(runs):
 # predictions went to most, then all other classes together.
 
 # %%
-focus = results.focus_runs(runs, baseline)
+focus = results.focus_runs(predicted, baseline)
 if focus:
     key, fruns, shown = focus
     print(f"{results.setting_text(key)}; shown: {', '.join(shown)}")

@@ -27,3 +27,40 @@ def test_cifar_projection_reads_the_benchmark_log(tmp_path):
     assert "1 runs finished; the slowest took 405 s" in text
     # the unfinished run: 120 s for 50 of 200 epochs -> 480 s; it alone trained 6,000 img/s
     assert "1 runs stopped by the deadline" in text and "480 s" in text and "6,000 img/s" in text
+
+
+def test_the_control_is_he_et_al_s_64k_iterations_as_epochs_on_the_full_balanced_set():
+    """params/cifar10_control.yaml: ResNet-32 on all 50,000 CIFAR-10 training images, He et al. 2016's
+    schedule (lr / 10 at 32k and 48k of 64k iterations of batch 128) in whole epochs of 391 steps."""
+    import math
+
+    import numpy as np
+
+    from longtail import gridspec, selection
+    grid = gridspec.load_grid(config.PROJECT_ROOT / "params" / "cifar10_control.yaml", check_backbone=False)
+    assert [r["seed"] for r in grid.runs] == [0, 1]
+    p = grid.runs[0]
+    sets = selection.run_sets(p, np.repeat(np.arange(10), 5000), None, np.repeat(np.arange(10), 1000), None, 10)
+    steps = math.ceil(len(sets.train) / p["batch_size"])
+    assert (len(sets.train), steps) == (50000, 391)
+    assert (p["dataset"], p["backbone"], p["pretrained"], p["loss"], p["augment"]) == ("cifar10", "resnet32", None, "ce", "cifar")
+    assert (p["optimizer"], p["lr"], p["momentum"], p["nesterov"], p["weight_decay"], p["warmup_epochs"]) == (
+        "sgd", 0.1, 0.9, False, 1e-4, 0)
+    assert (p["schedule"], p["lr_gamma"], p["val_fraction"]) == ("step", 0.1, 0.0)
+    # each whole epoch is the nearest to He et al.'s iteration count, within one epoch's steps
+    for epochs, iterations in zip([*p["lr_steps"], p["epochs"]], (32000, 48000, 64000), strict=True):
+        assert epochs == round(iterations * 128 / 50000) and abs(epochs * steps - iterations) < steps
+
+
+def test_the_control_rows_say_not_run_yet_beside_the_published_number():
+    base = {"loss": "ce", "imbalance_factor": 100.0, "drw_epoch": None, "_in_grid": False}
+    rows = [{**base, "_kind": "control", "_name": f"{cifar10_lt.CONTROL_ROW}, seed {s}"} for s in (0, 1)]
+    text = cifar10_lt.tables(rows, "full protocol")
+    assert f"| {cifar10_lt.CONTROL_ROW}, seed 0 | ce | not run yet | | | 92.49 | |" in text
+    assert "balanced CIFAR-10, He et al. protocol): not run yet; published 92.49 %" in text
+    # one seed finished: its top-1 and the mean of the finished seeds against the published number
+    rows[0] = {**rows[0], "metrics": {"balanced/acc1": 0.9212}, "seconds": 290.0}
+    text = cifar10_lt.tables(rows, "full protocol")
+    assert f"| {cifar10_lt.CONTROL_ROW}, seed 0 | ce | 92.12 |  |  | 92.49 | 290 |" in text
+    assert "92.12 % top-1, mean of 1 of 2 seeds, against the published 92.49 % (-0.37 points" in text
+    assert f"| {cifar10_lt.CONTROL_ROW}, seed 1 | ce | not run yet |" in text

@@ -160,7 +160,8 @@ def test_every_module_is_in_the_readme_table_and_the_package_docstring():
 
 
 def test_shipped_parameter_files_are_valid():
-    counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 42, "cifar10_lt": 14, "tiny": 4}
+    counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 42, "cifar10_lt": 14,
+              "cifar10_control": 2, "tiny": 4}
     grids = {name: G.load_grid(ROOT / "params" / f"{name}.yaml") for name in counts}
     assert {name: len(g) for name, g in grids.items()} == counts
 

@@ -762,7 +762,7 @@ def _label_value(v) -> str:
 BENCH_FOLDERS = ("bench/results", "bench/measured")  # written by `make bench`; kept from lent GPU machines
 #: bench tables that belong beside the published numbers (the CIFAR-10-LT ablation), not among the speed figures
 PUBLISHED_ABLATION_PREFIX = "cifar10_lt_ablation"
-#: bench tables of thesis-protocol runs fine-tuned on a lent GPU: shown beside the thesis's numbers
+#: bench tables of params/thesis.yaml runs (our schedule) fine-tuned on a lent GPU: shown beside the thesis's numbers
 THESIS_FINETUNE_PREFIX = "thesis_finetune"
 #: bench tables that hold results rather than speed figures (shown in their own sections)
 RESULT_TABLE_PREFIXES = (PUBLISHED_ABLATION_PREFIX, THESIS_FINETUNE_PREFIX)
