@@ -204,7 +204,7 @@ def test_the_report_renders_the_appendix_tables_from_restored_runs(tiny_runs, tm
                           "--no-run-pages"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     html = (out / "index.html").read_text()
-    for text in ("Table A.1: Top-1 accuracy", "Table A.4", "4 runs without predictions (restored from an archive)"):
+    for text in ("Table A.17: Top-1 accuracy", "Table A.20", "4 runs without predictions (restored from an archive)"):
         assert text in html, text
     assert (out / "tables" / "top1_resnet32_longtailed.csv").exists()
     assert not (out / "figures" / "per_class_resnet32_longtailed.png").exists()
