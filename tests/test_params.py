@@ -20,6 +20,11 @@ def test_defaults_validate():
     ({"epochs": -1}, "positive integer"),
     ({"imbalance_factor": 0.5}, ">= 1"),
     ({"lr_rate": 0.1}, "unknown parameter 'lr_rate'"),
+    ({"group_thresholds": [20, 100]}, "group_thresholds=[20, 100]: needs 0 <= few < many"),
+    ({"group_thresholds": [100, -1]}, "group_thresholds=[100, -1]: needs 0 <= few < many"),
+    ({"group_thresholds": 100}, "group_thresholds=100: must be [many, few], two integers"),
+    ({"test_longtailed_rule": "floor"}, "test_longtailed_rule='floor': choose one of at_least_one, proportional"),
+    ({"val_source": "unused", "val_fraction": 0.1}, "set val_fraction null or 0"),
 ])
 def test_each_bad_value_is_named_with_its_choices(bad, expected):
     with pytest.raises(ParameterError) as err:
@@ -36,3 +41,20 @@ def test_all_problems_are_reported_at_once():
 def test_describe_lists_every_parameter():
     table = describe()
     assert all(f"`{k}`" in table for k in DEFAULTS)
+
+
+def test_group_and_validation_defaults():
+    p = validate({})
+    assert p["group_thresholds"] == [100, 20] and p["test_longtailed_rule"] == "at_least_one"
+    assert p["val_fraction"] is None  # 0.1 of derived sets, none of given sets (selection.validation_fraction)
+    assert validate({"group_scheme": "thresholds", "group_thresholds": [5, 0]})["group_thresholds"] == [5, 0]
+    assert validate({"val_source": "unused"})["val_fraction"] is None  # needs no explicit 0 any more
+
+
+def test_validation_fraction_of_derived_and_given_sets():
+    from longtail.selection import DERIVED_VAL_FRACTION, validation_fraction
+    assert DERIVED_VAL_FRACTION == 0.1
+    assert validation_fraction(None, "split", given=False) == 0.1
+    assert validation_fraction(None, "split", given=True) == 0.0  # given sets are used as they are
+    assert validation_fraction(None, "unused", given=False) == 0.0
+    assert validation_fraction(0.2, "split", given=True) == 0.2  # asked for: held out of the given set
