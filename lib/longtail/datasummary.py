@@ -18,8 +18,8 @@ def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None
                 test_longtailed_rule: str = "at_least_one") -> pd.DataFrame:
     """Per class: the images the long-tailed and the balanced training sets train on (after the
     validation split, ``subsets.fit_and_validation_indices`` as in a run: the ``train_count`` of its
-    ``classes.csv``), the head / middle / tail group (of the
-    long-tailed set), and the test images: the balanced test set, the physical long-tailed one
+    ``classes.csv``), the head / middle / tail group and the long-tailed test weights (of the whole
+    long-tailed set, before any validation split, as in a run), and the test images: the balanced test set, the physical long-tailed one
     (given, or sampled), and the effective images of the weighted long-tailed split (Σ w); sets
     derived or given as in a run (``selection.run_sets``)."""
     y, C = np.asarray(ds.train.labels), ds.num_classes
@@ -46,9 +46,10 @@ def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None
 
     lt_counts, bal_counts = fit_counts(lt), fit_counts(bal)
     test_bal = test_y[sets.test_balanced]
-    w = subsets.longtailed_test_weights(test_bal, lt_counts)
+    w = subsets.longtailed_test_weights(test_bal, sets.lt_counts)
     return pd.DataFrame({
-        "class": np.arange(C), "name": ds.class_names, "group": subsets.class_groups(lt_counts, group_scheme, *group_thresholds),
+        "class": np.arange(C), "name": ds.class_names,
+        "group": subsets.class_groups(sets.lt_counts, group_scheme, *group_thresholds),
         "longtailed": lt_counts, "balanced": bal_counts,
         "test_balanced": subsets.class_counts(test_bal, C),
         "test_longtailed_sampled": subsets.class_counts(test_y[sets.test_longtailed], C),

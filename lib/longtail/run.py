@@ -256,8 +256,10 @@ def _groups_text(p: dict, classes: pd.DataFrame, given_test: bool) -> str:
     from . import subsets
     sizes = subsets.group_sizes(classes["group"], classes["longtailed_count"], classes["test_longtailed_count"])
     n_test = sum(s["test_images"] for s in sizes.values())
-    scheme = (f"{p['group_scheme']}, thresholds {p['group_thresholds']}" if p["group_scheme"] != "thirds"
-              else "thirds")
+    by_threshold = subsets.class_groups(classes["longtailed_count"], "thresholds", *p["group_thresholds"])
+    scheme = {"thirds": "thirds", "thresholds": f"thresholds {p['group_thresholds']}",
+              "auto": f"auto: thresholds {p['group_thresholds']}" if len(set(by_threshold)) == 3 else
+              f"auto: thirds, thresholds {p['group_thresholds']} leave a group empty"}[p["group_scheme"]]
     rule = "given" if given_test else f"sampled, rule {p['test_longtailed_rule']}"
     return ("groups (" + scheme + "): " + " / ".join(f"{g} {s['classes']}" for g, s in sizes.items()) + " classes; "
             f"long-tailed test set ({rule}): {n_test} images, "
