@@ -259,6 +259,7 @@ def test_given_sets_have_no_validation_split_unless_asked_and_the_log_says_so(tm
     sizes = results.group_sizes(tmp_path / "default")
     assert sizes["classes"].tolist() == [8, 8, 8, 24]
     assert sizes["test_images"].tolist() == [16, 8, 8, 32] and sizes.loc["tail", "test_share"] == 25.0
+    assert sizes["balanced_test_images"].tolist() == [16, 16, 16, 48]
     assert ("groups (auto: thirds, thresholds [100, 20] leave a group empty): head 8 / middle 8 / tail 8 classes; long-tailed test set (given): "
             "32 images, head 16 / middle 8 / tail 8, tail share 25.0 %") in lines
     assert results.group_sizes_text(tmp_path / "default") == ("head / middle / tail: 8 / 8 / 8 classes; long-tailed "

@@ -542,11 +542,13 @@ def group_sizes(run_dir) -> pd.DataFrame:
     """The head / middle / tail groups of a run folder (its ``classes.csv``), a row each and ``all``:
     ``classes`` and ``train_images`` (of the long-tailed training set, whose counts define the
     groups), ``test_images`` of the physical long-tailed test set (the thesis protocol's, which the
-    groups partition) and ``test_share`` (%, of that set's images)."""
+    groups partition), ``test_share`` (%, of that set's images) and ``balanced_test_images`` (the
+    balanced test set's, on which the weighted protocol's groups are measured)."""
     from .subsets import group_sizes as sizes_of
     cls = pd.read_csv(Path(run_dir) / rundir.CLASSES_FILE)
     table = pd.DataFrame.from_dict(sizes_of(cls["group"], cls["longtailed_count"], cls["test_longtailed_count"]),
                                    orient="index")
+    table["balanced_test_images"] = [int(cls.loc[cls["group"] == g, "test_count"].sum()) for g in table.index]
     table.loc["all"] = table.sum()
     table["test_share"] = 100 * table["test_images"] / max(int(table.loc["all", "test_images"]), 1)
     return table
