@@ -58,3 +58,16 @@ def test_validation_fraction_of_derived_and_given_sets():
     assert validation_fraction(None, "split", given=True) == 0.0  # given sets are used as they are
     assert validation_fraction(None, "unused", given=False) == 0.0
     assert validation_fraction(0.2, "split", given=True) == 0.2  # asked for: held out of the given set
+
+
+def test_run_ids_of_earlier_runs_are_kept_and_new_choices_get_their_own():
+    """group_thresholds and test_longtailed_rule at their defaults compute what runs computed before
+    they existed: those runs keep their ids (the values pinned were computed before the two were
+    added); away from the defaults a run has an id of its own."""
+    from longtail.rundir import run_id
+    main_job = {"dataset": "eu_moths", "imbalance_factor": 8, "val_fraction": 0.0}
+    assert run_id(main_job) == "b521993ad8f1"
+    assert run_id({"val_fraction": 0.1}) == "b4e67336299f"  # the former default of val_fraction
+    assert run_id({**main_job, "group_thresholds": [100, 20], "test_longtailed_rule": "at_least_one"}) == "b521993ad8f1"
+    assert len({run_id(main_job), run_id({**main_job, "group_thresholds": [5, 2]}),
+                run_id({**main_job, "test_longtailed_rule": "proportional"})}) == 3

@@ -54,14 +54,18 @@ RUNNING = "running"
 #: parameters that say where things are or how fast they run, not what is computed (cuda_graph replays
 #: the same kernels as eager; kept out so that adding it left every earlier run's id unchanged)
 NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "cuda_graph")
+#: parameters added after runs existed whose default computes what those runs computed: hashed only
+#: away from their default, so that adding them left every earlier run's id unchanged
+HASHED_AWAY_FROM_DEFAULT = ("group_thresholds", "test_longtailed_rule")
 
 
 def run_id(params: dict) -> str:
     """Stable id of a run: a hash of its resolved parameters (``params.resolve``; locations excluded)."""
-    from .params import resolve
+    from .params import DEFAULTS, resolve
 
     resolved = resolve(params)
-    ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID}
+    ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID
+             and not (k in HASHED_AWAY_FROM_DEFAULT and v == DEFAULTS[k])}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
