@@ -22,10 +22,12 @@ dataset_params = {}  # extra loader arguments, e.g. {'num_classes': 6} for synth
 imbalance_factor = 8.0  # IF = n_max / n_min of the long-tailed training set
 profile = 'exp'  # exp | step | zipf
 group_scheme = 'auto'  # auto | thresholds | thirds
+group_thresholds = [100, 20]  # [many, few]: head > many, tail < few long-tailed training images (the survey's)
+test_longtailed_rule = 'at_least_one'  # at_least_one | proportional (the sampled long-tailed test set)
 n_max = None  # images of the largest class; None: the smallest class size of the base set
 subset_seed = 0  # seed of the training subsets and the validation split
 class_order = 'given'  # given | random
-val_fraction = 0.1  # fraction of each training class held out for model selection
+val_fraction = None  # fraction of each training class held out; None: 0.1 of derived sets, none of given sets
 balanced_size = 'matched'  # matched | full
 log_scale = True  # class distribution on a log scale
 samples_per_group = 6  # sample images per group
@@ -43,7 +45,8 @@ out_dir = results.project_path(out_dir)
 ds = data.load_dataset(dataset, data_root, **(dataset_params or {}))
 classes = datasummary.class_table(ds, imbalance_factor=imbalance_factor, profile=profile, n_max=n_max,
                                   class_order=class_order, subset_seed=subset_seed, val_fraction=val_fraction,
-                                  group_scheme=group_scheme, balanced_size=balanced_size)
+                                  group_scheme=group_scheme, group_thresholds=group_thresholds,
+                                  test_longtailed_rule=test_longtailed_rule, balanced_size=balanced_size)
 print(f"{ds.name}: {ds.num_classes} classes, {len(ds.train)} training and {len(ds.test)} test images; "
       f"source: {ds.info.get('source')}" + (f"; cite: {ds.info['citation']}" if ds.info.get("citation") else ""))
 display(report.show_table(datasummary.set_summary(classes), out_dir, f"sets_{ds.name}",

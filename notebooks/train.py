@@ -31,10 +31,12 @@ n_max = None  # images of the largest class; None: the smallest class size of th
 balanced_size = 'matched'  # matched (same total as the long-tailed set, spread evenly) | full
 subset_seed = 0  # seed of the training subset and validation split
 subset_method = 'permutation'  # how a class's kept images are drawn: permutation (numpy Generator) | reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)
-val_fraction = 0.0  # fraction of each training class held out for model selection
-val_source = 'split'  # split (val_fraction of the training set) | unused (a balanced set of the training-fold images no training subset uses, val_per_class a class; needs val_fraction 0)
+val_fraction = 0.0  # fraction of each training class held out for model selection; null: 0.1 of a derived training set, none of given sets (used as they are: the last epoch is kept) or with val_source unused
+val_source = 'split'  # split (val_fraction of the training set) | unused (a balanced set of the training-fold images no training subset uses, val_per_class a class; needs val_fraction null or 0)
 val_per_class = 2  # images a class of the unused validation set (val_source unused)
-group_scheme = 'auto'  # auto | thresholds | thirds (head/middle/tail)
+group_scheme = 'auto'  # head/middle/tail from the long-tailed training counts: thresholds (group_thresholds) | thirds (classes by count cut into three) | auto (thresholds where all three groups are non-empty, else thirds)
+group_thresholds = [100, 20]  # [many, few]: head classes have more than many long-tailed training images, tail classes fewer than few (default: the survey's many/few shots, Zhang et al., Deep Long-Tailed Learning: A Survey, TPAMI 2023); integers, 0 <= few < many
+test_longtailed_rule = 'at_least_one'  # how the physical long-tailed test set (eval_protocol thesis) is sampled from the balanced one where it is not given: at_least_one (round(r n_c) images a class, at least one) | proportional (the training prior without a floor: group shares as in training to one image, a class may have none)
 eval_protocol = 'weighted'  # what the tables show (every run computes both): weighted (balanced test set weighted by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition it, support-weighted F1, the method's own loss)
 on_error = 'raise'  # unreadable image: raise | skip
 backbone = 'mobilenetv2'  # mobilenetv2 | resnet50v2 | vit_b16 | convnext_base | resnet32 | any timm name

@@ -4,6 +4,7 @@ grid (papermill) and the report with ``eval_protocol: thesis``, and the errors, 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -207,3 +208,88 @@ def test_data_summary_shows_the_given_sets(trees):
     only_lt = datasummary.class_table(data.load_dataset("imagefolder", roots["longtailed_only"]), imbalance_factor=6,
                                       val_fraction=0.0)
     assert only_lt["balanced"].sum() == 0 and only_lt["longtailed"].tolist() == lt_counts
+
+
+def test_a_test_image_in_a_training_set_is_an_error_naming_it(tmp_path, trees):
+    """Folders: a file of equal content under another name; the manifest: the same path in both."""
+    roots, _, _ = trees
+    root = tmp_path / "leak"
+    shutil.copytree(roots["all"], root)
+    test_image = sorted((root / "test_balanced").glob("*/*.jpg"))[0]
+    copy = root / "train_balanced" / test_image.parent.name / "renamed_copy.jpg"
+    shutil.copy(test_image, copy)
+    with pytest.raises(ValueError) as err:
+        data.load_dataset("imagefolder", root)
+    # the image and its copy in test_longtailed (the fixture's test_longtailed copies test_balanced's first images)
+    assert "2 test image(s) are also training images" in str(err.value)
+    assert f"test_balanced: {test_image} = train_balanced: {copy}" in str(err.value)
+    assert f"test_longtailed: {str(test_image).replace('test_balanced', 'test_longtailed')} = train_balanced: {copy}" \
+        in str(err.value)
+    manifest = tmp_path / "leak_manifest"
+    manifest.mkdir()
+    rows = list(csv.reader(open(roots["manifest"] / data.MANIFEST)))
+    rows = [rows[0]] + [[str((roots["manifest"] / r[0]).resolve()), r[1], r[2]] for r in rows[1:]]
+    listed_twice = next(r for r in rows[1:] if r[2] == "test_longtailed")
+    rows.append([listed_twice[0], listed_twice[1], "train_longtailed"])
+    with open(manifest / data.MANIFEST, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(ValueError, match=r"also training images .*test_longtailed: .*"
+                                         + Path(listed_twice[0]).name + " = train_longtailed"):
+        data.load_dataset("imagefolder", manifest)
+
+
+def _given_run(root, out, log, **params):
+    from longtail.run import run_training
+    return run_training({"dataset": "imagefolder", "data_root": str(root), "backbone": "resnet32", "pretrained": None,
+                         "mode": "linear", "image_size": 32, "epochs": 1, "batch_size": 16, "device": "cpu",
+                         "channels_last": False, "save_checkpoints": False, "output_dir": str(out), **params},
+                        log=log)
+
+
+def test_given_sets_have_no_validation_split_unless_asked_and_the_log_says_so(tmp_path, tmp_cache, trees):
+    from longtail import results
+    roots, lt_counts, lt_test = trees
+    lines: list[str] = []
+    _given_run(roots["all"], tmp_path / "default", lines.append)
+    classes = pd.read_csv(tmp_path / "default" / "classes.csv")
+    assert classes["val_count"].sum() == 0 and classes["train_count"].tolist() == lt_counts  # nothing held out
+    assert "validation: none (given sets are used as they are); model selection: the last epoch is kept" in lines
+    # the groups (thirds of the long-tailed counts 6 ... 1) and the given long-tailed test set, in the log
+    # and from the run folder: 8 classes a group; 2 test images for the first 8 classes, 1 for the others
+    sizes = results.group_sizes(tmp_path / "default")
+    assert sizes["classes"].tolist() == [8, 8, 8, 24]
+    assert sizes["test_images"].tolist() == [16, 8, 8, 32] and sizes.loc["tail", "test_share"] == 25.0
+    assert sizes["balanced_test_images"].tolist() == [16, 16, 16, 48]
+    assert ("groups (auto: thirds, thresholds [100, 20] leave a group empty): head 8 / middle 8 / tail 8 classes; long-tailed test set (given): "
+            "32 images, head 16 / middle 8 / tail 8, tail share 25.0 %") in lines
+    assert results.group_sizes_text(tmp_path / "default") == ("head / middle / tail: 8 / 8 / 8 classes; long-tailed "
+                                                              "test set 32 images, 16 / 8 / 8 (tail 25.0 %)")
+    lines.clear()
+    _given_run(roots["all"], tmp_path / "asked", lines.append, val_fraction=0.5)
+    assert pd.read_csv(tmp_path / "asked" / "classes.csv")["val_count"].sum() > 0
+    assert any(line.startswith("validation: ") and "held out of the given longtailed training set (val_fraction 0.5)"
+               in line for line in lines)
+    with pytest.raises(ValueError, match="τ is tuned on a validation split, and this run has none"):
+        _given_run(roots["all"], tmp_path / "tau", lines.append, posthoc="logit_adjust", posthoc_tau_grid=[0.5, 1.0])
+    assert not (tmp_path / "tau" / "history.csv").exists()  # before any training
+
+
+def test_unused_validation_never_holds_a_copy_of_a_training_image(tmp_path, tmp_cache, trees):
+    """The given long-tailed set is copied out of the given balanced one: the unused validation set
+    of a long-tailed run is the balanced set's other images, never a copy of one it trains on; a
+    balanced run, which trains on all of train_balanced, has none left, an error before training."""
+    roots, _, _ = trees
+    _given_run(roots["all"], tmp_path / "lt", _quiet, val_source="unused", val_fraction=0.0)
+    with np.load(tmp_path / "lt" / "predictions.npz") as z:
+        val_ids, train_ids = list(z["val_ids"]), list(z["train_ids"])
+    assert len(val_ids) > 0
+    content = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in val_ids + train_ids}
+    assert not {content[v] for v in val_ids} & {content[t] for t in train_ids}
+    with pytest.raises(ValueError, match="no image is left to validate on"):
+        _given_run(roots["all"], tmp_path / "bal", _quiet, val_source="unused", val_fraction=0.0,
+                   train_set="balanced")
+    assert not (tmp_path / "bal" / "history.csv").exists()
+
+
+def _quiet(_):
+    pass

@@ -158,7 +158,7 @@ def test_technique_parameters_are_checked():
     ({"technique": "lsw"}, "choose one of none, lws, weight_balancing"),
     ({"technique": "ncm", "mode": "finetune"}, "use mode linear"),
     ({"tta": "crops"}, "choose one of none, flip"),
-    ({"val_source": "unused"}, "set val_fraction 0"),
+    ({"val_source": "unused", "val_fraction": 0.1}, "set val_fraction null or 0"),
     ({"posthoc_tau_grid": [0.5, 1]}, "posthoc='none'"),
     ({"posthoc": "logit_adjust", "posthoc_tau_grid": [0.5, 1], "val_fraction": 0.0}, "tuned on a validation split"),
     ({"technique": "ncm", "posthoc": "tau_norm"}, "use posthoc logit_adjust"),

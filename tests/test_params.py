@@ -20,6 +20,11 @@ def test_defaults_validate():
     ({"epochs": -1}, "positive integer"),
     ({"imbalance_factor": 0.5}, ">= 1"),
     ({"lr_rate": 0.1}, "unknown parameter 'lr_rate'"),
+    ({"group_thresholds": [20, 100]}, "group_thresholds=[20, 100]: needs 0 <= few < many"),
+    ({"group_thresholds": [100, -1]}, "group_thresholds=[100, -1]: needs 0 <= few < many"),
+    ({"group_thresholds": 100}, "group_thresholds=100: must be [many, few], two integers"),
+    ({"test_longtailed_rule": "floor"}, "test_longtailed_rule='floor': choose one of at_least_one, proportional"),
+    ({"val_source": "unused", "val_fraction": 0.1}, "set val_fraction null or 0"),
 ])
 def test_each_bad_value_is_named_with_its_choices(bad, expected):
     with pytest.raises(ParameterError) as err:
@@ -59,3 +64,33 @@ def test_the_notebook_parameters_cell_is_the_schema():
     assert cell == expected, "the parameters cell and SCHEMA differ in their parameters (params.notebook_cell())"
     main_job = yaml.safe_load((root / "params" / "default.yaml").read_text())["base"]
     assert values == {**params.DEFAULTS, **main_job, "loss": "ce", "train_set": "longtailed", "seed": 0}
+
+
+def test_group_and_validation_defaults():
+    p = validate({})
+    assert p["group_thresholds"] == [100, 20] and p["test_longtailed_rule"] == "at_least_one"
+    assert p["val_fraction"] is None  # 0.1 of derived sets, none of given sets (selection.validation_fraction)
+    assert validate({"group_scheme": "thresholds", "group_thresholds": [5, 0]})["group_thresholds"] == [5, 0]
+    assert validate({"val_source": "unused"})["val_fraction"] is None  # needs no explicit 0 any more
+
+
+def test_validation_fraction_of_derived_and_given_sets():
+    from longtail.selection import DERIVED_VAL_FRACTION, validation_fraction
+    assert DERIVED_VAL_FRACTION == 0.1
+    assert validation_fraction(None, "split", given=False) == 0.1
+    assert validation_fraction(None, "split", given=True) == 0.0  # given sets are used as they are
+    assert validation_fraction(None, "unused", given=False) == 0.0
+    assert validation_fraction(0.2, "split", given=True) == 0.2  # asked for: held out of the given set
+
+
+def test_run_ids_of_earlier_runs_are_kept_and_new_choices_get_their_own():
+    """group_thresholds and test_longtailed_rule at their defaults compute what runs computed before
+    they existed: those runs keep their ids (the values pinned were computed before the two were
+    added); away from the defaults a run has an id of its own."""
+    from longtail.rundir import run_id
+    main_job = {"dataset": "eu_moths", "imbalance_factor": 8, "val_fraction": 0.0}
+    assert run_id(main_job) == "b521993ad8f1"
+    assert run_id({"val_fraction": 0.1}) == "b4e67336299f"  # the former default of val_fraction
+    assert run_id({**main_job, "group_thresholds": [100, 20], "test_longtailed_rule": "at_least_one"}) == "b521993ad8f1"
+    assert len({run_id(main_job), run_id({**main_job, "group_thresholds": [5, 2]}),
+                run_id({**main_job, "test_longtailed_rule": "proportional"})}) == 3

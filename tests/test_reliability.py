@@ -160,8 +160,9 @@ BAD_VALUES = {
     # (cifar10's jpeg_quality out of range: test_jpeg_quality_is_checked_before_any_work)
     "train_set": [True, "long"], "imbalance_factor": ["abc", 0.5, True], "profile": [1, "linear"],
     "class_order": [None, "sorted"], "n_max": ["abc", 0, 2.5], "balanced_size": [1, "half"],
-    "subset_seed": ["abc", -1, 1.5, 2**32], "val_fraction": ["abc", None, 1.0, -0.1],
-    "group_scheme": [0, "quartiles"], "on_error": [False, "ignore"],
+    "subset_seed": ["abc", -1, 1.5, 2**32], "val_fraction": ["abc", 1.0, -0.1],
+    "group_scheme": [0, "quartiles"], "group_thresholds": [None, 100, [100], [20, 100], [100, -1], [100.0, 20]],
+    "test_longtailed_rule": [None, "floor"], "on_error": [False, "ignore"],
     "backbone": [5, None, "resnet9000"], "pretrained": [True, "inat_insect", 3], "weights_dir": [1, ""],
     "cosine_head": ["yes", 1], "image_size": [-5, 0, "224", 22.4], "mode": [1, "full"],
     "partial_blocks": [-1, "2", 1.5, None], "partial_views": [0, "4", None],

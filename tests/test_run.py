@@ -192,3 +192,22 @@ def test_the_own_loss_column_of_a_linear_drw_run_has_the_drw_weights(tmp_path, t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["thesis_balanced/train_loss"] == pytest.approx(weighted, rel=1e-9)
     assert weighted != pytest.approx(F.cross_entropy(z, y).item(), rel=1e-3)  # the weights matter here
+
+
+def test_data_summary_groups_are_the_runs_groups(tmp_path, tmp_cache):
+    """Groups and long-tailed test weights come from the whole long-tailed set, as in a run, not from
+    what is left of it after the validation split (a held-out image can move a class across a cut)."""
+    from longtail import data, datasummary
+    params = dict(dataset="synthetic", dataset_params={"num_classes": 9, "train_per_class": 12, "test_per_class": 4,
+                                                       "image_size": 16}, backbone="resnet32", mode="linear",
+                  epochs=1, image_size=16, imbalance_factor=4, class_order="random", val_fraction=0.34,
+                  save_checkpoints=False)
+    run_training({**params, "output_dir": str(tmp_path / "run")}, log=_quiet)
+    run_classes = pd.read_csv(tmp_path / "run" / "classes.csv")
+    # long-tailed counts 3 3 8 6 12 10 7 4 5, after the split 2 2 5 4 8 7 5 3 3: the 7 and the 8 tie at 5
+    # and the 5 and the 4 at 3, and thirds (ties by class index) cut the two ties differently
+    table = datasummary.class_table(data.load_dataset("synthetic", **params["dataset_params"]), imbalance_factor=4,
+                                    class_order="random", val_fraction=0.34)
+    assert run_classes["longtailed_count"].tolist() == [3, 3, 8, 6, 12, 10, 7, 4, 5]
+    assert table["group"].tolist() == run_classes["group"].tolist()
+    assert table["longtailed"].tolist() == run_classes["train_count"].tolist()

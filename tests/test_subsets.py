@@ -140,3 +140,83 @@ def test_fit_and_validation_indices_for_both_sources():
         assert class_counts(labels[val], 3).tolist() == ([2, 2, 2] if train is lt else [1, 1, 1])
     with pytest.raises(ValueError, match="val_source 'holdout'.*split, unused"):
         subsets.fit_and_validation_indices(labels, lt, lt, 3, val_source="holdout")
+
+
+def test_group_thresholds_choose_the_groups_and_bad_ones_are_named():
+    counts = np.array([9, 7, 6, 5, 3, 2, 1])
+    assert list(class_groups(counts, "thresholds", 5, 2)) == ["head"] * 3 + ["middle"] * 3 + ["tail"]
+    assert list(class_groups(counts, "auto", 5, 2)) == list(class_groups(counts, "thresholds", 5, 2))
+    assert subsets.GROUP_THRESHOLDS == (100, 20)  # the survey's many / few shots
+    assert subsets.group_thresholds_problem([100, 20]) is None and subsets.group_thresholds_problem([1, 0]) is None
+    for bad in ([20, 20], [20, 100], [5, -1], [100], [100.0, 20], ["100", 20], [True, 0]):
+        assert subsets.group_thresholds_problem(bad) is not None, bad
+    assert "needs 0 <= few < many" in subsets.group_thresholds_problem([20, 100])
+    with pytest.raises(ValueError, match=r"group thresholds \[2, 5\]: needs 0 <= few < many"):
+        class_groups(counts, "thresholds", 2, 5)
+
+
+def test_longtailed_test_rules_by_hand():
+    # training counts 8, 7, 6, 2, 1, 1, 1, 1; two test images a class: r = min 2/n = 1/4.
+    # at_least_one: round(r n) = 2, 2 (1.75), 2 (1.5), 0 -> 1, 0 -> 1 ... (banker's rounding, then the floor)
+    # proportional: running sums of r n = 2, 3.75, 5.25, 5.75, 6, 6.25, 6.5, 6.75 rounded half up
+    # = 2, 4, 5, 6, 6, 6, 7, 7: differences 2, 2, 1, 1, 0, 0, 1, 0 (7 images = r * 27 rounded)
+    y = np.repeat(np.arange(8), 2)
+    n = [8, 7, 6, 2, 1, 1, 1, 1]
+    at_least_one = longtailed_test_indices(y, n, seed=0, rule="at_least_one")
+    assert np.array_equal(at_least_one, longtailed_test_indices(y, n, seed=0))  # the default: unchanged
+    assert class_counts(y[at_least_one], 8).tolist() == [2, 2, 2, 1, 1, 1, 1, 1]
+    proportional = longtailed_test_indices(y, n, seed=0, rule="proportional")
+    assert class_counts(y[proportional], 8).tolist() == [2, 2, 1, 1, 0, 0, 1, 0]
+    with pytest.raises(ValueError, match="choose one of at_least_one, proportional"):
+        longtailed_test_indices(y, n, rule="floor")
+
+
+@given(n=st.lists(st.integers(0, 60), min_size=3, max_size=40), m=st.integers(1, 6), seed=st.integers(0, 3))
+def test_proportional_rule_keeps_the_training_shares_of_every_group(n, m, seed):
+    """Every class r·n_c rounded down or up, and every run of consecutive classes in descending count,
+    so each group of thirds or thresholds, r times its training images to within one image."""
+    n = np.array(n)
+    y = np.repeat(np.arange(len(n)), m)  # a balanced test set: r = m / n_max
+    k = class_counts(y[longtailed_test_indices(y, n, seed=seed, rule="proportional")], len(n))
+    if n.max() == 0:
+        assert k.sum() == 0
+        return
+    exact = m * n / n.max()
+    assert (k >= np.floor(exact)).all() and (k <= np.ceil(exact)).all() and (k <= m).all()
+    for scheme, thresholds in (("thirds", (100, 20)), ("thresholds", (30, 10)), ("thresholds", (5, 1))):
+        groups = class_groups(n, scheme, *thresholds)
+        for g, size in subsets.group_sizes(groups, n, k).items():
+            assert abs(size["test_images"] - m * size["train_images"] / n.max()) < 1 + 1e-9, (scheme, g)
+
+
+def test_proportional_rule_and_thresholds_reproduce_the_thesis_group_shares():
+    """The thesis's long-tailed test set: 844 / 169 / 38 of 1,051 images (80.3 / 16.1 / 3.6 %), from a
+    balanced test set of 5,000.  100 classes of 50 test images, an exponential training profile
+    (n_max 500, IF 50) and group_thresholds [107, 28] give 1012 / 203 / 46 (80.3 / 16.1 / 3.6 %)."""
+    from longtail import params, selection
+    C = 100
+    train_y = np.repeat(np.arange(C), 500)
+    test_y = np.repeat(np.arange(C), 50)
+    p = params.validate({"imbalance_factor": 50, "test_longtailed_rule": "proportional",
+                         "group_scheme": "thresholds", "group_thresholds": [107, 28]})
+    sets = selection.run_sets(p, train_y, None, test_y, None, C)
+    groups = class_groups(sets.lt_counts, p["group_scheme"], *p["group_thresholds"])
+    sizes = subsets.group_sizes(groups, sets.lt_counts, class_counts(test_y[sets.test_longtailed], C))
+    assert [s["test_images"] for s in sizes.values()] == [1012, 203, 46]
+    assert [s["classes"] for s in sizes.values()] == [39, 34, 27]
+    shares = np.array([s["test_images"] for s in sizes.values()]) / len(sets.test_longtailed)
+    assert np.abs(shares - np.array([844, 169, 38]) / 1051).max() < 0.001
+    # the survey's default thresholds (100, 20) give another split of the same classes
+    default = class_groups(sets.lt_counts, "thresholds", *params.DEFAULTS["group_thresholds"])
+    assert list(default) != list(groups)
+
+
+def test_unused_validation_excludes_copies_of_training_images():
+    # images 0-3 of class 0 and 4-7 of class 1; image 6 is a copy of the used image 5 (equal keys)
+    labels = np.repeat([0, 1], 4)
+    keys = np.array(["a", "b", "c", "d", "e", "f", "f", "g"], dtype=object)
+    used = np.array([0, 5])
+    val = subsets.unused_validation_indices(labels, used, 2, per_class=4, seed=0, image_keys=keys)
+    assert val.tolist() == [1, 2, 3, 4, 7]
+    with pytest.raises(ValueError, match="no image is left to validate on"):
+        subsets.fit_and_validation_indices(labels, np.arange(8), np.arange(4), 2, val_source="unused")

@@ -41,11 +41,14 @@ EU_MOTHS_URL = "https://github.com/cvjena/eu-moths-dataset/archive/fecaa38.zip"
 @dataclass
 class ImageSplit:
     """One split: ``labels`` and either image ``paths`` or in-memory ``images`` (uint8 NHWC);
-    ``part``: the given set (``GIVEN_SETS``) of every image, or None when the sets are derived."""
+    ``part``: the given set (``GIVEN_SETS``) of every image, or None when the sets are derived;
+    ``content_keys``: given sets only, an identity of every image, equal exactly for files of equal
+    content (:func:`content_keys`)."""
     labels: np.ndarray
     paths: list[str] | None = None
     images: np.ndarray | None = None
     part: np.ndarray | None = None
+    content_keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,6 +60,7 @@ class ImageSplit:
             paths=None if self.paths is None else [self.paths[i] for i in indices],
             images=None if self.images is None else self.images[indices],
             part=None if self.part is None else self.part[indices],
+            content_keys=None if self.content_keys is None else self.content_keys[indices],
         )
 
 
@@ -256,7 +260,8 @@ def load_given_sets(root, *, name: str = "imagefolder") -> ImageDataset:
     class without an image in one training set is allowed (``info["absent"]`` lists it).  Errors,
     each naming what is wrong: a set name not in ``GIVEN_SETS`` (a folder beside them, or a
     manifest value), a missing manifest file, an empty set, no training set, no ``test_balanced``,
-    and a test image whose class has no image in any training set.
+    a test image whose class has no image in any training set, and an image in a training and in a
+    test set (the same path, or files of equal content: :func:`content_keys`).
     """
     root = Path(root)
     entries: dict[str, list[tuple[str, str]]] = {}
@@ -309,14 +314,46 @@ def load_given_sets(root, *, name: str = "imagefolder") -> ImageDataset:
                              + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
     index = {cls: i for i, cls in enumerate(names)}
 
+    train_paths = [path for g in GIVEN_SETS[:2] for path, _ in entries.get(g, [])]
+    test_paths = [path for g in GIVEN_SETS[2:] for path, _ in entries.get(g, [])]
+    key_of = dict(zip(train_paths + test_paths, content_keys(train_paths + test_paths)))
+    _no_test_image_in_training(root, entries, key_of)
+
     def split(sets):
         rows = [(path, index[cls], g) for g in sets for path, cls in entries.get(g, [])]
         return ImageSplit(np.asarray([r[1] for r in rows], dtype=np.int64), [r[0] for r in rows],
-                          part=np.asarray([r[2] for r in rows], dtype=object))
+                          part=np.asarray([r[2] for r in rows], dtype=object),
+                          content_keys=np.asarray([key_of[r[0]] for r in rows], dtype=object))
 
     absent = {g: sorted(set(names) - {cls for _, cls in entries[g]}) for g in train_sets}
     return ImageDataset(name, names, split(GIVEN_SETS[:2]), split(GIVEN_SETS[2:]),
                         info={"source": str(root), "given": list(entries), "absent": {g: a for g, a in absent.items() if a}})
+
+
+def content_keys(paths) -> list[str]:
+    """An identity of each file, equal exactly for files of equal content: its sha256 where another
+    file of ``paths`` has its size (only those are read), else its resolved path.  The same path
+    listed twice gets one key."""
+    import collections
+    resolved = [str(Path(p).resolve()) for p in paths]
+    size = {p: os.path.getsize(p) for p in set(resolved)}
+    same_size = collections.Counter(size.values())
+    return [sha256(p) if same_size[size[p]] > 1 else p for p in resolved]
+
+
+def _no_test_image_in_training(root: Path, entries: dict, key_of: dict) -> None:
+    """An image in a training set and in a test set is an error naming both files: a model tested on
+    an image it trained on."""
+    train_keys: dict[str, str] = {}
+    for g in GIVEN_SETS[:2]:
+        for path, _ in entries.get(g, []):
+            train_keys.setdefault(key_of[path], f"{g}: {path}")
+    both = [f"{g}: {path} = {train_keys[key_of[path]]}" for g in GIVEN_SETS[2:] for path, _ in entries.get(g, [])
+            if key_of[path] in train_keys]
+    if both:
+        raise ValueError(f"{root}: {len(both)} test image(s) are also training images (the same file or equal "
+                         f"content); remove them from one of the sets: " + "; ".join(both[:5])
+                         + (f" and {len(both) - 5} more" if len(both) > 5 else ""))
 
 
 def _class_folders(root: Path, allow_empty: bool = False) -> list[str]:

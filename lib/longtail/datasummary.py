@@ -12,19 +12,21 @@ from . import selection, subsets
 
 
 def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None, class_order: str = "given",
-                subset_seed: int = 0, val_fraction: float = 0.1, val_source: str = "split", val_per_class: int = 2,
-                group_scheme: str = "auto", balanced_size: str = "matched",
-                subset_method: str = "permutation") -> pd.DataFrame:
+                subset_seed: int = 0, val_fraction: float | None = None, val_source: str = "split",
+                val_per_class: int = 2, group_scheme: str = "auto", group_thresholds=subsets.GROUP_THRESHOLDS,
+                balanced_size: str = "matched", subset_method: str = "permutation",
+                test_longtailed_rule: str = "at_least_one") -> pd.DataFrame:
     """Per class: the images the long-tailed and the balanced training sets train on (after the
     validation split, ``subsets.fit_and_validation_indices`` as in a run: the ``train_count`` of its
-    ``classes.csv``), the head / middle / tail group (of the
-    long-tailed set), and the test images: the balanced test set, the physical long-tailed one
+    ``classes.csv``), the head / middle / tail group and the long-tailed test weights (of the whole
+    long-tailed set, before any validation split, as in a run), and the test images: the balanced test set, the physical long-tailed one
     (given, or sampled), and the effective images of the weighted long-tailed split (Σ w); sets
     derived or given as in a run (``selection.run_sets``)."""
     y, C = np.asarray(ds.train.labels), ds.num_classes
     test_y = np.asarray(ds.test.labels)
     p = dict(imbalance_factor=imbalance_factor, profile=profile, n_max=n_max, class_order=class_order,
-             subset_seed=subset_seed, balanced_size=balanced_size, subset_method=subset_method)
+             subset_seed=subset_seed, balanced_size=balanced_size, subset_method=subset_method,
+             test_longtailed_rule=test_longtailed_rule)
     sets = selection.run_sets({**p, "train_set": "longtailed"}, y, ds.train.part, test_y, ds.test.part, C)
     lt = sets.train
     try:  # given sets without train_balanced have no balanced training set
@@ -32,16 +34,22 @@ def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None
     except ValueError:
         bal = np.array([], dtype=np.int64)
 
+    fraction = selection.validation_fraction(val_fraction, val_source, bool(sets.given))
+
     def fit_counts(idx):
-        fit, _ = subsets.fit_and_validation_indices(y, idx, lt, C, val_source=val_source, val_fraction=val_fraction,
-                                                    val_per_class=val_per_class, seed=subset_seed)
+        if not len(idx):
+            return np.zeros(C, dtype=np.int64)
+        fit, _ = subsets.fit_and_validation_indices(y, idx, lt, C, val_source=val_source, val_fraction=fraction,
+                                                    val_per_class=val_per_class, seed=subset_seed,
+                                                    image_keys=ds.train.content_keys)
         return subsets.class_counts(y[fit], C)
 
     lt_counts, bal_counts = fit_counts(lt), fit_counts(bal)
     test_bal = test_y[sets.test_balanced]
-    w = subsets.longtailed_test_weights(test_bal, lt_counts)
+    w = subsets.longtailed_test_weights(test_bal, sets.lt_counts)
     return pd.DataFrame({
-        "class": np.arange(C), "name": ds.class_names, "group": subsets.class_groups(lt_counts, group_scheme),
+        "class": np.arange(C), "name": ds.class_names,
+        "group": subsets.class_groups(sets.lt_counts, group_scheme, *group_thresholds),
         "longtailed": lt_counts, "balanced": bal_counts,
         "test_balanced": subsets.class_counts(test_bal, C),
         "test_longtailed_sampled": subsets.class_counts(test_y[sets.test_longtailed], C),

@@ -20,7 +20,8 @@ what the tables show, ``protocol_column`` names the columns):
 - ``weighted`` (``evaluate``, the splits above): the balanced test set weighted by the training
   prior; groups on the balanced test set; macro F1; cross-entropy.
 - ``thesis`` (``evaluate_physical``, splits ``thesis_<split>``): a *physical* long-tailed test set
-  (given, or sampled from the balanced one by the training profile); head / middle / tail
+  (given, or sampled from the balanced one by the training profile, ``test_longtailed_rule``:
+  ``subsets.longtailed_test_indices``); head / middle / tail
   partition it (the thesis: 844 + 169 + 38 = 1,051 images); support-weighted F1 over the
   classes of the split; the loss column is the method's own training loss (``train_loss``),
   cross-entropy kept beside it (``loss``).

@@ -11,6 +11,8 @@ import copy
 import inspect
 import math
 
+from .subsets import GROUP_THRESHOLDS, group_thresholds_problem
+
 # name: (default, description).  Order = the notebook's parameters cell.
 SCHEMA: dict[str, tuple[object, str]] = {
     # data
@@ -26,11 +28,21 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "subset_seed": (0, "seed of the training subset and validation split"),
     "subset_method": ("permutation", "how a class's kept images are drawn: permutation (numpy Generator) | "
                       "reference (Cao et al.'s LDAM-DRW code: legacy np.random.seed(subset_seed), one shuffle a class in class order)"),
-    "val_fraction": (0.1, "fraction of each training class held out for model selection"),
+    "val_fraction": (None, "fraction of each training class held out for model selection; null: 0.1 of a derived "
+                     "training set, none of given sets (used as they are: the last epoch is kept) or with val_source unused"),
     "val_source": ("split", "split (val_fraction of the training set) | unused (a balanced set of the training-fold "
-                            "images no training subset uses, val_per_class a class; needs val_fraction 0)"),
+                            "images no training subset uses, val_per_class a class; needs val_fraction null or 0)"),
     "val_per_class": (2, "images a class of the unused validation set (val_source unused)"),
-    "group_scheme": ("auto", "auto | thresholds | thirds (head/middle/tail)"),
+    "group_scheme": ("auto", "head/middle/tail from the long-tailed training counts: thresholds (group_thresholds) | "
+                     "thirds (classes by count cut into three) | auto (thresholds where all three groups are non-empty, "
+                     "else thirds)"),
+    "group_thresholds": (list(GROUP_THRESHOLDS), "[many, few]: head classes have more than many long-tailed training "
+                         "images, tail classes fewer than few (default: the survey's many/few shots, Zhang et al., "
+                         "Deep Long-Tailed Learning: A Survey, TPAMI 2023); integers, 0 <= few < many"),
+    "test_longtailed_rule": ("at_least_one", "how the physical long-tailed test set (eval_protocol thesis) is sampled "
+                             "from the balanced one where it is not given: at_least_one (round(r n_c) images a class, at "
+                             "least one) | proportional (the training prior without a floor: group shares as in "
+                             "training to one image, a class may have none)"),
     "eval_protocol": ("weighted", "what the tables show (every run computes both): weighted (balanced test set weighted "
                       "by the training prior, macro F1, CE) | thesis (physical long-tailed test set, groups partition "
                       "it, support-weighted F1, the method's own loss)"),
@@ -214,7 +226,8 @@ RULES = {
     "data_root": _PATH, "weights_dir": _PATH, "output_dir": _PATH,
     "dataset_params": _MAPPING, "loss_params": _MAPPING, "sampler_params": _MAPPING,
     "imbalance_factor": _range("float", 1), "n_max": _range("int", 1, none=True),
-    "subset_seed": _SEED, "seed": _SEED, "val_fraction": _range("float", 0, 1, hi_open=True),
+    "subset_seed": _SEED, "seed": _SEED, "val_fraction": _range("float", 0, 1, hi_open=True, none=True),
+    "group_thresholds": group_thresholds_problem,
     "backbone": _of_type(str, what="a backbone name"), "pretrained": _pretrained,
     "cosine_head": _BOOL_OR_NONE, "image_size": _range("int", 1, none=True),
     "drw_epoch": _range("int", 0, none=True), "drw_beta": _range("float", 0, 1, hi_open=True),
@@ -321,6 +334,7 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "class_order", subsets.CLASS_ORDERS)
     _choice(errors, p, "balanced_size", BALANCED_SIZES)
     _choice(errors, p, "group_scheme", subsets.GROUP_SCHEMES)
+    _choice(errors, p, "test_longtailed_rule", subsets.LT_TEST_RULES)
     _choice(errors, p, "eval_protocol", metrics.PROTOCOLS)
     _choice(errors, p, "on_error", ("raise", "skip"))
     _choice(errors, p, "mode", MODES)
@@ -371,10 +385,11 @@ def _technique_errors(errors: list, p: dict) -> None:
     fraction = float(p["val_fraction"]) if _is_number(p["val_fraction"]) else 0.0  # a bad one is reported by its rule
     if p["val_source"] == "unused" and fraction > 0:
         errors.append(f"val_fraction={p['val_fraction']!r} with val_source='unused': the validation set is drawn "
-                      "from unused training-fold images; set val_fraction 0")
+                      "from unused training-fold images; set val_fraction null or 0")
     if not isinstance(p["val_per_class"], int) or p["val_per_class"] < 1:
         errors.append(f"val_per_class={p['val_per_class']!r}: must be a positive integer")
-    has_val = p["val_source"] == "unused" or fraction > 0
+    # null: a split of derived sets; given sets (none) are checked once loaded (longtail.run)
+    has_val = p["val_source"] == "unused" or fraction > 0 or p["val_fraction"] is None
     _named_with_params(errors, "technique", p["technique"], p["technique_params"], methods.TECHNIQUES,
                        methods.technique_param_names,
                        lambda: methods.technique_params(p["technique"], p["technique_params"]))
@@ -390,13 +405,21 @@ def _technique_errors(errors: list, p: dict) -> None:
         errors.append(f"posthoc_tau_grid={grid!r}: must be a list of numbers")
     elif grid and p["posthoc"] == "none":
         errors.append(f"posthoc_tau_grid={grid!r} with posthoc='none': choose posthoc logit_adjust or tau_norm")
-    elif grid and not has_val:
-        errors.append(f"posthoc_tau_grid={grid!r}: τ is tuned on a validation split; set val_source unused "
-                      "(or val_fraction > 0)")
-    if (p["technique"] == "weight_balancing" and not has_val
-            and len((p["technique_params"] or {}).get("wd_grid", methods.TECHNIQUES["weight_balancing"].params["wd_grid"])) > 1):
-        errors.append("technique='weight_balancing' tunes weight decay on a validation split; set val_source unused "
-                      "(or val_fraction > 0), or give technique_params {'wd_grid': [one value]}")
+    elif not has_val and (needs := tuned_on_validation(p)):
+        errors.append(f"{needs}; set val_source unused (or val_fraction > 0)"
+                      + (", or give technique_params {'wd_grid': [one value]}" if p["technique"] == "weight_balancing" else ""))
+
+
+def tuned_on_validation(p: dict) -> str | None:
+    """What of the (type-checked) parameters ``p`` is chosen on the validation split, or None:
+    ``posthoc_tau_grid``'s τ, weight balancing's weight decay (a ``wd_grid`` of several values)."""
+    from . import methods
+    if p["posthoc_tau_grid"] and p["posthoc"] != "none":
+        return f"posthoc_tau_grid={p['posthoc_tau_grid']!r}: τ is tuned on a validation split"
+    wd_grid = (p["technique_params"] or {}).get("wd_grid", methods.TECHNIQUES["weight_balancing"].params["wd_grid"])
+    if p["technique"] == "weight_balancing" and len(wd_grid) > 1:
+        return "technique='weight_balancing' tunes weight decay on a validation split"
+    return None
 
 
 def describe() -> str:

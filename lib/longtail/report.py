@@ -41,8 +41,9 @@ from .results import Table, collect_runs, method_order, project_path, source_run
 
 NOTEBOOKS = {"explore": "notebooks/explore.py", "analysis": "notebooks/analysis.py"}
 #: the explore notebook's data-set parameters, taken from the first grid's first run
-EXPLORE_KEYS = ("dataset", "data_root", "dataset_params", "imbalance_factor", "profile", "group_scheme", "n_max",
-                "subset_seed", "class_order", "val_fraction", "balanced_size")
+EXPLORE_KEYS = ("dataset", "data_root", "dataset_params", "imbalance_factor", "profile", "group_scheme",
+                "group_thresholds", "test_longtailed_rule", "n_max", "subset_seed", "class_order", "val_fraction",
+                "balanced_size")
 
 
 # ============================================================================ files for the thesis

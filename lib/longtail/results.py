@@ -39,7 +39,8 @@ LOSS_LABELS = {"ce": "CE", "focal": "Focal", "weighted_ce": "Weighted CE", "clas
 TABLE_KEYS = ("dataset", "backbone", "train_set")
 #: ... and per value of these where they differ between the collected runs
 EXTRA_TABLE_KEYS = ("imbalance_factor", "profile", "n_max", "class_order", "balanced_size", "group_scheme",
-                    "pretrained", "mode", "image_size", "dataset_params", "val_fraction")
+                    "group_thresholds", "test_longtailed_rule", "pretrained", "mode", "image_size", "dataset_params",
+                    "val_fraction")
 #: repetitions: averaged over (mean ± standard deviation)
 REPLICATE_KEYS = ("seed", "subset_seed")
 #: where and how fast, not what: never distinguishes two methods
@@ -287,6 +288,7 @@ def _setting_slug(key: dict, keys: list[str], df: pd.DataFrame) -> str:
 def _abbrev(k: str) -> str:
     return {"imbalance_factor": "if", "pretrained": "pt", "mode": "", "image_size": "px", "n_max": "nmax",
             "profile": "", "class_order": "", "balanced_size": "", "group_scheme": "", "val_fraction": "val",
+            "group_thresholds": "groups", "test_longtailed_rule": "",
             "dataset_params": "dp"}.get(k, k)
 
 
@@ -618,6 +620,32 @@ def tail_summary(tradeoff: pd.DataFrame, baseline: str = "CE") -> str:
 
 
 # ============================================================================ per class (predictions.npz)
+
+def group_sizes(run_dir) -> pd.DataFrame:
+    """The head / middle / tail groups of a run folder (its ``classes.csv``), a row each and ``all``:
+    ``classes`` and ``train_images`` (of the long-tailed training set, whose counts define the
+    groups), ``test_images`` of the physical long-tailed test set (the thesis protocol's, which the
+    groups partition), ``test_share`` (%, of that set's images) and ``balanced_test_images`` (the
+    balanced test set's, on which the weighted protocol's groups are measured)."""
+    from .subsets import group_sizes as sizes_of
+    cls = pd.read_csv(Path(run_dir) / rundir.CLASSES_FILE)
+    table = pd.DataFrame.from_dict(sizes_of(cls["group"], cls["longtailed_count"], cls["test_longtailed_count"]),
+                                   orient="index")
+    table["balanced_test_images"] = [int(cls.loc[cls["group"] == g, "test_count"].sum()) for g in table.index]
+    table.loc["all"] = table.sum()
+    table["test_share"] = 100 * table["test_images"] / max(int(table.loc["all", "test_images"]), 1)
+    return table
+
+
+def group_sizes_text(run_dir) -> str:
+    """``head / middle / tail: 67 / 67 / 66 classes; long-tailed test set 228 images, 95 / 67 / 66
+    (tail 28.9 %)``: a run folder's group sizes for a caption."""
+    t = group_sizes(run_dir)
+    g = [n for n in t.index if n != "all"]
+    return (f"{' / '.join(g)}: {' / '.join(str(int(t.loc[n, 'classes'])) for n in g)} classes; long-tailed test set "
+            f"{int(t.loc['all', 'test_images'])} images, {' / '.join(str(int(t.loc[n, 'test_images'])) for n in g)} "
+            f"(tail {t.loc['tail', 'test_share']:.1f} %)")
+
 
 def load_predictions(run_dir) -> dict:
     """``logits``, ``labels``, ``lt_weight``, ``ids`` of a run's test set, and ``classes`` (classes.csv)."""

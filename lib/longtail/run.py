@@ -203,11 +203,15 @@ def _prepare(p: dict, out: Path, log) -> tuple[RunData, torch.nn.Module | None]:
     if ds.info.get("absent"):
         log(f"classes without a training image: {ds.info['absent']}")
     y_all = base_train.labels
+    val_fraction = selection.validation_fraction(p["val_fraction"], p["val_source"], bool(sets.given))
     train_idx, val_idx = subsets.fit_and_validation_indices(
-        y_all, sets.train, sets.longtailed, C, val_source=p["val_source"], val_fraction=p["val_fraction"],
-        val_per_class=p["val_per_class"], seed=p["subset_seed"])
+        y_all, sets.train, sets.longtailed, C, val_source=p["val_source"], val_fraction=val_fraction,
+        val_per_class=p["val_per_class"], seed=p["subset_seed"], image_keys=base_train.content_keys)
+    if not len(val_idx) and (needs := params_mod.tuned_on_validation(p)):
+        raise ValueError(f"{needs}, and this run has none ({sets.describe()}; val_fraction {p['val_fraction']!r}); "
+                         "set val_fraction > 0 or val_source unused")
     train_counts = subsets.class_counts(y_all[train_idx], C)
-    groups = subsets.class_groups(sets.lt_counts, p["group_scheme"])
+    groups = subsets.class_groups(sets.lt_counts, p["group_scheme"], *p["group_thresholds"])
     classes = pd.DataFrame({"class": np.arange(C), "name": ds.class_names, "train_count": train_counts,
                             "longtailed_count": sets.lt_counts,
                             "val_count": subsets.class_counts(y_all[val_idx], C),
@@ -219,6 +223,8 @@ def _prepare(p: dict, out: Path, log) -> tuple[RunData, torch.nn.Module | None]:
         f"(max {train_counts.max()}, min {train_counts.min()}), validation {len(val_idx)}, test {len(sets.test_balanced)} "
         f"balanced + {len(sets.test_longtailed)} long-tailed ({sets.describe()}); "
         f"{p['backbone']} {p['mode']} on {device}")
+    log(_validation_text(p, val_fraction, len(val_idx), bool(sets.given)))
+    log(_groups_text(p, classes, "test_longtailed" in sets.given))
 
     loss_fn = losses.build_loss(p["loss"], train_counts.tolist(), **(p["loss_params"] or {}))
     drw = losses.DRWSchedule(train_counts.tolist(), p["drw_epoch"], beta=p["drw_beta"]) if p["drw_epoch"] is not None else None
@@ -232,6 +238,36 @@ def _prepare(p: dict, out: Path, log) -> tuple[RunData, torch.nn.Module | None]:
                   train_counts=train_counts, groups=groups, classes=classes, loss_fn=loss_fn, drw=drw,
                   cfg=engine.TrainConfig.from_params(p), eval_tf=eval_tf, train_tf=train_tf)
     return run, model
+
+
+def _validation_text(p: dict, val_fraction: float, n_val: int, given: bool) -> str:
+    """The run log's line on the validation split and what model selection does with it."""
+    if p["val_source"] == "unused":
+        what = f"{n_val} training-fold images no training set uses (val_source unused, up to {p['val_per_class']} a class)"
+    elif n_val:
+        what = (f"{n_val} images, {val_fraction:g} of each class held out of the {'given ' if given else ''}"
+                f"{p['train_set']} training set (val_fraction {p['val_fraction']!r})")
+    else:
+        why = ("given sets are used as they are" if given and p["val_fraction"] is None else
+               f"val_fraction {p['val_fraction']!r}" + (" leaves no class an image to hold out" if val_fraction else ""))
+        return f"validation: none ({why}); model selection: the last epoch is kept"
+    return f"validation: {what}; model selection: the epoch of best balanced accuracy on it"
+
+
+def _groups_text(p: dict, classes: pd.DataFrame, given_test: bool) -> str:
+    """The run log's line on the head / middle / tail groups and the physical long-tailed test set."""
+    from . import subsets
+    sizes = subsets.group_sizes(classes["group"], classes["longtailed_count"], classes["test_longtailed_count"])
+    n_test = sum(s["test_images"] for s in sizes.values())
+    by_threshold = subsets.class_groups(classes["longtailed_count"], "thresholds", *p["group_thresholds"])
+    scheme = {"thirds": "thirds", "thresholds": f"thresholds {p['group_thresholds']}",
+              "auto": f"auto: thresholds {p['group_thresholds']}" if len(set(by_threshold)) == 3 else
+              f"auto: thirds, thresholds {p['group_thresholds']} leave a group empty"}[p["group_scheme"]]
+    rule = "given" if given_test else f"sampled, rule {p['test_longtailed_rule']}"
+    return ("groups (" + scheme + "): " + " / ".join(f"{g} {s['classes']}" for g, s in sizes.items()) + " classes; "
+            f"long-tailed test set ({rule}): {n_test} images, "
+            + " / ".join(f"{g} {s['test_images']}" for g, s in sizes.items())
+            + f", tail share {100 * sizes['tail']['test_images'] / max(n_test, 1):.1f} %")
 
 
 def _train_linear(run: RunData, out: Path, log) -> Trained:

@@ -58,6 +58,9 @@ NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "cuda
 #: evaluation protocols): hashed at their default whatever their value, so that a thesis-protocol run
 #: has the id of its weighted-protocol twin, and every weighted run keeps the id it always had
 SHOWN_NOT_COMPUTED = ("eval_protocol",)
+#: parameters added after runs existed whose default computes what those runs computed: hashed only
+#: away from their default, so that adding them left every earlier run's id unchanged
+HASHED_AWAY_FROM_DEFAULT = ("group_thresholds", "test_longtailed_rule")
 
 
 def run_id(params: dict) -> str:
@@ -74,10 +77,11 @@ def legacy_run_id(params: dict) -> str:
 
 
 def _hash_id(params: dict, fixed: dict) -> str:
-    from .params import resolve
+    from .params import DEFAULTS, resolve
 
     resolved = resolve(params)
-    ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID}
+    ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID
+             and not (k in HASHED_AWAY_FROM_DEFAULT and v == DEFAULTS[k])}
     ident.update({k: v for k, v in fixed.items() if k in ident})
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

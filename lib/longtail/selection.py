@@ -11,7 +11,13 @@
 
 The long-tailed training counts (``lt_counts``) define, for both training sets, the head / middle /
 tail groups and the long-tailed test distribution.  With a given long-tailed training set, n_max,
-the imbalance factor and the profile play no part.
+the imbalance factor and the profile play no part.  A sampled long-tailed test set follows
+``test_longtailed_rule`` (``subsets.longtailed_test_indices``).
+
+Validation (``validation_fraction``): ``val_fraction`` null (the default) holds out
+``DERIVED_VAL_FRACTION`` of each class of a derived training set, and nothing of given sets, which
+are used as they are: their run keeps its last epoch unless ``val_fraction`` or ``val_source:
+unused`` asks for a validation split.
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import subsets
+
+#: the validation split of a derived training set when ``val_fraction`` is null: 10 % of each class
+DERIVED_VAL_FRACTION = 0.1
 
 
 @dataclass
@@ -42,7 +51,8 @@ class RunSets:
 
 def run_sets(p: dict, train_labels, train_part, test_labels, test_part, num_classes: int) -> RunSets:
     """The sets of a run with parameters ``p`` (``train_set``, ``imbalance_factor``, ``profile``,
-    ``n_max``, ``class_order``, ``balanced_size``, ``subset_seed``).  ``train_part`` / ``test_part``:
+    ``n_max``, ``class_order``, ``balanced_size``, ``subset_seed``, ``subset_method``,
+    ``test_longtailed_rule``).  ``train_part`` / ``test_part``:
     the given set of every image (``ImageSplit.part``), or None for derived sets."""
     train_labels, test_labels = np.asarray(train_labels, dtype=np.int64), np.asarray(test_labels, dtype=np.int64)
     C, seed = num_classes, p["subset_seed"]
@@ -79,5 +89,15 @@ def run_sets(p: dict, train_labels, train_part, test_labels, test_part, num_clas
     if "test_longtailed" in given:
         test_lt = np.flatnonzero(test_part == "test_longtailed")
     else:
-        test_lt = test_bal[subsets.longtailed_test_indices(test_labels[test_bal], lt_counts, seed=seed)]
+        test_lt = test_bal[subsets.longtailed_test_indices(test_labels[test_bal], lt_counts, seed=seed,
+                                                           rule=p["test_longtailed_rule"])]
     return RunSets(train, lt_idx, lt_counts, test_bal, test_lt, given)
+
+
+def validation_fraction(val_fraction, val_source: str, given: bool) -> float:
+    """The fraction of each training class held out for validation: ``val_fraction`` where set;
+    when null, none for ``val_source: unused`` (it validates on images outside the training sets)
+    and for ``given`` sets (used as they are), else ``DERIVED_VAL_FRACTION``."""
+    if val_fraction is not None:
+        return float(val_fraction)
+    return 0.0 if val_source == "unused" or given else DERIVED_VAL_FRACTION

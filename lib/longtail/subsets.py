@@ -17,7 +17,13 @@ CLASS_ORDERS = ("given", "random")
 SUBSET_METHODS = ("permutation", "reference")
 GROUP_SCHEMES = ("auto", "thresholds", "thirds")
 GROUP_NAMES = ("head", "middle", "tail")
+#: (many, few): head classes have more than ``many`` training images, tail classes fewer than ``few``;
+#: the many-/medium-/few-shot split of Zhang et al., Deep Long-Tailed Learning: A Survey (TPAMI 2023),
+#: which follows Liu et al. (OLTR, CVPR 2019)
+GROUP_THRESHOLDS = (100, 20)
 VAL_SOURCES = ("split", "unused")
+#: how the physical long-tailed test set is drawn from the balanced one (``longtailed_test_indices``)
+LT_TEST_RULES = ("at_least_one", "proportional")
 
 
 def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float, profile: str = "exp") -> list[int]:
@@ -128,10 +134,26 @@ def stratified_split(labels, fraction: float, *, seed: int = 0, min_keep: int = 
     return rest, held
 
 
-def class_groups(train_counts, scheme: str = "auto", many: int = 100, few: int = 20) -> np.ndarray:
+def group_thresholds_problem(thresholds) -> str | None:
+    """What is wrong with ``thresholds`` as (many, few) group thresholds, or None: two integers with
+    0 <= few < many (few = 0: no tail class; many = few would leave the middle group empty)."""
+    ok = (isinstance(thresholds, (list, tuple)) and len(thresholds) == 2
+          and all(isinstance(t, int) and not isinstance(t, bool) for t in thresholds))
+    if not ok:
+        return "must be [many, few], two integers (head: more than many training images, tail: fewer than few)"
+    many, few = thresholds
+    if few < 0 or many <= few:
+        return (f"needs 0 <= few < many (head: more than many={many} training images, tail: fewer than "
+                f"few={few}); e.g. the survey's {list(GROUP_THRESHOLDS)}")
+    return None
+
+
+def class_groups(train_counts, scheme: str = "auto", many: int = GROUP_THRESHOLDS[0],
+                 few: int = GROUP_THRESHOLDS[1]) -> np.ndarray:
     """Head / middle / tail group of every class from its training count.
 
-    - ``thresholds`` (the survey's many/medium/few shots): head > ``many``, tail < ``few``.
+    - ``thresholds`` (the survey's many/medium/few shots): head > ``many``, tail < ``few``, middle
+      the rest (``GROUP_THRESHOLDS``: the survey's 100 and 20).
     - ``thirds``: classes sorted by count (largest first, ties by class index) cut into three
       near-equal parts (``np.array_split``).
     - ``auto``: thresholds where they give three non-empty groups, else thirds (as on CIFAR-10-LT
@@ -140,6 +162,8 @@ def class_groups(train_counts, scheme: str = "auto", many: int = 100, few: int =
     counts = np.asarray(train_counts)
     if scheme not in GROUP_SCHEMES:
         raise ValueError(f"unknown group scheme {scheme!r}; choose one of {', '.join(GROUP_SCHEMES)}")
+    if (problem := group_thresholds_problem([many, few])) is not None:
+        raise ValueError(f"group thresholds {[many, few]}: {problem}")
     by_threshold = np.where(counts > many, "head", np.where(counts < few, "tail", "middle")).astype(object)
     if scheme == "thresholds" or (scheme == "auto" and len(set(by_threshold)) == 3):
         return by_threshold
@@ -164,34 +188,81 @@ def longtailed_test_weights(test_labels, train_counts) -> np.ndarray:
     return w / w.mean()
 
 
-def longtailed_test_indices(test_labels, train_counts, *, seed: int = 0) -> np.ndarray:
-    """A physically subsampled long-tailed test set: class c keeps k_c = round(r * n_c) images (at
-    least one, where it has any), r = min_c m_c / n_c over the classes with test images and training
-    count (m_c: its test images), the largest scale at which every class has enough test images.
+def longtailed_test_indices(test_labels, train_counts, *, seed: int = 0, rule: str = "at_least_one") -> np.ndarray:
+    """A physically subsampled long-tailed test set (sorted indices into ``test_labels``).
 
-    Counts are proportional to the training counts n_c whatever the test counts m_c; on a balanced
-    test set (m constant) k_c = round(m * n_c / n_max)."""
+    Scale r = min_c m_c / n_c over the classes with test images and training count (m_c: its test
+    images, n_c: its training count): the largest at which every class has r·n_c test images.
+    Class c keeps k_c images, the first of a permutation of its test images drawn from ``seed``:
+
+    - ``at_least_one``: k_c = round(r·n_c), at least one where the class has any.  Every class is
+      tested, but the tail is over-represented where r·n_c < 1/2 (EU Moths at IF 8: r = 1/4, the
+      66 one-image tail classes keep one test image each, 29 % of the 228 against 11 % of the
+      training images).
+    - ``proportional``: the training prior without a floor, by cumulative rounding: the classes in
+      descending training count (ties by class index, the order of ``class_groups``' thirds),
+      k_c = R(S_c) - R(S_{c-1}) with S_c the running sum of r·n and R rounding half up.  Every k_c is
+      r·n_c rounded down or up, and every run of consecutive classes in that order (each head /
+      middle / tail group, by thresholds or thirds) holds r times its training images to within one
+      image, so the long-tailed test set's group shares are those of the training set.  A class
+      may keep no test image.
+
+    On a balanced test set (m constant) r = m / n_max.
+    """
+    if rule not in LT_TEST_RULES:
+        raise ValueError(f"unknown long-tailed test rule {rule!r}; choose one of {', '.join(LT_TEST_RULES)}")
     test_labels = np.asarray(test_labels, dtype=np.int64)
-    train_counts = np.asarray(train_counts, dtype=np.float64)
-    m = np.bincount(test_labels, minlength=len(train_counts)).astype(np.float64)
+    train_counts = np.asarray(train_counts)
+    m = np.bincount(test_labels, minlength=len(train_counts))
     usable = (m > 0) & (train_counts > 0)
-    r = (m[usable] / train_counts[usable]).min() if usable.any() else 0.0
+    if rule == "at_least_one":
+        n = train_counts.astype(np.float64)
+        r = (m[usable] / n[usable]).min() if usable.any() else 0.0
+        k = [min(m_c, max(1, int(round(r * n_c)))) if m_c else 0 for m_c, n_c in zip(m, n)]
+    else:
+        k = _cumulative_rounding(np.where(usable, train_counts, 0).astype(np.int64), m)
     rng = np.random.default_rng(seed)
-    keep = []
-    for c, n_c in enumerate(train_counts):
-        idx = rng.permutation(np.flatnonzero(test_labels == c))
-        k = min(len(idx), max(1, int(round(r * n_c)))) if len(idx) else 0
-        keep.append(idx[:k])
-    return np.sort(np.concatenate(keep))
+    keep = [rng.permutation(np.flatnonzero(test_labels == c))[:k_c] for c, k_c in enumerate(k)]
+    return np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64)
 
 
-def unused_validation_indices(labels, used, num_classes: int, per_class: int = 2, *, seed: int = 0) -> np.ndarray:
+def _cumulative_rounding(n: np.ndarray, m: np.ndarray) -> list[int]:
+    """k_c of the ``proportional`` rule in exact integer arithmetic: r = m_j / n_j for the class j
+    of smallest m/n, so S·n_j is an integer and R(S) = floor((2·S·n_j + n_j) / (2·n_j))."""
+    k = [0] * len(n)
+    if not (n > 0).any():
+        return k
+    ratio_classes = np.flatnonzero(n > 0)
+    j = ratio_classes[np.argmin([m[c] / n[c] for c in ratio_classes])]
+    num, den = int(m[j]), int(n[j])
+    running, previous = 0, 0
+    for c in np.argsort(-n, kind="stable"):
+        running += num * int(n[c])  # S_c · den
+        rounded = (2 * running + den) // (2 * den)
+        k[c], previous = rounded - previous, rounded
+    return k
+
+
+def group_sizes(groups, train_counts, test_counts) -> dict[str, dict[str, int]]:
+    """Per group (``GROUP_NAMES``): ``classes``, ``train_images`` (of ``train_counts``, the counts that
+    define the groups) and ``test_images`` (of ``test_counts``, e.g. the long-tailed test set's)."""
+    groups = np.asarray(groups)
+    train_counts, test_counts = np.asarray(train_counts), np.asarray(test_counts)
+    return {g: {"classes": int((groups == g).sum()), "train_images": int(train_counts[groups == g].sum()),
+                "test_images": int(test_counts[groups == g].sum())} for g in GROUP_NAMES}
+
+
+def unused_validation_indices(labels, used, num_classes: int, per_class: int = 2, *, seed: int = 0,
+                              image_keys=None) -> np.ndarray:
     """A balanced validation split from the training-fold images that no training subset uses.
 
     ``used``: indices (into ``labels``) of the training images (the long-tailed subset and, for a
     balanced run, its own subset too).  Class c gets min(``per_class``, its unused images) images,
     the first ones of a permutation drawn from ``seed``, so the split is disjoint from ``used`` by
-    construction and from the test fold because ``labels`` is the training fold.  A class without
+    construction and from the test fold because ``labels`` is the training fold.  ``image_keys``: an
+    identity of every image (given sets: ``ImageSplit.content_keys``, equal for files of equal
+    content), so that a copy of a used image, e.g. a given long-tailed set copied out of the given
+    balanced one, counts as used too.  A class without
     a spare image (on EU Moths at IF 8 one head class) has no validation image: balanced accuracy on
     the split then averages over the classes that have one (``metrics.per_class_accuracy`` gives
     NaN for the others).  ImageNet-LT keeps such a balanced validation set (Liu et al., CVPR 2019).
@@ -199,8 +270,12 @@ def unused_validation_indices(labels, used, num_classes: int, per_class: int = 2
     labels = np.asarray(labels, dtype=np.int64)
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class={per_class!r}: must be a positive integer")
+    used = np.asarray(used, dtype=np.int64)
     spare = np.ones(len(labels), dtype=bool)
-    spare[np.asarray(used, dtype=np.int64)] = False
+    spare[used] = False
+    if image_keys is not None:
+        keys = np.asarray(image_keys, dtype=object)
+        spare &= ~np.isin(keys, list(set(keys[used])))
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero((labels == c) & spare))[:per_class] for c in range(num_classes)]
     return np.sort(np.concatenate(keep)) if keep else np.array([], dtype=np.int64)
@@ -208,7 +283,7 @@ def unused_validation_indices(labels, used, num_classes: int, per_class: int = 2
 
 def fit_and_validation_indices(labels, train, longtailed, num_classes: int, *, val_source: str = "split",
                                val_fraction: float = 0.1, val_per_class: int = 2,
-                               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                               seed: int = 0, image_keys=None) -> tuple[np.ndarray, np.ndarray]:
     """The images a run fits on and its validation split, as indices into ``labels`` (the training fold).
 
     ``train``: the run's training set (long-tailed or balanced), ``longtailed``: the long-tailed set
@@ -217,15 +292,23 @@ def fit_and_validation_indices(labels, train, longtailed, num_classes: int, *, v
       (:func:`stratified_split`, seeded by ``seed``); the run fits on the rest.
     - ``"unused"``: the run fits on all of ``train``; the validation split is
       :func:`unused_validation_indices` (``val_per_class`` a class) of the images neither training
-      set uses, so a balanced and a long-tailed run of one subset seed validate on the same images.
+      set uses (``image_keys``: their identities, see there).  None left (a balanced set that is
+      the whole training fold, as a given ``train_balanced`` is for a balanced run) is an error:
+      the run would silently select its last epoch.
     The one definition of the split, for a run (``longtail.run``) and the data summary
     (``longtail.datasummary``).
     """
     train = np.asarray(train, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     if val_source == "unused":
-        return train, unused_validation_indices(labels, np.union1d(train, np.asarray(longtailed, dtype=np.int64)),
-                                                num_classes, val_per_class, seed=seed)
+        val = unused_validation_indices(labels, np.union1d(train, np.asarray(longtailed, dtype=np.int64)),
+                                        num_classes, val_per_class, seed=seed, image_keys=image_keys)
+        if not len(val) and len(train):
+            raise ValueError("val_source 'unused': every training-fold image is in a training set (a given "
+                             "train_balanced for a balanced run, balanced_size 'full', or a given train_longtailed "
+                             "holding copies of them), so no image is left to validate on; use val_source split "
+                             "with val_fraction > 0, or val_fraction 0 without validation (the last epoch is kept)")
+        return train, val
     if val_source == "split":
         fit, held = stratified_split(labels[train], val_fraction, seed=seed)
         return train[fit], train[held]
