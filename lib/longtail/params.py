@@ -58,7 +58,7 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "posthoc_tau_grid": ([], "tau values tried on the validation split, the best one used (empty: posthoc_tau)"),
     # classifier-stage techniques on frozen features (longtail.methods)
     "technique": ("none", "mode linear: none | lws | weight_balancing | ncm | cosine_prototypes | feature_calibration"),
-    "technique_params": ({}, "parameters of the technique, e.g. {'k': 2} (longtail.methods.TECHNIQUES)"),
+    "technique_params": ({}, "parameters of the technique, e.g. {'k_grid': [2]} (longtail.methods.TECHNIQUES)"),
     "tta": ("none", "mode linear: views whose features are averaged, for training and test alike: none | flip"),
     "label": (None, "a free name of a grid entry (a leaderboard row); computes nothing"),
     # optimisation
@@ -393,10 +393,20 @@ def _technique_errors(errors: list, p: dict) -> None:
     elif grid and not has_val:
         errors.append(f"posthoc_tau_grid={grid!r}: τ is tuned on a validation split; set val_source unused "
                       "(or val_fraction > 0)")
-    if (p["technique"] == "weight_balancing" and not has_val
-            and len((p["technique_params"] or {}).get("wd_grid", methods.TECHNIQUES["weight_balancing"].params["wd_grid"])) > 1):
-        errors.append("technique='weight_balancing' tunes weight decay on a validation split; set val_source unused "
-                      "(or val_fraction > 0), or give technique_params {'wd_grid': [one value]}")
+    tuned = _tuned_technique_params(p)
+    if tuned and not has_val:
+        errors.append(f"technique={p['technique']!r} tunes {', '.join(tuned)} on a validation split; set val_source "
+                      "unused (or val_fraction > 0), or give each of them one value in technique_params")
+
+
+def _tuned_technique_params(p: dict) -> list[str]:
+    """The technique's parameters chosen on validation (none when its name or parameters are bad:
+    those are reported by their own rule)."""
+    from . import methods
+    try:
+        return methods.tuned_on_validation(p["technique"], p["technique_params"])
+    except (TypeError, ValueError):
+        return []
 
 
 def describe() -> str:
