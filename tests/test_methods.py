@@ -99,7 +99,7 @@ def test_ncm_renormalized_means_by_hand():
     cos = query @ renorm.means.t()
     assert torch.allclose(renorm(query), -(2 - 2 * cos), atol=1e-6)
     assert plain(query).argmax(1).item() == 0 and renorm(query).argmax(1).item() == 1
-    assert methods.technique_params("ncm", None)["renormalize_means"] is False  # Kang et al.'s code
+    assert methods.technique_params("ncm", None)["renormalize_means"] is True  # chosen on validation
     with pytest.raises(ValueError, match="renormalize_means='yes': choose one of true, false"):
         methods.technique_params("ncm", {"renormalize_means": "yes"})
 
@@ -277,7 +277,7 @@ def test_technique_parameters_are_checked():
         methods.technique_params("feature_calibration", {"alpha_grid": 0.2})
     with pytest.raises(ValueError, match="tukey=-1"):
         methods.technique_params("feature_calibration", {"tukey": -1})
-    assert methods.technique_params("ncm", None) == {"scale": 16.0, "renormalize_means": False}
+    assert methods.technique_params("ncm", None) == {"scale": 16.0, "renormalize_means": True}
 
 
 @pytest.mark.parametrize("bad,expected", [

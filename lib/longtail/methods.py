@@ -55,8 +55,10 @@ TECHNIQUES: dict[str, Technique] = {
     "weight_balancing": Technique("weight balancing", f"{MODULE}: classifier design",
                                   {"stage1_wd_grid": [5e-4, 5e-3, 2e-2], "stage2_wd_grid": [5e-4, 5e-3, 2e-2, 1e-1],
                                    "max_norm_grid": [0.0, 0.1, 0.3, 0.6, 1.0], "beta": 0.9999}),
-    # renormalize_means false: Kang et al.'s released NCM (the mean of the normalised features)
-    "ncm": Technique("NCM", f"{MODULE}: classifier design", {"scale": 16.0, "renormalize_means": False}),
+    # renormalize_means chosen on validation: on the techniques grid's validation split (EU Moths,
+    # IF 8, 389 images; NCM depends on no seed) balanced top-1 71.6 % renormalised against 67.1 %
+    # for Kang et al.'s released NCM (false: the mean of the normalised features as it is)
+    "ncm": Technique("NCM", f"{MODULE}: classifier design", {"scale": 16.0, "renormalize_means": True}),
     "cosine_prototypes": Technique("cosine prototypes", f"{MODULE}: classifier design", {"scale": 16.0}),
     # k and α tuned on validation (``_feature_calibration``); the grids hold the paper's
     # miniImageNet values k = 2, α = 0.21, and smaller α: here the base classes' per-dimension
@@ -202,9 +204,11 @@ class NearestClassMean(nn.Module):
       Long-Tailed Recognition*, ICLR 2020, Sec. 4): x̂ = x/||x||, μ_j = mean of the x̂ of class j,
       z_j = -s · ||x̂ - μ_j||².  The paper's "Euclidean distance computed on L2 normalized mean
       features" leaves open whether μ_j is normalised again; their code (KNNClassifier, ``l2n``
-      centroids) does not, which is the default.  ``renormalize_means=True`` uses μ_j/||μ_j||:
-      then ||x̂ - μ_j||² = 2 - 2 cos(x, μ_j), so the mean's length (which shrinks with the spread of
-      a class's features, and so differs between head and tail classes) no longer counts.
+      centroids) does not (``renormalize_means=False``, this module's default).
+      ``renormalize_means=True`` uses μ_j/||μ_j||: then ||x̂ - μ_j||² = 2 - 2 cos(x, μ_j), so the
+      mean's length (which shrinks with the spread of a class's features, and so differs between
+      head and tail classes) no longer counts.  The technique ``ncm`` renormalises by default,
+      chosen on validation (``TECHNIQUES``).
     - ``metric="cosine"`` (cosine prototypes; centring as in Wang et al., *SimpleShot*, 2019):
       c = mean of the class means, z_j = s · cos(x - c, μ_j - c), μ_j the mean of the raw features.
 
@@ -246,7 +250,10 @@ def tukey(x: torch.Tensor, lam: float, eps: float = 1e-6) -> torch.Tensor:
     log x.  ReLU features hold exact zeros, whose log x is -inf (and a whole calibrated class
     non-finite); ε (the ``log_eps`` parameter, default 1e-6) keeps them finite at log ε and moves
     a feature of 0.01 or more by at most 1e-4 in log space.  Features must be non-negative
-    (MobileNetV2's pooled ReLU6 features are), λ >= 0 (a negative power maps zeros to infinity)."""
+    (MobileNetV2's pooled ReLU6 features are), λ >= 0 (a negative power maps zeros to infinity).
+    On EU Moths 54 % of those features are exact zeros: with λ = 0 they all sit at log ε, far
+    below the nonzero values (log 0.1 = -2.3), so ε shapes that space; the default λ = 0.5 needs
+    no ε."""
     if (x < 0).any():
         raise ValueError("Tukey's transform needs non-negative features")
     if lam < 0:
