@@ -1,6 +1,7 @@
 """The classifier-stage methods of longtail.methods against hand-computed values and special cases,
 the unused-image validation split, and their parameters."""
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,25 @@ def test_tau_normalization_by_hand():
     assert head.weight[0].tolist() == [3.0, 4.0]  # a copy
 
 
+def test_tau_norm_grid_is_kangs_sweep_and_the_leaderboard_uses_it():
+    """Kang et al. sweep τ over np.linspace(0, 2, 21); every τ-norm entry of the leaderboard tunes
+    τ on that grid."""
+    from longtail import gridspec
+    assert methods.TAU_NORM_GRID == pytest.approx(np.linspace(0, 2, 21).tolist(), abs=1e-12)
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    runs = [r for r in gridspec.expand(gridspec.read_spec(root / "params" / "techniques.yaml"))
+            if r.get("posthoc") == "tau_norm"]
+    assert {r["label"] for r in runs} == {"tau_norm", "bs_flip_tau_norm"}
+    assert all(r["posthoc_tau_grid"] == methods.TAU_NORM_GRID for r in runs)
+
+
+def test_max_norm_radius_is_relative_to_the_stage1_norms():
+    norms = torch.tensor([1.0, 3.0, 2.0])
+    assert methods.max_norm_radius(norms, 0.0) == 1.0
+    assert methods.max_norm_radius(norms, 0.25) == 1.5
+    assert methods.max_norm_radius(norms, 1.0) == 3.0
+
+
 def test_max_norm_projects_rows_onto_the_ball():
     w = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
     methods.max_norm_(w, 1.0)
@@ -63,6 +83,27 @@ def test_class_means_and_ncm_by_hand():
     assert torch.allclose(out, torch.tensor([[-(0.4 ** 2 + 0.8 ** 2), -(0.6 ** 2 + 0.2 ** 2)]]))
 
 
+def test_ncm_renormalized_means_by_hand():
+    """Class 0 holds two orthogonal images (mean of the normalised features (0.5, 0.5), length
+    0.71), class 1 one image (its mean has length 1).  Renormalised, the means are unit vectors and
+    z_j = -s (2 - 2 cos(x, μ_j)); the query at 215° is nearer in angle to class 1 but nearer in
+    Euclidean distance to the short mean of class 0, so the two options disagree."""
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]])
+    y = torch.tensor([0, 0, 1])
+    query = torch.tensor([[math.cos(math.radians(215)), math.sin(math.radians(215))]])
+    plain = methods.NearestClassMean(x, y, 2, "euclidean", scale=1.0)
+    renorm = methods.NearestClassMean(x, y, 2, "euclidean", scale=1.0, renormalize_means=True)
+    mu1 = torch.tensor([1.0, 0.2]) / math.hypot(1.0, 0.2)
+    assert torch.allclose(plain.means, torch.stack([torch.tensor([0.5, 0.5]), mu1]))
+    assert torch.allclose(renorm.means, torch.stack([torch.tensor([0.5, 0.5]) / 0.5 ** 0.5, mu1]))
+    cos = query @ renorm.means.t()
+    assert torch.allclose(renorm(query), -(2 - 2 * cos), atol=1e-6)
+    assert plain(query).argmax(1).item() == 0 and renorm(query).argmax(1).item() == 1
+    assert methods.technique_params("ncm", None)["renormalize_means"] is True  # chosen on validation
+    with pytest.raises(ValueError, match="renormalize_means='yes': choose one of true, false"):
+        methods.technique_params("ncm", {"renormalize_means": "yes"})
+
+
 def test_cosine_prototypes_are_centred_by_hand():
     x = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     y = torch.tensor([0, 1])
@@ -77,9 +118,28 @@ def test_cosine_prototypes_are_centred_by_hand():
 def test_tukey_transform():
     x = torch.tensor([[4.0, 1.0]])
     assert methods.tukey(x, 0.5).tolist() == [[2.0, 1.0]]
-    assert torch.allclose(methods.tukey(x, 0.0), torch.log(x))
+    assert torch.equal(methods.tukey(x, 0.0), torch.log(x + 1e-6))
     with pytest.raises(ValueError, match="non-negative"):
         methods.tukey(-x, 0.5)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        methods.tukey(x, -0.5)
+
+
+def test_tukey_log_is_finite_on_exact_zeros():
+    """λ = 0 is log(x + ε): a ReLU feature's exact zero maps to log ε, not -inf.  Against the
+    float64 value: rounding x + ε to fp32 moves the log by at most u (the unit roundoff; d log y =
+    dy / y), the fp32 log adds a few ulps of its result."""
+    x = torch.tensor([[0.0, 1.0, 4.0]])
+    out = methods.tukey(x, 0.0)
+    assert torch.isfinite(out).all()
+    expected = torch.tensor([[math.log(1e-6), math.log(1 + 1e-6), math.log(4 + 1e-6)]])
+    u = torch.finfo(torch.float32).eps
+    assert torch.allclose(out, expected, rtol=4 * u, atol=u)
+    assert methods.tukey(torch.zeros(1), 0.0, eps=1e-3).item() == pytest.approx(math.log(1e-3), rel=1e-6)
+    to_space = methods.feature_transform("feature_calibration", {"tukey": 0.0, "log_eps": 0.5})
+    assert to_space(torch.zeros(1)).item() == pytest.approx(math.log(0.5), rel=1e-6)
+    with pytest.raises(ValueError, match="log_eps=0"):
+        methods.technique_params("feature_calibration", {"log_eps": 0})
 
 
 def test_calibration_without_spread_gives_the_calibrated_mean():
@@ -127,31 +187,97 @@ def test_best_on_validation_picks_the_highest_balanced_accuracy_first_on_ties():
         methods.best_on_validation([1.0], lambda c: np.zeros((0, 2)), [], 2)
 
 
-def test_weight_balancing_tunes_weight_decay_on_validation_then_fine_tunes_class_balanced():
+def test_weight_balancing_stage1_without_maxnorm_then_tunes_stage2_on_validation():
+    """Stage 1: the run's loss with each weight decay, no MaxNorm; stage 2 from the chosen stage 1:
+    class-balanced loss, each (weight decay, threshold), MaxNorm on the weights (not the bias) with
+    δ relative to the stage-1 norms; both choices by validation score, the best retrained last."""
     calls = []
+    stage1_scores = {5e-4: 0.4, 5e-3: 0.7, 2e-2: 0.6}
+    stage2_scores = {(0.0, 1.2): 0.5, (0.0, 2.0): 0.55, (0.1, 1.2): 0.8, (0.1, 2.0): 0.3}
 
     def fit(module, x, y, **kw):
-        calls.append(kw)
-        module.weight.data.mul_(100.0)
-        kw.get("on_step", lambda m: None)(module)  # the projection, as after an optimiser step
-        return [{"epoch": 0}], {5e-4: 0.4, 5e-3: 0.7, 2e-2: 0.6}.get(kw.get("weight_decay"))
+        if "loss" not in kw:  # stage 1: "trains" to class-weight norms 1 and 3
+            assert "on_step" not in kw  # no MaxNorm in stage 1
+            with torch.no_grad():
+                module.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0]]))
+                module.bias.copy_(torch.tensor([5.0, -5.0]))
+            calls.append(("wb1", kw["weight_decay"]))
+            return [{"epoch": 0}], stage1_scores[kw["weight_decay"]]
+        assert kw["loss"] == "class_balanced" and kw["loss_params"] == {"beta": 0.9999} and kw["stage_epochs"]
+        assert module.weight.norm(dim=1).tolist() == [1.0, 3.0]  # starts from stage 1's classifier
+        with torch.no_grad():
+            module.weight.mul_(10.0)
+            module.bias.mul_(10.0)
+        kw["on_step"](module)  # the projection, as after an optimiser step
+        radius = round(module.weight.norm(dim=1).max().item(), 4)
+        calls.append(("wb2", kw["weight_decay"], radius))
+        return [{"epoch": 0}], stage2_scores[(kw["weight_decay"], radius)]
 
-    head, history = methods.train_classifier("weight_balancing", {"max_norm": 0.5}, lambda: nn.Linear(3, 2),
+    params = {"stage2_wd_grid": [0.0, 0.1], "max_norm_grid": [0.1, 0.5]}  # δ = 1 + t (3 - 1): 1.2, 2.0
+    head, history = methods.train_classifier("weight_balancing", params, lambda: nn.Linear(3, 2),
                                              torch.rand(4, 3), torch.tensor([0, 0, 1, 1]), 2, fit)
-    assert [c["weight_decay"] for c in calls] == [5e-4, 5e-3, 2e-2, 5e-3]
-    assert calls[-1]["loss"] == "class_balanced" and calls[-1]["stage_epochs"]
-    assert head.weight.norm(dim=1).max() <= 0.5 + 1e-6
-    assert [r["stage"] for r in history] == ["wb1 wd=0.005", "wb2"]
+    assert calls == [("wb1", 5e-4), ("wb1", 5e-3), ("wb1", 2e-2), ("wb1", 5e-3),  # the best again, last
+                     ("wb2", 0.0, 1.2), ("wb2", 0.0, 2.0), ("wb2", 0.1, 1.2), ("wb2", 0.1, 2.0), ("wb2", 0.1, 1.2)]
+    assert torch.allclose(head.weight.norm(dim=1), torch.tensor([1.2, 1.2]))
+    assert head.bias.tolist() == [50.0, -50.0]  # the bias is not capped
+    assert [r["stage"] for r in history] == ["wb1 wd=0.005", "wb2 wd=0.1 max_norm=0.1"]
+
+
+def test_weight_balancing_defaults_include_the_papers_values():
+    p = methods.technique_params("weight_balancing", None)
+    assert 5e-3 in p["stage1_wd_grid"] and 0.1 in p["max_norm_grid"] and p["beta"] == 0.9999
+    assert methods.tuned_on_validation("weight_balancing", None) == ["stage1_wd_grid", "stage2_wd_grid",
+                                                                     "max_norm_grid"]
+    assert methods.tuned_on_validation("weight_balancing", {"stage1_wd_grid": [0.0], "stage2_wd_grid": [0.1],
+                                                            "max_norm_grid": [0.1]}) == []
+
+
+def test_feature_calibration_tunes_k_and_alpha_on_validation(monkeypatch):
+    """One classifier per (k, α) on the real and calibrated features, each drawn with the run's
+    seed; the best validation score is kept (and retrained last)."""
+    drawn = []
+
+    def fake_samples(x, y, num_classes, *, k, alpha, base_min, generator, target=None):
+        drawn.append((k, alpha, generator.initial_seed()))
+        return torch.full((1, x.shape[1]), 10.0 * k + alpha), torch.tensor([2])
+
+    monkeypatch.setattr(methods, "calibrated_samples", fake_samples)
+    scores = {(1, 0.0): 0.2, (1, 0.5): 0.6, (2, 0.0): 0.6, (2, 0.5): 0.1}
+    trained = []
+
+    def fit(module, x, y, **kw):
+        assert len(x) == 11 and y[-1] == 2 and not kw
+        v = x[-1, 0].item()
+        trained.append((int(v // 10), round(v % 10, 3)))
+        return [{"epoch": 0}], scores[trained[-1]]
+
+    x, y = torch.rand(10, 3), torch.tensor([0] * 5 + [1] * 5)
+    head, history = methods.train_classifier("feature_calibration", {"k_grid": [1, 2], "alpha_grid": [0.0, 0.5]},
+                                             lambda: nn.Linear(3, 3), x, y, 3, fit, seed=7)
+    assert trained == [(1, 0.0), (1, 0.5), (2, 0.0), (2, 0.5), (1, 0.5)]  # a tie goes to the first
+    assert {s for *_, s in drawn} == {7}
+    assert [r["stage"] for r in history] == ["calibrated k=1 alpha=0.5"]
+    with pytest.raises(ValueError, match="2 base classes .* for k=3"):  # before any training
+        methods.train_classifier("feature_calibration", {"k_grid": [1, 3]}, lambda: nn.Linear(3, 3), x, y, 3, fit)
+    assert len(trained) == 5
 
 
 def test_technique_parameters_are_checked():
     with pytest.raises(ValueError, match="choose one of none, lws"):
         methods.technique_params("lw", {})
-    with pytest.raises(ValueError, match="valid: tukey, k, alpha, base_min"):
+    with pytest.raises(ValueError, match="valid: tukey, log_eps, k_grid, alpha_grid, base_min"):
         methods.technique_params("feature_calibration", {"beta": 1})
-    with pytest.raises(ValueError, match="max_norm"):
-        methods.technique_params("weight_balancing", {"max_norm": 0})
-    assert methods.technique_params("ncm", None) == {"scale": 16.0}
+    with pytest.raises(ValueError, match=r"max_norm_grid=\[0.1, -1\]: \[-1\] invalid; a non-empty list of MaxNorm"):
+        methods.technique_params("weight_balancing", {"max_norm_grid": [0.1, -1]})
+    with pytest.raises(ValueError, match=r"stage2_wd_grid=\[\]: a non-empty list of weight decays"):
+        methods.technique_params("weight_balancing", {"stage2_wd_grid": []})
+    with pytest.raises(ValueError, match=r"k_grid=\[2, 1.5\]: \[1.5\] invalid; a non-empty list of numbers of base"):
+        methods.technique_params("feature_calibration", {"k_grid": [2, 1.5]})
+    with pytest.raises(ValueError, match=r"alpha_grid=0.2: a non-empty list of spreads"):
+        methods.technique_params("feature_calibration", {"alpha_grid": 0.2})
+    with pytest.raises(ValueError, match="tukey=-1"):
+        methods.technique_params("feature_calibration", {"tukey": -1})
+    assert methods.technique_params("ncm", None) == {"scale": 16.0, "renormalize_means": True}
 
 
 @pytest.mark.parametrize("bad,expected", [
@@ -162,7 +288,11 @@ def test_technique_parameters_are_checked():
     ({"posthoc_tau_grid": [0.5, 1]}, "posthoc='none'"),
     ({"posthoc": "logit_adjust", "posthoc_tau_grid": [0.5, 1], "val_fraction": 0.0}, "tuned on a validation split"),
     ({"technique": "ncm", "posthoc": "tau_norm"}, "use posthoc logit_adjust"),
-    ({"technique": "weight_balancing", "val_fraction": 0.0}, "tunes weight decay"),
+    ({"technique": "weight_balancing", "val_fraction": 0.0},
+     "tunes stage1_wd_grid, stage2_wd_grid, max_norm_grid on a validation split"),
+    ({"technique": "feature_calibration", "val_fraction": 0.0}, "tunes k_grid, alpha_grid on a validation split"),
+    ({"technique": "weight_balancing", "technique_params": {"max_norm_grid": [-1]}},
+     "max_norm_grid=[-1]: [-1] invalid"),
 ])
 def test_technique_run_parameters_fail_with_their_choices(bad, expected):
     with pytest.raises(ParameterError) as err:
@@ -211,10 +341,12 @@ SYNTH_LINEAR = dict(dataset="synthetic", backbone="resnet32", mode="linear", epo
 
 @pytest.mark.parametrize("extra", [
     {"technique": "lws", "tta": "flip", "posthoc": "logit_adjust", "posthoc_tau_grid": [0.0, 1.0]},
-    {"technique": "weight_balancing", "technique_params": {"wd_grid": [0.0, 0.01]}, "posthoc": "tau_norm",
-     "posthoc_tau_grid": [0.0, 0.5]},
+    {"technique": "weight_balancing", "technique_params": {"stage1_wd_grid": [0.0, 0.01], "stage2_wd_grid": [0.01],
+                                                           "max_norm_grid": [0.1, 1.0]},
+     "posthoc": "tau_norm", "posthoc_tau_grid": [0.0, 0.5]},
     {"technique": "cosine_prototypes", "loss": "balanced_softmax"},
-    {"technique": "feature_calibration", "technique_params": {"base_min": 3, "tukey": 1.0}, "crt_epochs": 2},
+    {"technique": "feature_calibration", "technique_params": {"base_min": 3, "tukey": 0.0, "k_grid": [2],
+                                                              "alpha_grid": [0.0, 0.21]}, "crt_epochs": 2},
 ])
 def test_techniques_run_end_to_end(tmp_path, tmp_cache, extra):
     from longtail.run import run_training
@@ -226,7 +358,10 @@ def test_techniques_run_end_to_end(tmp_path, tmp_cache, extra):
     if extra["technique"] == "lws":
         assert stages == {"lws"} and (result.history["stage"] == "lws").sum() == 10  # crt_epochs, the default
     if extra["technique"] == "weight_balancing":
-        assert stages & {"wb1 wd=0", "wb1 wd=0.01"} and "wb2" in stages
+        assert len(stages) == 2 and stages & {"wb1 wd=0", "wb1 wd=0.01"}
+        assert stages & {"wb2 wd=0.01 max_norm=0.1", "wb2 wd=0.01 max_norm=1"}
+    if extra["technique"] == "feature_calibration":  # tukey 0 (log): finite on the ReLU features' zeros
+        assert stages & {"calibrated k=2 alpha=0", "calibrated k=2 alpha=0.21"}
     if extra["technique"] == "cosine_prototypes":
         assert len(result.history) == 0  # nothing trained
     pred = np.load(tmp_path / "run" / "predictions.npz")

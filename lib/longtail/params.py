@@ -70,7 +70,7 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "posthoc_tau_grid": ([], "tau values tried on the validation split, the best one used (empty: posthoc_tau)"),
     # classifier-stage techniques on frozen features (longtail.methods)
     "technique": ("none", "mode linear: none | lws | weight_balancing | ncm | cosine_prototypes | feature_calibration"),
-    "technique_params": ({}, "parameters of the technique, e.g. {'k': 2} (longtail.methods.TECHNIQUES)"),
+    "technique_params": ({}, "parameters of the technique, e.g. {'k_grid': [2]} (longtail.methods.TECHNIQUES)"),
     "tta": ("none", "mode linear: views whose features are averaged, for training and test alike: none | flip"),
     "label": (None, "a free name of a grid entry (a leaderboard row); computes nothing"),
     # optimisation
@@ -407,18 +407,21 @@ def _technique_errors(errors: list, p: dict) -> None:
         errors.append(f"posthoc_tau_grid={grid!r} with posthoc='none': choose posthoc logit_adjust or tau_norm")
     elif not has_val and (needs := tuned_on_validation(p)):
         errors.append(f"{needs}; set val_source unused (or val_fraction > 0)"
-                      + (", or give technique_params {'wd_grid': [one value]}" if p["technique"] == "weight_balancing" else ""))
+                      + (", or give each of them one value in technique_params" if p["technique"] != "none" else ""))
 
 
 def tuned_on_validation(p: dict) -> str | None:
     """What of the (type-checked) parameters ``p`` is chosen on the validation split, or None:
-    ``posthoc_tau_grid``'s τ, weight balancing's weight decay (a ``wd_grid`` of several values)."""
+    ``posthoc_tau_grid``'s τ, a technique's grids of several values (``methods.tuned_on_validation``)."""
     from . import methods
     if p["posthoc_tau_grid"] and p["posthoc"] != "none":
         return f"posthoc_tau_grid={p['posthoc_tau_grid']!r}: τ is tuned on a validation split"
-    wd_grid = (p["technique_params"] or {}).get("wd_grid", methods.TECHNIQUES["weight_balancing"].params["wd_grid"])
-    if p["technique"] == "weight_balancing" and len(wd_grid) > 1:
-        return "technique='weight_balancing' tunes weight decay on a validation split"
+    try:
+        tuned = methods.tuned_on_validation(p["technique"], p["technique_params"])
+    except (TypeError, ValueError):  # a bad name or parameter: reported by its own rule
+        tuned = []
+    if tuned:
+        return f"technique={p['technique']!r} tunes {', '.join(tuned)} on a validation split"
     return None
 
 
