@@ -62,6 +62,8 @@ ROWS = {
     "linear_224": ({**LINEAR, "image_size": 224}, "linear probe, 224 px (the reference's resolution)"),
     "linear_224_thesis_rates": ({**LINEAR, **THESIS_RATES, "image_size": 224},
                                 "linear probe, 224 px, trained with the thesis's rates (AdamW lr 1e-4, wd 0.05, 30 epochs)"),
+    "linear_224_adamw_1e-3": ({**LINEAR, **THESIS_RATES, "lr": 1e-3, "image_size": 224},
+                              "linear probe, 224 px, the thesis's rates but lr 1e-3 (the fine-tuned classifier's rate)"),
     "linear_128_thesis_rates": ({**LINEAR, **THESIS_RATES, "image_size": 128},
                                 "linear probe, 128 px, trained with the thesis's rates"),
 }
