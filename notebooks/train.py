@@ -47,6 +47,9 @@ image_size = None  # input size; None: the backbone's default
 mode = 'linear'  # linear (frozen backbone, cached features) | finetune | crt | partial (the last partial_blocks units trained on cached outputs of the frozen first ones)
 partial_blocks = 2  # mode partial: trailing backbone units trained with the classifier (MobileNetV2: 1 conv_head, 2 + the last stage, 3 + the last two stages; 0 the classifier alone)
 partial_views = 4  # mode partial: augmented views of each training image whose frozen-prefix outputs are cached
+freeze_bn = 'none'  # modes finetune, crt, partial: BatchNorm while training: none (train mode: batch statistics, running statistics updated) | stats (eval mode: the pretrained running statistics, gamma and beta trained) | all (statistics, gamma and beta frozen)
+head_init = 'random'  # modes finetune, crt, partial: the classifier's start: random | linear_probe (LP-FT, Kumar et al. ICLR 2022: first trained on the frozen pretrained features of the fitting images with mode linear's default recipe, then fine-tuned with everything else)
+backbone_lr_scale = 1.0  # modes finetune, crt, partial: lr of every parameter but the classifier's = lr x this (discriminative rates; 0 keeps the backbone's weights fixed)
 loss = 'ce'  # ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted
 loss_params = {}  # parameters of the loss, e.g. {'gamma': 2.0}
 drw_epoch = None  # deferred re-weighting: epoch at which class-balanced weights switch on (None: off)

@@ -161,7 +161,7 @@ def test_every_module_is_in_the_readme_table_and_the_package_docstring():
 
 def test_shipped_parameter_files_are_valid():
     counts = {"default": 42, "thesis": 168, "thesis_ldam_drw": 24, "class_balanced": 42, "cifar10_lt": 14,
-              "cifar10_control": 2, "tiny": 4}
+              "cifar10_control": 2, "tiny": 4, "finetune": 6}
     grids = {name: G.load_grid(ROOT / "params" / f"{name}.yaml") for name in counts}
     assert {name: len(g) for name, g in grids.items()} == counts
 
@@ -181,7 +181,12 @@ def test_shipped_parameter_files_are_valid():
         "base": "focal", "beta": 0.9999, "gamma": 1.0, "reduction": "batch", "bias_init": "prior"}
     t = grids["thesis"]
     assert {r["backbone"] for r in t.runs} == {"mobilenetv2", "resnet50v2", "vit_b16", "convnext_base"}
-    assert {(r["mode"], r["optimizer"], r["lr"], r["image_size"]) for r in t.runs} == {("finetune", "adamw", 1e-4, 224)}
+    assert {(r["mode"], r["optimizer"], r["lr"], r["image_size"]) for r in t.runs} == {("finetune", "adamw", 1e-3, 224)}
+    recipe = {(r["head_init"], r["backbone_lr_scale"], r["freeze_bn"]) for r in t.runs}  # the backbone at 1e-4
+    assert recipe == {("linear_probe", 0.1, "none")}
+    f = grids["finetune"]
+    assert {(r["mode"], r["lr"], r["head_init"], r["backbone_lr_scale"], r["val_source"]) for r in f.runs} == {
+        ("finetune", 1e-3, "linear_probe", 0.1, "unused")}
     assert {r["seed"] for r in t.runs} == {0, 1, 2} and {r["eval_protocol"] for r in t.runs} == {"thesis"}
     assert run(t, backbone="vit_b16", loss="ldam", train_set="longtailed", seed=0)["drw_epoch"] is None  # plain LDAM
     drw = grids["thesis_ldam_drw"]

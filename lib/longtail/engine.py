@@ -55,6 +55,8 @@ class TrainConfig:
     grad_clip: float | None = _schema_default("grad_clip")
     mixup_alpha: float = _schema_default("mixup_alpha")
     cutmix_alpha: float = _schema_default("cutmix_alpha")
+    freeze_bn: str = _schema_default("freeze_bn")
+    backbone_lr_scale: float = _schema_default("backbone_lr_scale")
     precision: str = _schema_default("precision")
     device: str = _schema_default("device")
     channels_last: bool = _schema_default("channels_last")
@@ -126,18 +128,49 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (timm's BatchNormAct2d among them)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def set_train_mode(model: nn.Module, freeze_bn: str = "none") -> None:
+    """``model.train()``, with ``freeze_bn`` stats or all its BatchNorm layers back in eval mode: they
+    normalise with their running statistics and leave them unchanged (the pretrained ones; a batch
+    of 64 images of 200 classes is a noisy estimate of them)."""
+    model.train()
+    if freeze_bn != "none":
+        for m in batchnorms(model):
+            m.eval()
+
+
+def trained_parameters(model: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
+    """The parameters the optimiser updates: those that require a gradient, less BatchNorm's
+    gamma and beta under ``freeze_bn`` all."""
+    frozen = {id(p) for m in batchnorms(model) for p in m.parameters()} if cfg.freeze_bn == "all" else set()
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
     """SGD or AdamW.  ``decay_norm_and_bias=False`` exempts biases and normalisation parameters
     (1-D tensors) from weight decay, the usual practice since Goyal et al. 2017; True decays every
     parameter, as the LDAM-DRW reference code does.  ``nesterov`` applies to SGD with momentum.
+    Discriminative rates: each group carries ``lr_scale``, the multiple of the scheduled lr it gets
+    (``fit`` sets ``lr`` from it every step): 1 for the classifier (``model.get_classifier()``) and
+    for a module without one (a bare head), ``backbone_lr_scale`` for every other parameter.
     SGD on CPU parameters is ``CpuSGD`` (the same update as ``torch.optim.SGD``, without the
     torch._dynamo import that costs each run's kernel about 1 s); elsewhere ``torch.optim``."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.decay_norm_and_bias:
-        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
-    else:
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    params = trained_parameters(model, cfg)
+    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else None
+    parts = [(params, 1.0)] if head is None or cfg.backbone_lr_scale == 1.0 else \
+        [([p for p in params if id(p) in head], 1.0), ([p for p in params if id(p) not in head], cfg.backbone_lr_scale)]
+    groups = []
+    for part, scale in parts:
+        if cfg.decay_norm_and_bias:
+            groups.append({"params": part, "weight_decay": cfg.weight_decay, "lr_scale": scale})
+        else:
+            groups += [{"params": [p for p in part if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                       {"params": [p for p in part if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         sgd = CpuSGD if all(p.device.type == "cpu" for p in params) else torch.optim.SGD
         return sgd(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -310,7 +343,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
     history, best_state, best_epoch, best_score, step = [], None, -1, -math.inf, 0
     has_val = val_x is not None and len(val_y) > 0
     for epoch in range(cfg.epochs):
-        model.train()
+        set_train_mode(model, cfg.freeze_bn)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         if drw is not None:
@@ -330,7 +363,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
                 xb = transform(xb)
             xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup_alpha, cfg.cutmix_alpha, generator=mix_gen)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg)
+                g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg) * g["lr_scale"]
             if use_graph and not graphed and len(xb) == cfg.batch_size:
                 try:
                     graph_model(model, xb, cfg.precision)
@@ -346,7 +379,7 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], cfg.grad_clip)
             opt.step()
             if on_step is not None:
                 on_step(model)

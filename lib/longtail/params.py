@@ -58,6 +58,14 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "partial_blocks": (2, "mode partial: trailing backbone units trained with the classifier (MobileNetV2: 1 "
                           "conv_head, 2 + the last stage, 3 + the last two stages; 0 the classifier alone)"),
     "partial_views": (4, "mode partial: augmented views of each training image whose frozen-prefix outputs are cached"),
+    "freeze_bn": ("none", "modes finetune, crt, partial: BatchNorm while training: none (train mode: batch statistics, "
+                          "running statistics updated) | stats (eval mode: the pretrained running statistics, gamma and "
+                          "beta trained) | all (statistics, gamma and beta frozen)"),
+    "head_init": ("random", "modes finetune, crt, partial: the classifier's start: random | linear_probe (LP-FT, Kumar "
+                            "et al. ICLR 2022: first trained on the frozen pretrained features of the fitting images "
+                            "with mode linear's default recipe, then fine-tuned with everything else)"),
+    "backbone_lr_scale": (1.0, "modes finetune, crt, partial: lr of every parameter but the classifier's = lr x this "
+                               "(discriminative rates; 0 keeps the backbone's weights fixed)"),
     # loss and sampling
     "loss": ("ce", "ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted"),
     "loss_params": ({}, "parameters of the loss, e.g. {'gamma': 2.0}"),
@@ -119,6 +127,8 @@ TTA_VIEWS = ("none", "flip")
 PRECISIONS = ("auto", "bf16", "fp32")
 BALANCED_SIZES = ("matched", "full")
 WARMUP_UNITS = ("step", "epoch")
+FREEZE_BN = ("none", "stats", "all")
+HEAD_INITS = ("random", "linear_probe")
 
 
 class ParameterError(ValueError):
@@ -242,6 +252,7 @@ RULES = {
     "nesterov": _BOOL, "decay_norm_and_bias": _BOOL, "monitor_test": _BOOL,
     "val_per_class": _range("int", 1), "technique_params": _MAPPING,
     "partial_blocks": _range("int", 0), "partial_views": _range("int", 1),
+    "backbone_lr_scale": _range("float", 0),
     "label": _of_type(str, none=True, what="null or a name (a non-empty string)"),
 }
 
@@ -341,6 +352,8 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "optimizer", OPTIMIZERS)
     _choice(errors, p, "schedule", SCHEDULES)
     _choice(errors, p, "warmup_unit", WARMUP_UNITS)
+    _choice(errors, p, "freeze_bn", FREEZE_BN)
+    _choice(errors, p, "head_init", HEAD_INITS)
     _choice(errors, p, "subset_method", subsets.SUBSET_METHODS)
     _choice(errors, p, "posthoc", POSTHOC)
     _choice(errors, p, "precision", PRECISIONS)
@@ -397,6 +410,11 @@ def _technique_errors(errors: list, p: dict) -> None:
         for key in ("technique", "tta"):
             if p[key] != "none":
                 errors.append(f"{key}={p[key]!r} with mode={p['mode']!r}: works on frozen features; use mode linear")
+    else:
+        for key in ("freeze_bn", "head_init", "backbone_lr_scale"):
+            if p[key] != DEFAULTS[key]:
+                errors.append(f"{key}={p[key]!r} with mode='linear': a frozen backbone has nothing to fine-tune; "
+                              f"use mode finetune, crt or partial (or {key} {DEFAULTS[key]!r})")
     if p["technique"] in ("lws", "ncm", "cosine_prototypes") and p["posthoc"] == "tau_norm":
         errors.append(f"posthoc='tau_norm' with technique={p['technique']!r}: τ-norm rescales a linear head's "
                       "weights; use posthoc logit_adjust or none")

@@ -119,12 +119,14 @@ def train(run, model: nn.Module, out: Path, log):
     """Mode partial for a prepared run (``run.RunData``) and its built ``model``; returns
     ``run.Trained`` (the classifier, evaluated on the trained part's pooled centre-view features)."""
     from . import engine, features, models, transforms
-    from .run import Trained, _images_id, _init_bias, _keep_checkpoints, _run_sampler
+    from .run import Trained, _images_id, _init_bias, _keep_checkpoints, _run_sampler, linear_probe_head
     p, dc = run.p, run.data_config
     prefix, part = split(model, p["partial_blocks"])
     torch.manual_seed(p["seed"])  # a fresh classifier seeded as mode linear's: k = 0 is a linear probe
     part.classifier = models.make_head(model.num_features, run.num_classes, run.cosine)
     _init_bias(part.get_classifier(), run.loss_fn, run.num_classes)
+    if p["head_init"] == "linear_probe":  # on the whole model's features, before any unit changes
+        part.classifier.load_state_dict(linear_probe_head(run, model, log).state_dict())
     n_units = len(units(model))
     key_parts = dict(backbone=models.resolve_name(p["backbone"]), weights=models.weights_id(p["pretrained"], p["weights_dir"]),
                      image_size=run.image_size, cache_size=run.cache_size, mean=dc["mean"], std=dc["std"],

@@ -322,6 +322,8 @@ def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Tra
     from . import engine, models
     p = run.p
     _init_bias(model.get_classifier(), run.loss_fn, run.num_classes)
+    if p["head_init"] == "linear_probe":
+        model.get_classifier().load_state_dict(linear_probe_head(run, model, log).state_dict())
     images_train, images_test = run.in_memory(run.train_imgs), run.in_memory(run.test_imgs)
     history, best, best_epoch = engine.fit(model, images_train[run.train_idx], run.train_y, run.loss_fn,
                                            _run_sampler(run), run.cfg, transform=run.train_tf, eval_transform=run.eval_tf,
@@ -341,6 +343,40 @@ def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Tra
         history += _retrain_classifier(run, head, features_of(images_train[run.train_idx]), val_feats, out, log)
     val_x = val_feats if len(run.val_idx) else None
     return Trained(head, history, best_epoch, features_of(images_test), val_x)
+
+
+#: the optimisation parameters of the probe that starts LP-FT (``head_init: linear_probe``): mode
+#: linear's defaults (``params.SCHEMA``), so the probe is the head a default mode linear run trains
+PROBE_RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                     "decay_norm_and_bias", "schedule", "warmup_epochs", "warmup_unit", "lr_steps", "lr_gamma",
+                     "grad_clip", "mixup_alpha", "cutmix_alpha", "freeze_bn", "backbone_lr_scale")
+
+
+def linear_probe_head(run: RunData, model: torch.nn.Module, log) -> torch.nn.Module:
+    """The classifier LP-FT starts from (Kumar et al., "Fine-Tuning can Distort Pretrained Features
+    and Underperform Out-of-Distribution", ICLR 2022): a linear probe on the frozen pretrained
+    model's pooled features (centre view, eval mode) of the fitting images, trained as mode linear
+    trains its head (the run's loss, sampler, DRW and seed, mode linear's default optimisation:
+    ``PROBE_RECIPE_KEYS``), its epoch chosen on the validation split.  Fine-tuning from it, the
+    backbone's first gradients come through a classifier that already fits, not a random one."""
+    from . import engine, models
+    p, C = run.p, run.num_classes
+    probe_p = {**p, **{k: params_mod.DEFAULTS[k] for k in PROBE_RECIPE_KEYS}, "save_checkpoints": False}
+
+    def features_of(rows) -> torch.Tensor:
+        return torch.from_numpy(engine.predict(model, np.asarray(run.train_imgs[np.asarray(rows)]), run.eval_tf,
+                                               batch_size=p["eval_batch_size"], device=run.device,
+                                               precision=p["precision"], features=True, channels_last=p["channels_last"]))
+    train_x, val_x = features_of(run.train_idx), features_of(run.val_idx)
+    torch.manual_seed(p["seed"])  # as mode linear seeds its head
+    head = models.make_head(train_x.shape[1], C, run.cosine)
+    _init_bias(head, run.loss_fn, C)
+    fit = _head_fitter(probe_p, engine.TrainConfig.from_params(probe_p), C, run.drw is not None, val_x, run.val_y,
+                       None, lambda line: None, {})
+    _, score = fit(head, train_x, run.train_y)
+    log(f"head_init linear_probe: the classifier starts from a linear probe ({probe_p['epochs']} epochs"
+        + (f", validation balanced accuracy {score:.3f})" if score is not None else ")"))
+    return head
 
 
 def _retrain_classifier(run: RunData, head, train_feats, val_feats, out: Path, log) -> list:
