@@ -351,6 +351,12 @@ def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path
     assert "evaluation protocol 'weighted'" in tables[0].caption and "macro F1" in tables[1].caption
     assert tables[0].caption.endswith("; test images: balanced 10 (head 10, middle 10, tail 10); long-tailed = the "
                                       "balanced set weighted by the training prior.")
+    ft = make_run(root, "ft", backbone="resnet50v2", mode="finetune", optimizer="adamw", lr=1e-3,
+                  backbone_lr_scale=0.1, head_init="linear_probe")
+    caption = {t.name: t.caption for t in results.appendix_tables(results.collect_runs(root))}["top1_resnet50v2_longtailed"]
+    assert caption.startswith("Table A.7") and ("; fine-tuned (finetune): 30 epochs, adamw lr 0.001, backbone lr x 0.1, "
+                                                "classifier from a linear probe (LP-FT); test images") in caption, caption
+    assert ft.exists()
     assert list(tables[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
     assert tables[2].notes == ["The rows CE, Weighted CE coincide in every digit."]
     assert tables[0].notes == []

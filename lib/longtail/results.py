@@ -463,6 +463,34 @@ def _loss_default(loss: str, name: str):
     return inspect.signature(LOSSES[loss].__init__).parameters[name].default
 
 
+def recipe_text(runs: pd.DataFrame) -> str:
+    """How a table's runs were trained, for its caption (the first run's parameters; a table's runs
+    share them): ``linear probe on frozen features: 30 epochs, sgd lr 0.1`` or ``fine-tuned (finetune):
+    30 epochs, adamw lr 0.001, backbone lr x 0.1, classifier from a linear probe (LP-FT), BatchNorm
+    statistics frozen``; "" where the runs do not record them."""
+    if not len(runs):
+        return ""
+    r = runs.iloc[0]
+
+    def get(k, default=None):
+        v = r.get(k, default)
+        return default if v is None or (isinstance(v, float) and np.isnan(v)) else v
+    if get("mode") is None or get("optimizer") is None:
+        return ""
+    sched = f"{_label_value(get('epochs'))} epochs, {get('optimizer')} lr {_label_value(get('lr'))}"
+    if get("mode") == "linear":
+        return f"linear probe on frozen features: {sched}"
+    parts = [f"fine-tuned ({get('mode')}): {sched}"]
+    if get("backbone_lr_scale", 1.0) not in (1, 1.0):
+        parts.append(f"backbone lr x {_label_value(get('backbone_lr_scale'))}")
+    if get("head_init", "random") == "linear_probe":
+        parts.append("classifier from a linear probe (LP-FT)")
+    if get("freeze_bn", "none") != "none":
+        parts.append({"stats": "BatchNorm statistics frozen", "all": "BatchNorm frozen"}.get(get("freeze_bn"),
+                                                                                           str(get("freeze_bn"))))
+    return ", ".join(parts)
+
+
 def split_sizes_text(runs: pd.DataFrame, protocol: str) -> str:
     """The sizes behind a table's numbers, for its caption: test images per split and class group
     under ``protocol`` (the thesis protocol's groups partition its long-tailed test set: their sum and
@@ -523,8 +551,7 @@ def appendix_tables(df: pd.DataFrame) -> list[Table]:
         f1_text = "support-weighted F1" if protocol == "thesis" else "macro F1"
         top1 = top1_table(runs, protocol)
         split = split_table(runs, protocol)
-        sizes = split_sizes_text(runs, protocol)
-        sizes = f"; {sizes}" if sizes else ""
+        sizes = "".join(f"; {t}" for t in (recipe_text(runs), split_sizes_text(runs, protocol)) if t)
         tables.append(Table(f"top1_{slug}", f"Table A.{n}: Top-1 accuracy (%) per test split and class group; "
                             f"{setting_text(key)}; {over}; {PROTOCOL_TEXT[protocol]}{sizes}.", top1, key,
                             coincidence_notes(top1, runs)))
