@@ -221,8 +221,11 @@ def test_no_server_or_kernel_outlives_the_grid(tmp_path, env, how):
     (Ctrl-C to its process group), or killed alone: afterwards no process of it is left."""
     mark = f"LT_TEST_GRID={uuid.uuid4().hex}"
     out = tmp_path / "out"
+    # interrupted cases: runs long enough (200 epochs of the tiny grid) that the grid is still running
+    # when the signal comes, however slowly a loaded machine lets this loop see its processes
+    longer = [] if how == "end" else ["--set", "epochs=200"]
     proc = subprocess.Popen([sys.executable, "-m", "longtail.grid", str(TINY), "--jobs", "2", "--output-root",
-                             str(out)], cwd=ROOT, env={**os.environ, mark.split("=")[0]: mark.split("=")[1]},
+                             str(out), *longer], cwd=ROOT, env={**os.environ, mark.split("=")[0]: mark.split("=")[1]},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
         seen: set[int] = set()
@@ -234,6 +237,7 @@ def test_no_server_or_kernel_outlives_the_grid(tmp_path, env, how):
                 break
             time.sleep(0.05)
         assert len(seen) >= 2, proc.communicate()[0]
+        assert how == "end" or proc.poll() is None, "the grid ended before it could be interrupted"
         if how == "SIGINT":
             os.killpg(proc.pid, signal.SIGINT)
         elif how == "SIGKILL":
