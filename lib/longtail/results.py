@@ -514,9 +514,9 @@ def split_sizes_text(runs: pd.DataFrame, protocol: str) -> str:
             parts.append(f"test images: balanced {b} (head {h}, middle {m}, tail {t}); long-tailed = the balanced "
                          "set weighted by the training prior")
     try:
-        groups = pd.read_csv(Path(first["run_dir"]) / rundir.CLASSES_FILE)["group"].value_counts()
-        parts.append("classes: " + ", ".join(f"{g} {int(groups.get(g, 0))}" for g in SPLITS[2:]))
-    except (OSError, KeyError, TypeError, ValueError):
+        classes = group_sizes(first["run_dir"])["classes"]
+        parts.append("classes: " + ", ".join(f"{g} {int(classes.get(g, 0))}" for g in SPLITS[2:]))
+    except (OSError, KeyError, TypeError, ValueError):  # a run folder without (a full) classes.csv
         pass
     return "; ".join(parts)
 
