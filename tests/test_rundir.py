@@ -41,3 +41,16 @@ def test_a_folder_of_the_legacy_id_is_found_and_shown_as_the_grid_asks(tmp_path)
     _finished(new, {**TINY, "eval_protocol": "thesis"})  # run once by a thesis-protocol grid
     runs = results.collect_runs(spec)
     assert len(runs) == 1 and runs.loc[0, "eval_protocol"] == "weighted"
+
+
+def test_shipped_grids_keep_the_run_ids_they_had():
+    """A parameter added to SCHEMA must not rename every finished run: the first run of each grid has
+    the id it had before the evaluation protocol, the group thresholds, the long-tailed test rule and
+    the fine-tuning recipe's parameters existed (ids from the tree that had none of them)."""
+    from pathlib import Path
+    from longtail.gridspec import load_grid
+    root = Path(__file__).resolve().parents[1] / "params"
+    first = {name: Path(load_grid(root / f"{name}.yaml", check_backbone=False).runs[0]["output_dir"]).name
+             for name in ("default", "techniques", "cifar10_lt", "tiny")}
+    assert first == {"default": "0a4c43afe54d", "techniques": "c76844abf59d", "cifar10_lt": "bbc92c41296f",
+                     "tiny": "f34580b79ead"}

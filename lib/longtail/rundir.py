@@ -60,7 +60,8 @@ NOT_IN_ID = ("output_dir", "data_root", "weights_dir", "save_checkpoints", "cuda
 SHOWN_NOT_COMPUTED = ("eval_protocol",)
 #: parameters added after runs existed whose default computes what those runs computed: hashed only
 #: away from their default, so that adding them left every earlier run's id unchanged
-HASHED_AWAY_FROM_DEFAULT = ("group_thresholds", "test_longtailed_rule")
+HASHED_AWAY_FROM_DEFAULT = ("group_thresholds", "test_longtailed_rule", "freeze_bn", "head_init",
+                            "backbone_lr_scale")
 
 
 def run_id(params: dict) -> str:
