@@ -308,10 +308,147 @@ def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, b
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 
+@dataclass
+class TrainingLoop:
+    """What the epochs of one ``fit`` share: the model and how it is run (eagerly, compiled or as a
+    captured CUDA graph), the optimiser, the loss, and the step count the schedule follows."""
+    model: nn.Module
+    loss_fn: nn.Module
+    opt: object
+    cfg: TrainConfig
+    device: torch.device
+    steps_per_epoch: int
+    log: object = print
+    forward: object = None          # the compiled model under ``compile``, else the model
+    eager_forward: object = None    # the model's own forward, taken before a graph capture replaces it
+    use_graph: bool = False         # capture the training step as a CUDA graph (``cuda_graph``)
+    graphed: bool = False           # captured: full batches replay it
+    step: int = 0
+    mix_gen: torch.Generator = field(default_factory=torch.Generator)
+
+    @classmethod
+    def start(cls, model: nn.Module, loss_fn: nn.Module, cfg: TrainConfig, device: torch.device, n: int, log=print):
+        """The model on ``device`` (channels_last for conv nets: 1.6-2.9x faster for depthwise nets, on
+        the CPU too), its optimiser, and ``n`` samples an epoch in batches of ``cfg.batch_size``."""
+        model.to(device)
+        if cfg.channels_last and _has_conv(model):
+            model.to(memory_format=torch.channels_last)
+        loss_fn.to(device)
+        return cls(model, loss_fn, make_optimizer(model, cfg), cfg, device, max(1, math.ceil(n / cfg.batch_size)),
+                   log, torch.compile(model) if cfg.compile else model,  # state dicts stay those of `model`
+                   model.forward, cfg.cuda_graph and device.type == "cuda" and not cfg.compile,
+                   mix_gen=torch.Generator().manual_seed(cfg.seed + 1))
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, on_step=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch (mixup/CutMix, the scheduled lr of each group); returns the
+        loss and the outputs, on the device (no synchronisation)."""
+        cfg = self.cfg
+        xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup_alpha, cfg.cutmix_alpha, generator=self.mix_gen)
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(self.step, self.steps_per_epoch, cfg) * g["lr_scale"]
+        if self.use_graph and not self.graphed and len(xb) == cfg.batch_size:
+            try:
+                graph_model(self.model, xb, cfg.precision)
+                self.graphed = True
+            except Exception as exc:  # noqa: BLE001 - e.g. a model with hooks: train eagerly instead
+                self.use_graph = False
+                self.log(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training eagerly")
+        with autocast(self.device, cfg.precision, cache_enabled=not self.use_graph):
+            # a batch of another size than the captured one runs eagerly
+            out = self.forward(xb) if not self.graphed or len(xb) == cfg.batch_size else self.eager_forward(xb)
+        out = out.float()
+        loss = (self.loss_fn(out, ya) if lam == 1.0
+                else lam * self.loss_fn(out, ya) + (1 - lam) * self.loss_fn(out, yb2))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_([q for g in self.opt.param_groups for q in g["params"]], cfg.grad_clip)
+        self.opt.step()
+        if on_step is not None:
+            on_step(self.model)
+        self.step += 1
+        return loss.detach(), (out.argmax(1) == ya)
+
+
+def train_one_epoch(loop: TrainingLoop, epoch: int, train_x, train_y, sampler, *, transform=None, drw=None,
+                    on_step=None) -> dict:
+    """One epoch in the sampler's order; returns its history row (lr, train loss and accuracy, speed).
+    Loss and accuracy are summed on the device; a non-finite loss is detected once, at the end."""
+    cfg, device = loop.cfg, loop.device
+    set_train_mode(loop.model, cfg.freeze_bn)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if drw is not None:
+        drw.apply(loop.loss_fn, epoch)
+    order = torch.as_tensor(np.fromiter(iter(sampler), dtype=np.int64), device=train_x.device)
+    t0, seen = time.perf_counter(), 0
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
+    for b in range(loop.steps_per_epoch):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        if len(idx) < 2:  # a last batch of one breaks BatchNorm in train mode
+            continue
+        xb = train_x[idx].to(device, non_blocking=True)
+        yb = train_y[idx.to(train_y.device)]
+        loss, hits = loop.train_step(transform(xb) if transform is not None else xb, yb, on_step)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), b, first_bad)
+        seen += len(yb)
+        loss_sum += loss * len(yb)
+        correct += hits.sum()
+    if (bad_step := int(first_bad)) >= 0:  # one synchronisation an epoch
+        raise NonFiniteLossError(f"training loss became non-finite at epoch {epoch}, step {bad_step} "
+                                 f"(lr {loop.opt.param_groups[0]['lr']:.3g}); the run stopped")
+    elapsed = time.perf_counter() - t0
+    return {"epoch": epoch, "lr": loop.opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, seen),
+            "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9),
+            "cuda_graph": loop.graphed}
+
+
+def evaluate(model: nn.Module, x, y, cfg: TrainConfig, device, transform=None) -> dict:
+    """The validation row of an epoch: ``val_loss`` (cross-entropy), ``val_acc`` and ``val_balanced_acc``
+    (mean per-class recall, the selection score)."""
+    logits = torch.from_numpy(predict(model, x, transform, batch_size=cfg.eval_batch_size, device=device,
+                                      precision=cfg.precision, channels_last=cfg.channels_last))
+    vy = y.cpu()
+    return {"val_loss": F.cross_entropy(logits, vy).item(), "val_acc": (logits.argmax(1) == vy).float().mean().item(),
+            "val_balanced_acc": float(np.nanmean(per_class_accuracy(logits.numpy(), vy.numpy(), logits.shape[1])))}
+
+
+def monitor_accuracy(model: nn.Module, x, y, cfg: TrainConfig, device, transform=None) -> float:
+    """Top-1 on ``x`` (the test monitor: recorded, never selected on)."""
+    logits = predict(model, x, transform, batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
+                     channels_last=cfg.channels_last)
+    return float((logits.argmax(1) == np.asarray(y)).mean())
+
+
+class BestEpoch:
+    """Model selection: the epoch with the highest score (ties: the later one), its state kept on the
+    CPU.  Without a validation split the score is the epoch itself, the last epoch wins, and its state
+    is taken once, at the end (``state``)."""
+
+    def __init__(self, keep_states: bool):
+        self.keep_states, self.epoch, self.score, self.best_state = keep_states, -1, -math.inf, None
+
+    def update(self, epoch: int, score: float, model: nn.Module) -> None:
+        if score >= self.score:
+            self.score, self.epoch = score, epoch
+            if self.keep_states:
+                self.best_state = _cpu_state(model)
+
+    def state(self, model: nn.Module) -> dict:
+        return self.best_state if self.best_state is not None else _cpu_state(model)
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
 def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn: nn.Module, sampler,
         cfg: TrainConfig, *, transform=None, eval_transform=None, val_x=None, val_y=None, drw=None,
         log=print, on_epoch=None, on_step=None, monitor_x=None, monitor_y=None):
-    """Train ``model``; returns (history rows, best state dict, best epoch).
+    """Train ``model``; returns (history rows, best state dict, best epoch): ``train_one_epoch``,
+    ``evaluate`` on the validation split and ``BestEpoch`` each epoch.
     ``on_step(model)`` runs after every optimiser step (e.g. a projection such as MaxNorm).
 
     Model selection: the epoch with the highest balanced accuracy (mean per-class recall) on the
@@ -328,98 +465,24 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, loss_fn:
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model.to(device)
-    if cfg.channels_last and _has_conv(model):  # 1.6-2.9x faster for depthwise nets, on the CPU too
-        model.to(memory_format=torch.channels_last)
-    loss_fn.to(device)
+    loop = TrainingLoop.start(model, loss_fn, cfg, device, len(sampler) if hasattr(sampler, "__len__") else len(train_y),
+                              log)
     train_x, train_y = place(train_x, device), train_y.to(device)
-    opt = make_optimizer(model, cfg)
-    forward = torch.compile(model) if cfg.compile else model  # state dicts stay those of `model`
-    eager_forward = model.forward  # a batch of another size than the captured one runs eagerly
-    use_graph, graphed = cfg.cuda_graph and device.type == "cuda" and not cfg.compile, False
-    n = len(sampler) if hasattr(sampler, "__len__") else len(train_y)
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history, best_state, best_epoch, best_score, step = [], None, -1, -math.inf, 0
     has_val = val_x is not None and len(val_y) > 0
+    best, history = BestEpoch(keep_states=has_val), []
     for epoch in range(cfg.epochs):
-        set_train_mode(model, cfg.freeze_bn)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        if drw is not None:
-            drw.apply(loss_fn, epoch)
-        order = torch.as_tensor(np.fromiter(iter(sampler), dtype=np.int64), device=train_x.device)
-        t0, seen = time.perf_counter(), 0
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if len(idx) < 2:  # a last batch of one breaks BatchNorm in train mode
-                continue
-            xb = train_x[idx].to(device, non_blocking=True)
-            yb = train_y[idx.to(train_y.device)]
-            if transform is not None:
-                xb = transform(xb)
-            xb, ya, yb2, lam = mix_batch(xb, yb, cfg.mixup_alpha, cfg.cutmix_alpha, generator=mix_gen)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(step, steps_per_epoch, cfg) * g["lr_scale"]
-            if use_graph and not graphed and len(xb) == cfg.batch_size:
-                try:
-                    graph_model(model, xb, cfg.precision)
-                    graphed = True
-                except Exception as exc:  # noqa: BLE001 - e.g. a model with hooks: train eagerly instead
-                    use_graph = False
-                    log(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); training eagerly")
-            with autocast(device, cfg.precision, cache_enabled=not use_graph):
-                out = forward(xb) if not graphed or len(xb) == cfg.batch_size else eager_forward(xb)
-            out = out.float()
-            loss = loss_fn(out, ya) if lam == 1.0 else lam * loss_fn(out, ya) + (1 - lam) * loss_fn(out, yb2)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], cfg.grad_clip)
-            opt.step()
-            if on_step is not None:
-                on_step(model)
-            step += 1
-            seen += len(yb)
-            loss_sum += loss.detach() * len(yb)
-            correct += (out.argmax(1) == ya).sum()
-        if (bad_step := int(first_bad)) >= 0:  # one synchronisation an epoch
-            raise NonFiniteLossError(f"training loss became non-finite at epoch {epoch}, step {bad_step} "
-                                     f"(lr {opt.param_groups[0]['lr']:.3g}); the run stopped")
-        elapsed = time.perf_counter() - t0
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum.item() / max(1, seen),
-               "train_acc": correct.item() / max(1, seen), "epoch_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9),
-               "cuda_graph": graphed}
+        row = train_one_epoch(loop, epoch, train_x, train_y, sampler, transform=transform, drw=drw, on_step=on_step)
         if has_val:
-            logits = torch.from_numpy(predict(model, val_x, eval_transform, batch_size=cfg.eval_batch_size,
-                                              device=device, precision=cfg.precision, channels_last=cfg.channels_last))
-            vy = val_y.cpu()
-            row["val_loss"] = F.cross_entropy(logits, vy).item()
-            row["val_acc"] = (logits.argmax(1) == vy).float().mean().item()
-            row["val_balanced_acc"] = float(np.nanmean(per_class_accuracy(logits.numpy(), vy.numpy(), logits.shape[1])))
-            score = row["val_balanced_acc"]
-        else:
-            score = epoch  # no validation split: the last epoch
+            row.update(evaluate(model, val_x, val_y, cfg, device, eval_transform))
         if monitor_x is not None:
-            logits = predict(model, monitor_x, eval_transform, batch_size=cfg.eval_batch_size, device=device,
-                             precision=cfg.precision, channels_last=cfg.channels_last)
-            row["monitor_acc"] = float((logits.argmax(1) == np.asarray(monitor_y)).mean())
-        if score >= best_score:
-            best_score, best_epoch = score, epoch
-            if has_val:  # without a validation split the last state is taken once, after the loop
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        row["best_epoch"] = best_epoch
+            row["monitor_acc"] = monitor_accuracy(model, monitor_x, monitor_y, cfg, device, eval_transform)
+        best.update(epoch, row["val_balanced_acc"] if has_val else epoch, model)
+        row["best_epoch"] = best.epoch
         history.append(row)
         log(_epoch_line(row, cfg.epochs))
         if on_epoch is not None:
             on_epoch(epoch, model, row)
-    if best_state is None:  # no validation split (the last epoch), or zero epochs
-        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    return history, best_state, best_epoch
+    return history, best.state(model), best.epoch
 
 
 def _has_conv(model: nn.Module) -> bool:
