@@ -182,7 +182,11 @@ BAD_VALUES = {
     "val_source": ["held_out", 1], "val_per_class": [0, "2", 1.5], "posthoc_tau_grid": [0.5, ["a"], "1,2"],
     "technique": ["lsw", None], "technique_params": ["k", [1], {"kk": 2}], "tta": ["crop", True],
     "label": [3, "", ["a"]],
+    # the fine-tuning recipe (checked with mode finetune below: mode linear refuses any other value)
+    "freeze_bn": ["yes", True, None], "head_init": ["probe", 1, None], "backbone_lr_scale": ["abc", -0.1, None, True],
 }
+#: parameters whose values only a fine-tuning mode takes
+FINETUNE_ONLY = ("freeze_bn", "head_init", "backbone_lr_scale")
 
 
 def test_the_bad_value_table_covers_the_whole_schema():
@@ -196,6 +200,8 @@ def test_each_wrong_typed_or_out_of_range_value_is_refused(key, value):
     params = {key: value}
     if key == "drw_epoch":
         params["loss"] = "ldam"  # a loss DRW applies to: only the value itself is wrong
+    if key in FINETUNE_ONLY:
+        params["mode"] = "finetune"  # a mode the parameter applies to: only the value itself is wrong
     with pytest.raises(ParameterError) as err:
         validate(params)
     lines = str(err.value).splitlines()[1:]
