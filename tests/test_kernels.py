@@ -226,7 +226,11 @@ def test_no_server_or_kernel_outlives_the_grid(tmp_path, env, how):
     longer = [] if how == "end" else ["--set", "epochs=200"]
     proc = subprocess.Popen([sys.executable, "-m", "longtail.grid", str(TINY), "--jobs", "2", "--output-root",
                              str(out), *longer], cwd=ROOT, env={**os.environ, mark.split("=")[0]: mark.split("=")[1]},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+                            # Ctrl-C's default disposition, as a terminal gives it: a test run started in the
+                            # background of a script inherits SIGINT ignored, and a grid started so rightly
+                            # keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen: set[int] = set()
         deadline = time.time() + 240
