@@ -5,17 +5,17 @@ sets), iNaturalist-insects MobileNetV2, CE.
 Fine-tuning here is ``mode: partial`` with ``partial_blocks: 3`` (blocks[5], blocks[6] and conv_head,
 the last 3 of 9 units, with their 9 BatchNorm layers, trained with the classifier on cached outputs
 of the frozen first six, 4 augmented views) at 128 px, 12 epochs, batch 64, AdamW, weight decay
-0.05, cosine with 1 warm-up epoch: the thesis's recipe (params/thesis.yaml) shortened and shrunk
+0.05, cosine with 1 warm-up epoch: params/thesis.yaml's schedule (ours; the thesis states none) shortened and shrunk
 so that one run costs about two minutes on two cores.  Rows:
 
-- ``ft_thesis``: the thesis's rates, lr 1e-4 for everything, a random classifier, BatchNorm in train mode;
+- ``ft_thesis``: our former params/thesis.yaml rates (the thesis states none), lr 1e-4 for everything, a random classifier, BatchNorm in train mode;
 - one change at a time: ``ft_freeze_bn`` (freeze_bn stats), ``ft_lp`` (head_init linear_probe: LP-FT),
   ``ft_lr_head`` (lr 1e-3 for the classifier, backbone_lr_scale 0.1: the backbone keeps 1e-4),
   ``ft_lr1e-3`` (lr 1e-3 for everything);
 - ``ft_all``: the three fixes together; ``ft_lp_lr_head``: all but freeze_bn;
 - ``linear_128`` / ``linear_224``: the linear probe (params/default.yaml's recipe) at the fine-tuning
   resolution and at the reference's (224 px, the main job's and the GPU fine-tuning's);
-- ``linear_*_thesis_rates``: the same probe trained with the thesis's optimisation (AdamW lr 1e-4,
+- ``linear_*_thesis_rates``: the same probe trained with our former thesis.yaml optimisation (AdamW lr 1e-4,
   30 epochs): what those rates do to the classifier alone, with no backbone change at all.
 
 Every epoch, every hyperparameter and the recipe are chosen on the balanced validation set of unused
@@ -50,7 +50,7 @@ THESIS_RATES = dict(optimizer="adamw", lr=1e-4, weight_decay=0.05, epochs=30, ba
 FIXES = dict(freeze_bn="stats", head_init="linear_probe", lr=1e-3, backbone_lr_scale=0.1)
 #: name: (parameters over BASE, what the row is)
 ROWS = {
-    "ft_thesis": (FINETUNE, "thesis rates: lr 1e-4 everywhere, random classifier, BN in train mode"),
+    "ft_thesis": (FINETUNE, "our former thesis.yaml rates: lr 1e-4 everywhere, random classifier, BN in train mode"),
     "ft_freeze_bn": ({**FINETUNE, "freeze_bn": "stats"}, "+ freeze_bn stats (BN running statistics frozen)"),
     "ft_lp": ({**FINETUNE, "head_init": "linear_probe"}, "+ head_init linear_probe (LP-FT)"),
     "ft_lr_head": ({**FINETUNE, "lr": 1e-3, "backbone_lr_scale": 0.1},
@@ -61,11 +61,11 @@ ROWS = {
     "linear_128": ({**LINEAR, "image_size": 128}, "linear probe, 128 px"),
     "linear_224": ({**LINEAR, "image_size": 224}, "linear probe, 224 px (the reference's resolution)"),
     "linear_224_thesis_rates": ({**LINEAR, **THESIS_RATES, "image_size": 224},
-                                "linear probe, 224 px, trained with the thesis's rates (AdamW lr 1e-4, wd 0.05, 30 epochs)"),
+                                "linear probe, 224 px, trained with our former thesis.yaml rates (AdamW lr 1e-4, wd 0.05, 30 epochs)"),
     "linear_224_adamw_1e-3": ({**LINEAR, **THESIS_RATES, "lr": 1e-3, "image_size": 224},
-                              "linear probe, 224 px, the thesis's rates but lr 1e-3 (the fine-tuned classifier's rate)"),
+                              "linear probe, 224 px, our former thesis.yaml rates but lr 1e-3 (the fine-tuned classifier's rate)"),
     "linear_128_thesis_rates": ({**LINEAR, **THESIS_RATES, "image_size": 128},
-                                "linear probe, 128 px, trained with the thesis's rates"),
+                                "linear probe, 128 px, trained with our former thesis.yaml rates"),
 }
 TRAIN_SETS = ("balanced", "longtailed")
 
