@@ -96,13 +96,16 @@ def source_runs(source) -> tuple[str, list[Path]]:
     return p.name, sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != LOG_FOLDER)
 
 
-def _shown(source) -> dict[Path, dict]:
-    """For a parameter file: each run folder's ``rundir.SHOWN_NOT_COMPUTED`` values as the grid sets them."""
+def _source_folders(source) -> tuple[str, dict[Path, dict]]:
+    """(grid name, {run folder: what it shows}) of a source (``source_runs``): for a parameter file, the
+    ``rundir.SHOWN_NOT_COMPUTED`` values its grid sets (``gridspec.shown_parameters``, one expansion of
+    the grid); nothing for a folder of runs."""
     p = project_path(source)
     if p.suffix in (".yaml", ".yml"):
         from .gridspec import shown_parameters
-        return shown_parameters(p)[1]
-    return {}
+        return shown_parameters(p)
+    grid, dirs = source_runs(source)
+    return grid, {d: {} for d in dirs}
 
 
 def _cell(v):
@@ -122,9 +125,8 @@ def collect_runs(sources) -> pd.DataFrame:
         sources = [sources]
     rows, unfinished = [], []
     for source in sources:
-        grid, dirs = source_runs(source)
-        shown = _shown(source)
-        for d in dirs:
+        grid, shown = _source_folders(source)
+        for d in shown:
             if not rundir.is_done(d):  # not run yet, running, or failed (even if it wrote metrics.json)
                 unfinished.append(str(d))
                 continue
@@ -138,7 +140,7 @@ def collect_runs(sources) -> pd.DataFrame:
                 continue
             row = {k: _cell(v) for k, v in params.items()}
             row.update({k: _cell(v) for k, v in metrics.items()})
-            row.update(shown.get(d, {}))  # what the grid asks to show (a run is shared by the protocols)
+            row.update(shown[d])  # what the grid asks to show (a run is shared by the protocols)
             nb = d / RUN_NOTEBOOK
             row.update(grid=grid, run_id=d.name, run_dir=str(d), notebook=str(nb) if nb.exists() else None)
             rows.append(row)
@@ -473,8 +475,8 @@ def recipe_text(runs: pd.DataFrame) -> str:
     r = runs.iloc[0]
 
     def get(k, default=None):
-        v = r.get(k, default)
-        return default if v is None or (isinstance(v, float) and np.isnan(v)) else v
+        v = r.get(k)
+        return v if _given(v) else default
     if get("mode") is None or get("optimizer") is None:
         return ""
     sched = f"{_label_value(get('epochs'))} epochs, {get('optimizer')} lr {_label_value(get('lr'))}"
@@ -491,21 +493,27 @@ def recipe_text(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def test_sizes(runs: pd.DataFrame, protocol: str) -> dict[str, int] | None:
+    """Test images of each split and class group under ``protocol`` (``<split>/n`` or
+    ``thesis_<split>/n`` of the first run's metrics; a table's runs share them); None where a run
+    does not record them all."""
+    from .metrics import protocol_column
+    if not len(runs):
+        return None
+    first = runs.iloc[0]
+    n = {s: pd.to_numeric(pd.Series([first.get(protocol_column(protocol, s, "n"))]), errors="coerce").iloc[0]
+         for s in SPLITS}
+    return None if any(pd.isna(v) for v in n.values()) else {s: int(round(v)) for s, v in n.items()}
+
+
 def split_sizes_text(runs: pd.DataFrame, protocol: str) -> str:
     """The sizes behind a table's numbers, for its caption: test images per split and class group
     under ``protocol`` (the thesis protocol's groups partition its long-tailed test set: their sum and
     the tail's share), and classes per group (``classes.csv`` of the first run); "" where unknown."""
-    from .metrics import protocol_column
     if not len(runs):
         return ""
-    first = runs.iloc[0]
-
-    def n(split):
-        v = pd.to_numeric(pd.Series([first.get(protocol_column(protocol, split, "n"))]), errors="coerce").iloc[0]
-        return None if pd.isna(v) else int(round(v))
-    sizes = {s: n(s) for s in SPLITS}
-    parts = []
-    if all(v is not None for v in sizes.values()):
+    sizes, parts = test_sizes(runs, protocol), []
+    if sizes:
         b, lt, h, m, t = (sizes[s] for s in SPLITS)
         if protocol == "thesis":
             parts.append(f"test images: balanced {b}, long-tailed {lt} = head {h} + middle {m} + tail {t} "
@@ -514,7 +522,7 @@ def split_sizes_text(runs: pd.DataFrame, protocol: str) -> str:
             parts.append(f"test images: balanced {b} (head {h}, middle {m}, tail {t}); long-tailed = the balanced "
                          "set weighted by the training prior")
     try:
-        classes = group_sizes(first["run_dir"])["classes"]
+        classes = group_sizes(runs.iloc[0]["run_dir"])["classes"]
         parts.append("classes: " + ", ".join(f"{g} {int(classes.get(g, 0))}" for g in SPLITS[2:]))
     except (OSError, KeyError, TypeError, ValueError):  # a run folder without (a full) classes.csv
         pass

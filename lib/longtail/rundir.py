@@ -67,23 +67,27 @@ HASHED_AWAY_FROM_DEFAULT = ("group_thresholds", "test_longtailed_rule", "freeze_
 def run_id(params: dict) -> str:
     """Stable id of a run: a hash of its resolved parameters (``params.resolve``; locations excluded,
     ``SHOWN_NOT_COMPUTED`` at their defaults)."""
-    from .params import DEFAULTS
-    return _hash_id(params, {k: DEFAULTS[k] for k in SHOWN_NOT_COMPUTED})
+    return _ids(params)[0]
 
 
 def legacy_run_id(params: dict) -> str:
     """The id a run had while the evaluation protocol was part of it (a thesis-protocol run's old
     folder name), so that folders written then are still found."""
-    return _hash_id(params, {})
+    return _ids(params)[1]
 
 
-def _hash_id(params: dict, fixed: dict) -> str:
+def _ids(params: dict) -> tuple[str, str]:
+    """(run id, legacy run id) of ``params``, resolved once."""
     from .params import DEFAULTS, resolve
 
     resolved = resolve(params)
     ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID
              and not (k in HASHED_AWAY_FROM_DEFAULT and v == DEFAULTS[k])}
-    ident.update({k: v for k, v in fixed.items() if k in ident})
+    current = {**ident, **{k: DEFAULTS[k] for k in SHOWN_NOT_COMPUTED if k in ident}}
+    return _hash(current), _hash(ident)
+
+
+def _hash(ident: dict) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -91,7 +95,7 @@ def folder_of(root: str | os.PathLike, params: dict) -> Path:
     """The run folder of ``params`` below ``root``: ``<root>/<run id>``, or the folder of its legacy id
     where only that one holds a finished run."""
     root = Path(root)
-    new, old = root / run_id(params), root / legacy_run_id(params)
+    new, old = (root / rid for rid in _ids(params))
     return old if old != new and not is_done(new) and is_done(old) else new
 
 

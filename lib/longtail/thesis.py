@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .results import (LOSS_LABELS, SPLIT_LABELS, SPLITS, base_method, format_mean_std, setting_differences,
-                      setting_groups)
+                      setting_groups, test_sizes)
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "thesis_appendix_a.csv"
 #: the thesis's backbone names and our aliases (``models.ALIASES``)
@@ -157,13 +157,10 @@ def our_settings(runs: pd.DataFrame) -> list[OurSetting]:
 
 
 def _split_sizes(sub: pd.DataFrame) -> str:
-    """Test images of the thesis protocol's splits, as ``balanced 552, long-tailed 228 (head .. / middle .. /
-    tail ..)`` from the runs' metrics (``thesis_<split>/n``); "" where the runs do not record them."""
-    n = {s: pd.to_numeric(sub.get(f"thesis_{s}/n", pd.Series(dtype=float)), errors="coerce").dropna() for s in SPLITS}
-    if not all(len(v) for v in n.values()):
-        return ""
-    v = {s: int(n[s].iloc[0]) for s in SPLITS}
-    return (f"{v['balanced']} / {v['longtailed']} ({v['head']} + {v['middle']} + {v['tail']})")
+    """Test images of the thesis protocol's splits (``results.test_sizes``), as ``552 / 228 (95 + 67 + 66)``;
+    "" where the runs do not record them."""
+    v = test_sizes(sub, "thesis")
+    return f"{v['balanced']} / {v['longtailed']} ({v['head']} + {v['middle']} + {v['tail']})" if v else ""
 
 
 def side_by_side(runs: pd.DataFrame) -> pd.DataFrame:
@@ -274,8 +271,8 @@ def findings(runs: pd.DataFrame) -> pd.DataFrame:
     def thesis_m(bb):
         return lambda ts, loss, split: float(ref.loc[(bb, ts, loss), split]) if (bb, ts, loss) in ref.index else float("nan")
 
-    def thesis_text(fn, fmt=_pp):
-        return "; ".join(f"{bb} {fmt(fn(thesis_m(bb)))}" for bb in BACKBONES)
+    def tm(fn):  # the thesis's value of every backbone (``BACKBONES``' order)
+        return [fn(lambda ts, loss, split: Estimate(thesis_m(bb)(ts, loss, split), 0.0)).mean for bb in BACKBONES]
 
     for alias, ctx in contexts:
         mine = {(s.train_set, s.loss): s for s in settings_ if (s.backbone, s.context) == (alias, ctx)}
@@ -285,13 +282,10 @@ def findings(runs: pd.DataFrame) -> pd.DataFrame:
             s = mine.get((ts, loss))
             return _estimate(s.runs[_col(split)]) if s is not None and _col(split) in s.runs else _estimate([])
 
-        def tm(fn):  # the thesis's values of every backbone
-            return [fn(lambda ts, loss, split: Estimate(thesis_m(bb)(ts, loss, split), 0.0)).mean for bb in BACKBONES]
-
         def add(reading, fn, verdict, ours_text=None, fmt=_pp):
             e = fn(m)
             rows.append({"Reading of the thesis's tables": reading, "Backbone": alias, "Setting": label or "–",
-                         "Thesis": thesis_text(lambda mm: fn(lambda *a: Estimate(mm(*a), 0.0)).mean, fmt),
+                         "Thesis": "; ".join(f"{bb} {fmt(v)}" for bb, v in zip(BACKBONES, tm(fn))),
                          "Ours": ours_text(e) if ours_text else _pp_se(e), "Verdict": verdict(e)})
 
         def delta(loss, split="balanced"):
