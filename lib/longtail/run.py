@@ -302,11 +302,8 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
     train_feats = to_space(torch.stack(per_view[:len(views)]).mean(0))
     test_feats = to_space(torch.stack(per_view[len(views):]).mean(0))
 
-    def new_head():  # seeded here, so the same with a cold or a warm feature cache
-        torch.manual_seed(p["seed"])
-        head = models.make_head(card["num_features"], C, run.cosine)
-        _init_bias(head, run.loss_fn, C)
-        return head
+    def new_head():
+        return _seeded_head(run, card["num_features"])
 
     val_x = train_feats[run.val_idx]
     fit = _head_fitter(p, run.cfg, C, run.drw is not None, val_x, run.val_y, out, log, run.monitor(test_feats))
@@ -352,6 +349,16 @@ PROBE_RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nes
                      "grad_clip", "mixup_alpha", "cutmix_alpha", "freeze_bn", "backbone_lr_scale")
 
 
+def _seeded_head(run: RunData, num_features: int) -> torch.nn.Module:
+    """A fresh classifier on ``num_features`` inputs (cosine where the run's is), drawn from the run's
+    seed right here, so the same with a cold or a warm feature cache; its bias as the loss asks."""
+    from . import models
+    torch.manual_seed(run.p["seed"])
+    head = models.make_head(num_features, run.num_classes, run.cosine)
+    _init_bias(head, run.loss_fn, run.num_classes)
+    return head
+
+
 def linear_probe_head(run: RunData, model: torch.nn.Module, log) -> torch.nn.Module:
     """The classifier LP-FT starts from (Kumar et al., "Fine-Tuning can Distort Pretrained Features
     and Underperform Out-of-Distribution", ICLR 2022): a linear probe on the frozen pretrained
@@ -359,7 +366,7 @@ def linear_probe_head(run: RunData, model: torch.nn.Module, log) -> torch.nn.Mod
     trains its head (the run's loss, sampler, DRW and seed, mode linear's default optimisation:
     ``PROBE_RECIPE_KEYS``), its epoch chosen on the validation split.  Fine-tuning from it, the
     backbone's first gradients come through a classifier that already fits, not a random one."""
-    from . import engine, models
+    from . import engine
     p, C = run.p, run.num_classes
     probe_p = {**p, **{k: params_mod.DEFAULTS[k] for k in PROBE_RECIPE_KEYS}, "save_checkpoints": False}
 
@@ -368,9 +375,7 @@ def linear_probe_head(run: RunData, model: torch.nn.Module, log) -> torch.nn.Mod
                                                batch_size=p["eval_batch_size"], device=run.device,
                                                precision=p["precision"], features=True, channels_last=p["channels_last"]))
     train_x, val_x = features_of(run.train_idx), features_of(run.val_idx)
-    torch.manual_seed(p["seed"])  # as mode linear seeds its head
-    head = models.make_head(train_x.shape[1], C, run.cosine)
-    _init_bias(head, run.loss_fn, C)
+    head = _seeded_head(run, train_x.shape[1])  # as mode linear starts its head
     fit = _head_fitter(probe_p, engine.TrainConfig.from_params(probe_p), C, run.drw is not None, val_x, run.val_y,
                        None, lambda line: None, {})
     _, score = fit(head, train_x, run.train_y)
