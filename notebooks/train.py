@@ -50,7 +50,7 @@ partial_views = 4  # mode partial: augmented views of each training image whose 
 freeze_bn = 'none'  # modes finetune, crt, partial: BatchNorm while training: none (train mode: batch statistics, running statistics updated) | stats (eval mode: the pretrained running statistics, gamma and beta trained) | all (statistics, gamma and beta frozen)
 head_init = 'random'  # modes finetune, crt, partial: the classifier's start: random | linear_probe (LP-FT, Kumar et al. ICLR 2022: first trained on the frozen pretrained features of the fitting images with mode linear's default recipe, then fine-tuned with everything else)
 backbone_lr_scale = 1.0  # modes finetune, crt, partial: lr of every parameter but the classifier's = lr x this (discriminative rates; 0 keeps the backbone's weights fixed)
-loss = 'ce'  # ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted
+loss = 'ce'  # a loss of longtail.losses.LOSSES (ce, focal, balanced_softmax, ldam, ...: its table lists them)
 loss_params = {}  # parameters of the loss, e.g. {'gamma': 2.0}
 drw_epoch = None  # deferred re-weighting: epoch at which class-balanced weights switch on (None: off)
 drw_beta = 0.9999  # beta of the DRW class-balanced weights
@@ -94,13 +94,15 @@ monitor_test = False  # record test top-1 after every epoch in history.csv (moni
 output_dir = None  # run folder; None: <runs>/<run id>
 # %%
 from longtail import figures
+from longtail.results import run_metrics_table
 from longtail.params import SCHEMA
 from longtail.report import show_figure, show_table
 from longtail.run import run_training
 
 result = run_training({name: globals()[name] for name in SCHEMA})
 print("run folder:", result.output_dir)
-show_table(result.groups_table, caption=f"{loss} on the {train_set} training set: the test splits and class groups")
+groups = run_metrics_table(result.metrics)  # top-1, F1, ECE and loss per test split and class group
+show_table(groups, caption=f"{loss} on the {train_set} training set: the test splits and class groups")
 
 # %% [markdown]
 # ## Learning curves
@@ -115,4 +117,4 @@ else:  # class prototypes (technique ncm, cosine_prototypes) train nothing
 # ## Top-1 accuracy per test split and class group
 
 # %%
-show_figure(figures.split_accuracy(result.groups_table, title=f"{loss} on the {train_set} training set"))
+show_figure(figures.split_accuracy(groups, title=f"{loss} on the {train_set} training set"))

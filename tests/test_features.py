@@ -105,13 +105,14 @@ def test_a_linear_run_imports_only_what_it_needs(tmp_path):
 import sys
 from longtail import figures
 from longtail.report import show_figure, show_table
+from longtail.results import run_metrics_table
 from longtail.run import run_training
 r = run_training(dict(dataset="synthetic", backbone="resnet32", mode="linear", image_size=16, epochs=2,
                       dataset_params={{"num_classes": 4, "train_per_class": 12, "test_per_class": 4, "image_size": 16}},
                       output_dir={str(tmp_path / "run")!r}), log=lambda s: None)
-show_table(r.groups_table, caption="x")
+show_table(run_metrics_table(r.metrics), caption="x")
 show_figure(figures.learning_curves(r.history))
-show_figure(figures.split_accuracy(r.groups_table))
+show_figure(figures.split_accuracy(run_metrics_table(r.metrics)))
 print(sorted(m for m in ("seaborn", "scipy", "sklearn", "timm", "torchvision", "torch._dynamo") if m in sys.modules))
 """
     env = {**__import__("os").environ, "LT_CACHE_DIR": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}

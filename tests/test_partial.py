@@ -9,7 +9,7 @@ import papermill
 import pytest
 import torch
 
-from longtail import partial
+from longtail import models, partial
 from longtail.models import build_model
 from longtail.params import DEFAULTS, ParameterError, validate
 from longtail.run import run_training
@@ -34,7 +34,7 @@ def test_prefix_then_trained_part_is_the_backbone(name, size):
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
         features, logits = model.forward_features(x), model(x)
-        n = len(partial.units(model))
+        n = len(models.blocks(model))
         assert n == (9 if name == "mobilenetv2" else 16)  # stem, 7 stages, conv_head / stem, 15 blocks
         for k in range(n):
             prefix, part = partial.split(model, k)

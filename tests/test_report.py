@@ -171,8 +171,8 @@ def test_building_the_report_imports_no_torch(rendered):
 
 
 def test_display_names_follow_their_owners_order():
-    from longtail import losses, metrics, params
-    assert list(results.LOSS_LABELS) == list(losses.LOSS_NAMES)  # also the tables' row order (method_order)
+    from longtail import losses, lossinfo, metrics, params
+    assert list(lossinfo.loss_labels()) == list(losses.LOSS_NAMES)  # also the tables' row order (method_order)
     assert list(results.SPLIT_LABELS) == list(metrics.SPLITS) and list(results.TRAIN_SET_LABELS) == list(params.TRAIN_SETS)
     assert results.method_order(["LDAM-DRW", "Focal", "CE", "Class-balanced focal"]) == [
         "CE", "Focal", "Class-balanced focal", "LDAM-DRW"]

@@ -38,7 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
+from .config import PROJECT_ROOT
+from .executors import run_lock
 from .fileio import atomic_write_bytes
+from .grid import parse_sets
+from .gridspec import GridError, load_grid
 
 #: what an archived run keeps: its record, without checkpoints, predictions or the executed notebook
 KEPT_FILES = (rundir.PARAMS_FILE, rundir.CLASSES_FILE, rundir.HISTORY_FILE, rundir.ENVIRONMENT_FILE,
@@ -189,7 +193,6 @@ def pack(grid, path: str | os.PathLike, sets: dict | None = None) -> PackResult:
 
 
 def _project_relative(p) -> str | None:
-    from .config import PROJECT_ROOT
     if p is None:
         return None
     p = Path(p).resolve()
@@ -206,8 +209,6 @@ def restore(grid, path: str | os.PathLike, sets: dict | None = None) -> RestoreR
     """Write the archive's runs into the grid's run folders that are missing or empty; every other
     folder is left as it is.  The archive is checked whole first (``read``, and every run is a run of
     ``grid``): ArchiveError, with nothing written, when it is not."""
-    from .executors import run_lock
-
     path = Path(path)
     contents = read(path)
     _check_grid(contents, grid, path, sets or {})
@@ -233,9 +234,6 @@ def restore(grid, path: str | os.PathLike, sets: dict | None = None) -> RestoreR
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .grid import _parse_sets
-    from .gridspec import GridError, load_grid
-
     ap = argparse.ArgumentParser(prog="python -m longtail.archive", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=("pack", "restore"))
@@ -246,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-root", default=None, help="folder of the run folders (default: from the file)")
     args = ap.parse_args(argv)
     try:
-        sets = _parse_sets(args.sets)
+        sets = parse_sets(args.sets)
         grid = load_grid(args.params, output_root=args.output_root, sets=sets, check_backbone=False)
         if args.action == "pack":
             r = pack(grid, args.archive, sets)

@@ -14,11 +14,15 @@ decoded-image caches and feature caches go to the cache folder.
 
 Paths written in project files (a grid's ``notebook``, ``output_root``) are relative to the
 project root (``from_project_root``).  ``git_state`` says which code the checkout holds (HEAD, and
-whether tracked files differ from it), for the runs' and the report's provenance.
+whether tracked files differ from it) and ``environment`` the machine and the package versions: the
+runs' and the report's provenance.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
+import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +77,23 @@ def git_state(root: str | os.PathLike = PROJECT_ROOT) -> tuple[str | None, bool 
         return head.stdout.strip() or None, (bool(status.stdout.strip()) if status.returncode == 0 else None)
     except (OSError, subprocess.SubprocessError):
         return None, None
+
+
+#: the packages whose versions a run's ``environment.json`` and the report's provenance record
+PACKAGES = ("longtail", "torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn",
+            "papermill", "nbconvert", "jupytext")
+
+
+def environment() -> dict:
+    """The provenance a run and the report share: Python, package versions (``PACKAGES``; None when
+    not installed), platform, processor, CPU count, the checkout's git state and the date (ISO 8601)."""
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    commit, dirty = git_state()
+    return {"python": platform.python_version(), "packages": versions, "platform": platform.platform(),
+            "processor": platform.processor(), "cpu_count": os.cpu_count(), "git_commit": commit, "git_dirty": dirty,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

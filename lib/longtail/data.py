@@ -26,6 +26,7 @@ import numpy as np
 
 from . import config
 from .fileio import atomic_write_text, download, sha256
+from .imagecache import decoded_images
 from .subsets import stratified_split
 
 #: the given sets of an imagefolder root, used as they are (no subsampling)
@@ -421,7 +422,7 @@ def missing_inputs(runs: list[dict]) -> list[str]:
     weights file they need, looked up once (online, a missing data set is downloaded here, once)
     before any run starts.  Returns one message per missing input, naming the path looked at, the
     setting that changes it and the download that failed; [] when all are there."""
-    from .models import weights_file
+    from .models import weights_file  # models imports torch: only when weights are asked for
     problems: dict[str, None] = {}  # ordered, without repeats
     for key in dict.fromkeys((r["dataset"], r.get("data_root")) for r in runs):
         try:
@@ -448,7 +449,6 @@ def _lines(path: Path) -> list[str]:
 
 def split_images(split: ImageSplit, size: int, *, on_error: str = "raise", progress: bool = True):
     """Decoded uint8 images [N, size, size, 3] of a split, and the indices kept (see imagecache)."""
-    from .imagecache import decoded_images
     if split.images is not None:
         return _resize_array(split.images, size), np.arange(len(split))
     return decoded_images(split.paths, size, on_error=on_error, progress=progress)

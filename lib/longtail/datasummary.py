@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import selection, subsets
+from .data import split_images
 
 
 def class_table(ds, *, imbalance_factor: float, profile: str = "exp", n_max=None, class_order: str = "given",
@@ -77,7 +78,6 @@ def sample_images(ds, classes: pd.DataFrame, per_group: int = 6, size: int = 96,
     """One training image of each of ``per_group`` classes per group (spread over the group, from its
     largest to its smallest class), decoded at ``size`` px through the image cache.
     Returns (images uint8 [N, size, size, 3], table: group, class, name, train count)."""
-    from .data import split_images
     rng = np.random.default_rng(seed)
     labels = np.asarray(ds.train.labels)
     pick, rows = [], []

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .inference import for_inference
 from .metrics import per_class_accuracy
 from .params import DEFAULTS
 from .transforms import mix_batch
@@ -263,7 +264,6 @@ def predict(model: nn.Module, x: torch.Tensor | np.ndarray, transform=None, *, b
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from .inference import for_inference
     if cpu_workers is not None and cpu_workers < 1:
         raise ValueError(f"cpu_workers must be at least 1 (or None: torch.get_num_threads()), got {cpu_workers}")
     device = torch.device(device)

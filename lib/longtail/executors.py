@@ -29,6 +29,7 @@ from pathlib import Path
 from . import rundir
 from .fileio import one_line, write_error
 from .gridspec import NOTEBOOK, GridError
+from .kernels import close_servers
 from .notebook import KERNEL, Execution, execute as execute_notebook, injection_problems
 from .slurm import LOG_FOLDER as SLURM_LOG_FOLDER, POLL_S as SLURM_POLL_S, QueueWatch, log_quote as slurm_log_quote
 
@@ -286,7 +287,6 @@ def run_local(todo, labels, *, notebook, jobs, kernel_name, start_retries, repor
             _kill_processes(_descendants(os.getpid()))
             raise
         finally:
-            from .kernels import close_servers
             close_servers()
         return
     import multiprocessing as mp

@@ -280,7 +280,8 @@ def _parse_only(items: list[str]) -> dict:
     return only
 
 
-def _parse_sets(items: list[str]) -> dict:
+def parse_sets(items: list[str]) -> dict:
+    """The ``--set KEY=VALUE`` options (VALUE read as YAML) as ``{KEY: VALUE}``; GridError naming a bad one."""
     sets = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # kill / scancel: stop as for Ctrl-C
     try:
         only = _parse_only(args.only)
-        sets = _parse_sets(args.sets)
+        sets = parse_sets(args.sets)
         extra = {}
         for item in args.slurm_param:
             k, sep, v = item.partition("=")

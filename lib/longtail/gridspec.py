@@ -21,7 +21,7 @@ import yaml
 
 from . import config, rundir
 from .fileio import one_line
-from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors
+from .params import DEFAULTS, SCHEMA, ParameterError, json_type_errors, resolve, validate
 
 #: the parameter file's format: an example, then the rules (README and ``--help`` show both as they are)
 SPEC_EXAMPLE = """\
@@ -174,8 +174,6 @@ def _check_spec(spec: dict) -> None:
 def _override_problems(spec: dict, labels: list[dict]) -> list[str]:
     """Overrides that would silently change nothing: a value that is not a valid value of its
     parameter (``loss: {ldamm: ...}``), or a block naming an unknown parameter."""
-    from .params import validate
-
     where = spec.get("path") or "grid"
     problems = []
     for key, by_value in (spec.get("overrides") or {}).items():
@@ -301,7 +299,6 @@ def run_folders(path: str | os.PathLike) -> tuple[str, list[Path]]:
 def shown_parameters(path: str | os.PathLike) -> tuple[str, dict[Path, dict]]:
     """(name, {run folder: the grid's values of ``rundir.SHOWN_NOT_COMPUTED``}) of a parameter file: a
     run found under its id may have been run by another grid or protocol, and shows what this grid asks."""
-    from .params import resolve
     spec = read_spec(path)
     root = output_root_of(spec)
     out: dict[Path, dict] = {}
@@ -314,8 +311,6 @@ def shown_parameters(path: str | os.PathLike) -> tuple[str, dict[Path, dict]]:
 def build_grid(spec: dict, *, output_root: str | os.PathLike | None = None, sets: dict | None = None,
                check_backbone: bool = True) -> Grid:
     """Expand and validate a spec (see ``read_spec``); raises GridError listing every problem."""
-    from .params import validate
-
     spec = copy.deepcopy(spec)
     spec.setdefault("base", {})
     spec.setdefault("grid", {})

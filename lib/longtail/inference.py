@@ -7,7 +7,7 @@
   affine map ``y = γ (z − μ) / sqrt(σ² + ε) + β`` of the running statistics (Ioffe & Szegedy,
   ICML 2015), so for ``z = W * x + b`` it is the convolution with ``W' = W · s`` and
   ``b' = (b − μ) · s + β``, ``s = γ / sqrt(σ² + ε)`` per output channel (:func:`fold_batchnorm`),
-  exact up to float rounding.  Only the (convolution, BatchNorm) pairs of :func:`fold_pairs` are
+  exact up to float rounding.  Only the (convolution, BatchNorm) pairs of :func:`models.fold_pairs` are
   folded: pairs read off each class's ``forward``, where the convolution's output feeds the
   BatchNorm and nothing else (timm's EfficientNet family, MobileNetV2 included, and the CIFAR
   ResNet-32), and consecutive (Conv2d, BatchNorm2d) children of an ``nn.Sequential``.  Other
@@ -34,32 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import fold_pairs
+
 ACTIVATIONS = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}  # oneDNN post-op and its scalars
-
-
-def fold_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
-    """(convolution, BatchNorm) attribute pairs per module class, as each class's forward runs them.
-    timm's classes only once timm is imported (a model without them never needs timm)."""
-    return _fold_pairs("timm" in sys.modules)
-
-
-@functools.cache
-def _fold_pairs(with_timm: bool) -> dict[type, tuple[tuple[str, str], ...]]:
-    from . import models
-    pairs = {models.CifarResNet: (("conv1", "bn1"),),
-             models._BasicBlock: (("conv1", "bn1"), ("conv2", "bn2"))}
-    if with_timm:
-        from timm.models import _efficientnet_blocks as eb
-        from timm.models.efficientnet import EfficientNet
-        pairs.update({
-            EfficientNet: (("conv_stem", "bn1"), ("conv_head", "bn2")),
-            eb.ConvBnAct: (("conv", "bn1"),),
-            eb.DepthwiseSeparableConv: (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
-            eb.InvertedResidual: (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"),
-                                  ("conv_pwl", "bn3")),
-            eb.EdgeResidual: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
-        })
-    return pairs
 
 
 def for_inference(model: nn.Module) -> nn.Module:

@@ -16,51 +16,46 @@ Nothing here plots (``figures.tail_vs_head``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import metrics, rundir
+from . import metrics, rundir, taxonomy
+from .lossinfo import loss_info
 from .results import settings
 
 #: the leaderboard's goal on the long-tailed set (mean of the seeds): balanced-test and tail top-1
 GOAL = {"balanced": 0.75, "tail": 0.60}
-#: the family in the survey's taxonomy (Zhang et al., TPAMI 2023, Fig. 2) of each loss
-LOSS_FAMILIES = {"focal": "class re-balancing: re-weighting", "weighted_ce": "class re-balancing: re-weighting",
-                 "class_balanced": "class re-balancing: re-weighting",
-                 "equalization": "class re-balancing: re-weighting", "ldam": "class re-balancing: re-margining",
-                 "balanced_softmax": "class re-balancing: logit adjustment",
-                 "logit_adjusted": "class re-balancing: logit adjustment"}
-ENSEMBLE_FAMILY = "module improvement: ensemble learning"
 METRIC_SPLITS = ("balanced", "tail", "head")
 
 
 def method_family(row) -> str:
-    """The survey families of a run's ingredients, joined by " + " ("baseline" for plain CE)."""
-    from .methods import PROTOTYPE_TECHNIQUES, TECHNIQUES
-    parts = []
+    """The survey families (``longtail.taxonomy``) of a run's ingredients, joined by " + ": its
+    loss's (as the loss declares it), re-sampling, DRW, the technique's, TTA, mixup, the post-hoc
+    adjustment; ``taxonomy.BASELINE`` for plain CE."""
+    from .methods import PROTOTYPE_TECHNIQUES, TECHNIQUES  # methods imports torch: only when a board is built
+    parts, losses = [], loss_info()
     technique = row.get("technique") if isinstance(row.get("technique"), str) else "none"
-    if technique not in PROTOTYPE_TECHNIQUES:
-        if row.get("loss") in LOSS_FAMILIES:
-            parts.append(LOSS_FAMILIES[row["loss"]])
+    if technique not in PROTOTYPE_TECHNIQUES:  # class prototypes ignore the loss, sampler and DRW
+        if row.get("loss") in losses and losses[row["loss"]].family != taxonomy.BASELINE:
+            parts.append(losses[row["loss"]].family)
         if isinstance(row.get("sampler"), str) and row["sampler"] != "instance":
-            parts.append("class re-balancing: re-sampling")
+            parts.append(taxonomy.RE_SAMPLING)
         if _number(row.get("drw_epoch")) is not None:
-            parts.append("class re-balancing: re-weighting")
+            parts.append(taxonomy.RE_WEIGHTING)
     if technique != "none":
         parts.append(TECHNIQUES[technique].family if technique in TECHNIQUES else str(technique))
     if isinstance(row.get("tta"), str) and row["tta"] != "none":
-        parts.append("information augmentation: test-time augmentation")
+        parts.append(taxonomy.TEST_TIME_AUGMENTATION)
     if (_number(row.get("mixup_alpha")) or 0) > 0:
-        parts.append("information augmentation: data augmentation")
+        parts.append(taxonomy.DATA_AUGMENTATION)
     posthoc = row.get("posthoc")
     if posthoc == "logit_adjust":
-        parts.append("class re-balancing: logit adjustment")
+        parts.append(taxonomy.LOGIT_ADJUSTMENT)
     elif posthoc == "tau_norm":
-        parts.append("module improvement: decoupled training")
-    return " + ".join(dict.fromkeys(parts)) or "baseline"
+        parts.append(taxonomy.DECOUPLED_TRAINING)
+    return " + ".join(dict.fromkeys(parts)) or taxonomy.BASELINE
 
 
 def _number(v):
@@ -175,7 +170,7 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
             pool = board.dropna(subset=["val_mean"]).nlargest(ensemble_pool, "val_mean")["Method"].tolist()
             best, ens = best_pair(sub, pool)
             if best:
-                board = pd.concat([board, pd.DataFrame([_row("Ensemble: " + " & ".join(best), ENSEMBLE_FAMILY, ens)])],
+                board = pd.concat([board, pd.DataFrame([_row("Ensemble: " + " & ".join(best), taxonomy.ENSEMBLE, ens)])],
                                   ignore_index=True)
         board = board.sort_values("val_mean", ascending=False, kind="stable", na_position="last").reset_index(drop=True)
         board.insert(0, "Rank", np.arange(1, len(board) + 1))

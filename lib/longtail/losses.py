@@ -49,6 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import taxonomy
+
 __all__ = [
     "LOSSES",
     "LOSS_NAMES",
@@ -157,8 +159,17 @@ def _weighted_mean(per_sample: torch.Tensor, targets: torch.Tensor, weight: torc
 
 
 class _LongTailLoss(nn.Module):
-    """Base: class counts, the ``class_weights`` buffer, input checks, float32 compute."""
+    """Base: class counts, the ``class_weights`` buffer, input checks, float32 compute.
 
+    A loss declares what the rest of the package reads of it (results, the leaderboard, parameter
+    checks), so that a new loss is one class here and its line in ``LOSSES``.  Readers without torch
+    get these declarations from ``longtail.lossinfo``, which reads them from this file's source: state
+    them as literals (``family`` as a name of ``taxonomy``)."""
+
+    #: the display name in tables, figures and the report (the tables' row order is ``LOSSES``')
+    label = ""
+    #: its family in the survey's taxonomy (``longtail.taxonomy``); the baseline for plain CE
+    family = taxonomy.BASELINE
     #: True for losses whose class weights *are* the method (weighted_ce, class_balanced): the one
     #: property that decides DRW eligibility (``DRWSchedule.apply``, ``drw_eligible``, params
     #: validation): DRW refuses them rather than silently replacing their weights, and their
@@ -229,6 +240,8 @@ class CrossEntropyLoss(_LongTailLoss):
         weight: optional per-class weights (DRW).
     """
 
+    label = "CE"
+
     def __init__(self, class_counts: CountsLike | None = None, label_smoothing: float = 0.0,
                  weight: CountsLike | None = None):
         super().__init__(class_counts, weight)
@@ -259,6 +272,9 @@ class FocalLoss(_LongTailLoss):
     ever logged; (1 - p_y) is clamped at a tiny value so gamma < 1 has a finite gradient
     when p_y rounds to 1.
     """
+
+    label = "Focal"
+    family = taxonomy.RE_WEIGHTING
 
     def __init__(self, class_counts: CountsLike | None = None, gamma: float = 2.0,
                  weight: CountsLike | None = None):
@@ -291,6 +307,9 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
     sum w_y, so only ratios matter). Counts are clamped to >= 1, so an absent class gets
     the weight of a one-sample class, the largest. With equal counts every scheme is CE.
     """
+
+    label = "Weighted CE"
+    family = taxonomy.RE_WEIGHTING
 
     owns_weights = True
     SCHEMES = ("inverse", "inverse_sqrt", "log")
@@ -345,6 +364,9 @@ class ClassBalancedLoss(_LongTailLoss):
     ``"shuffled"`` in a fixed random order (seed 0), as when the weights are computed over one
     class order and the labels use another.
     """
+
+    label = "Class-balanced"
+    family = taxonomy.RE_WEIGHTING
 
     owns_weights = True
     BASES = ("softmax", "focal", "sigmoid")
@@ -432,6 +454,9 @@ class BalancedSoftmaxLoss(_ShiftedCE):
     is handled as a one-sample class.
     """
 
+    label = "Balanced softmax"
+    family = taxonomy.LOGIT_ADJUSTMENT
+
     def __init__(self, class_counts: CountsLike, weight: CountsLike | None = None):
         super().__init__(class_counts, clamp_counts(class_counts).log(), weight)
 
@@ -443,6 +468,9 @@ class LogitAdjustedLoss(_ShiftedCE):
     (default) equals balanced softmax (the shifts differ by the constant log sum n, to
     which softmax is invariant). Counts are clamped to >= 1.
     """
+
+    label = "Logit-adjusted"
+    family = taxonomy.LOGIT_ADJUSTMENT
 
     def __init__(self, class_counts: CountsLike, tau: float = 1.0, weight: CountsLike | None = None):
         if not math.isfinite(tau):
@@ -482,6 +510,9 @@ class EqualizationLoss(_LongTailLoss):
     tail-class, non-target entries of it take effect.
     Counts are clamped to >= 1, so an absent class is a tail class for any lambda > 1/sum n.
     """
+
+    label = "Equalization"
+    family = taxonomy.RE_WEIGHTING
 
     def __init__(self, class_counts: CountsLike, lam: float | None = None, gamma: float = 0.9,
                  weight: CountsLike | None = None):
@@ -535,6 +566,9 @@ class LDAMLoss(_LongTailLoss):
     clamped to >= 1 (0^(-1/4) = inf), so an absent class gets the largest margin.
     max_m = 0, s = 1 is CE.
     """
+
+    label = "LDAM"
+    family = taxonomy.RE_MARGINING
 
     cosine_head = True
 
@@ -591,8 +625,7 @@ class DRWSchedule:
             raise TypeError(f"{type(loss).__name__} has no set_class_weights(); DRW needs a longtail loss")
         if getattr(loss, "owns_weights", False):  # the same property as drw_eligible
             raise ValueError(f"DRW re-weights an unweighted loss; {type(loss).__name__} already "
-                             "weights its classes (use ce, focal, ldam, balanced_softmax, "
-                             "logit_adjusted or equalization)")
+                             f"weights its classes (use {', '.join(n for n in LOSSES if drw_eligible(n))})")
         w = self.weights_at(epoch)
         loss.set_class_weights(w)
         return w
@@ -617,8 +650,8 @@ LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 
 
 def loss_class(name: str) -> type[_LongTailLoss]:
-    """The class of loss ``name``: what it declares about itself (``cosine_head``, ``owns_weights``)
-    is read here before any loss is built.  ValueError listing the valid names for an unknown one."""
+    """The class of loss ``name``: what it declares about itself (``label``, ``family``, ``cosine_head``,
+    ``owns_weights``) is read here before any loss is built.  ValueError listing the valid names for an unknown one."""
     try:
         return LOSSES[name]
     except (KeyError, TypeError):

@@ -34,10 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-#: the survey's three families (Zhang et al. 2023, Fig. 2), with the sub-family a method belongs to
-RE_BALANCING = "class re-balancing"
-AUGMENTATION = "information augmentation"
-MODULE = "module improvement"
+from .metrics import per_class_accuracy
+from .taxonomy import CLASSIFIER_DESIGN, DECOUPLED_TRAINING, FEATURE_AUGMENTATION
+
 
 
 @dataclass(frozen=True)
@@ -49,21 +48,21 @@ class Technique:
 
 TECHNIQUES: dict[str, Technique] = {
     "none": Technique("", ""),
-    "lws": Technique("LWS", f"{MODULE}: decoupled training"),
+    "lws": Technique("LWS", DECOUPLED_TRAINING),
     # stage 1's and stage 2's weight decays and the MaxNorm thresholds are tuned on validation
     # (``_weight_balancing``); 0.1 is the authors' CIFAR-100-LT threshold, 5e-3 their stage-1 decay
-    "weight_balancing": Technique("weight balancing", f"{MODULE}: classifier design",
+    "weight_balancing": Technique("weight balancing", CLASSIFIER_DESIGN,
                                   {"stage1_wd_grid": [5e-4, 5e-3, 2e-2], "stage2_wd_grid": [5e-4, 5e-3, 2e-2, 1e-1],
                                    "max_norm_grid": [0.0, 0.1, 0.3, 0.6, 1.0], "beta": 0.9999}),
     # renormalize_means chosen on validation: on the techniques grid's validation split (EU Moths,
     # IF 8, 389 images; NCM depends on no seed) balanced top-1 71.6 % renormalised against 67.1 %
     # for Kang et al.'s released NCM (false: the mean of the normalised features as it is)
-    "ncm": Technique("NCM", f"{MODULE}: classifier design", {"scale": 16.0, "renormalize_means": True}),
-    "cosine_prototypes": Technique("cosine prototypes", f"{MODULE}: classifier design", {"scale": 16.0}),
+    "ncm": Technique("NCM", CLASSIFIER_DESIGN, {"scale": 16.0, "renormalize_means": True}),
+    "cosine_prototypes": Technique("cosine prototypes", CLASSIFIER_DESIGN, {"scale": 16.0}),
     # k and α tuned on validation (``_feature_calibration``); the grids hold the paper's
     # miniImageNet values k = 2, α = 0.21, and smaller α: on the EU Moths features (tukey 0.5) the
     # base classes' mean per-dimension variance is 0.050, so α = 0.21 adds about 4 times it
-    "feature_calibration": Technique("tail calibration", f"{AUGMENTATION}: feature augmentation",
+    "feature_calibration": Technique("tail calibration", FEATURE_AUGMENTATION,
                                      {"tukey": 0.5, "log_eps": 1e-6, "k_grid": [1, 2, 3],
                                       "alpha_grid": [0.0, 0.01, 0.05, 0.21], "base_min": 5}),
 }
@@ -325,7 +324,6 @@ def best_on_validation(candidates: dict, val_logits_of: Callable[[object], np.nd
                        num_classes: int) -> tuple[object, dict]:
     """The candidate (e.g. a τ) whose validation logits give the highest balanced accuracy (mean
     recall over the classes with a validation image); ties go to the first.  Returns (best, scores)."""
-    from .metrics import per_class_accuracy
     val_labels = np.asarray(val_labels)
     if len(val_labels) == 0:
         raise ValueError("tuning on validation needs a validation split (val_source unused, or val_fraction > 0)")

@@ -12,7 +12,12 @@ and a normalised (cosine) classifier head.
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
+import hashlib
+import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config
+from .fileio import atomic_write_json
 
 # timm imports huggingface_hub, which imports tqdm.auto: in a Jupyter kernel without ipywidgets that
 # warns "IProgress not found" (a red box in every executed notebook) and falls back to the plain text
@@ -76,7 +82,7 @@ class NormedLinear(nn.Module):
 
 
 # --- CIFAR ResNet-32 (He et al. 2016, option-A shortcuts), as in the LDAM-DRW code -------------
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -105,7 +111,7 @@ class CifarResNet(nn.Module):
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
             for j in range(n):
-                layers.append(_BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
                 cin = w
         self.layers = nn.Sequential(*layers)
         self.num_features = cin
@@ -249,9 +255,6 @@ def new_head(model: nn.Module, num_classes: int) -> nn.Module:
 def backbone_card(name: str, pretrained=None, weights_dir=None) -> dict:
     """``{"data_config", "num_features"}`` of a backbone, cached on disk, so that a linear-mode run
     on cached features needs neither timm nor the backbone (it saves ~2.5 s a run)."""
-    import hashlib
-    import json
-    from .fileio import atomic_write_json
     key = hashlib.sha1(f"{resolve_name(name)}|{weights_id(pretrained, weights_dir)}".encode()).hexdigest()[:16]
     path = config.cache_dir() / "models" / f"{key}.json"
     if path.exists():
@@ -260,3 +263,52 @@ def backbone_card(name: str, pretrained=None, weights_dir=None) -> dict:
     card = {"backbone": resolve_name(name), "data_config": model.data_config, "num_features": model.num_features}
     atomic_write_json(path, card)
     return json.loads(path.read_text())
+
+
+# --- structure: what partial fine-tuning and inference know of a backbone's modules ------------
+# Declared here, beside the models, as timm models declare their ``feature_info``.
+
+#: backbone names (after ``resolve_name``) whose blocks ``blocks`` knows: timm's EfficientNet family
+#: (MobileNetV2 among them) and the CIFAR ResNet-32
+BLOCK_BACKBONES = ("mobilenetv2*", "efficientnet*", "tf_efficientnet*", "tf_mobilenetv2*", "resnet32")
+
+
+def has_blocks(backbone: str) -> bool:
+    """Whether ``blocks`` can split backbone ``backbone`` (an alias or a timm name)."""
+    return any(fnmatch.fnmatch(resolve_name(backbone), pattern) for pattern in BLOCK_BACKBONES)
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The backbone's ``forward_features`` as a list of modules applied in turn: for timm's
+    MobileNetV2 / EfficientNet the stem (conv_stem, bn1), the seven stages of ``blocks`` and the head
+    convolution (conv_head, bn2), nine blocks; for the CIFAR ResNet-32 the stem and its fifteen blocks."""
+    if isinstance(model, CifarResNet):
+        return [nn.Sequential(model.conv1, model.bn1, nn.ReLU()), *model.layers]
+    if all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+        return [nn.Sequential(model.conv_stem, model.bn1), *model.blocks, nn.Sequential(model.conv_head, model.bn2)]
+    raise ValueError(f"mode 'partial' cannot split a {type(model).__name__} into blocks; "
+                     f"use a backbone of {', '.join(BLOCK_BACKBONES)}")
+
+
+def fold_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
+    """(convolution, BatchNorm) attribute pairs per module class, as each class's forward runs them:
+    the pairs ``inference.fold_batchnorm`` may fold.  timm's classes only once timm is imported (a
+    model without them never needs timm)."""
+    return _fold_pairs("timm" in sys.modules)
+
+
+@functools.cache
+def _fold_pairs(with_timm: bool) -> dict[type, tuple[tuple[str, str], ...]]:
+    pairs = {CifarResNet: (("conv1", "bn1"),), BasicBlock: (("conv1", "bn1"), ("conv2", "bn2"))}
+    if with_timm:
+        from timm.models import _efficientnet_blocks as eb
+        from timm.models.efficientnet import EfficientNet
+        pairs.update({
+            EfficientNet: (("conv_stem", "bn1"), ("conv_head", "bn2")),
+            eb.ConvBnAct: (("conv", "bn1"),),
+            eb.DepthwiseSeparableConv: (("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+            eb.InvertedResidual: (("conv_s2d", "bn_s2d"), ("conv_pw", "bn1"), ("conv_dw", "bn2"),
+                                  ("conv_pwl", "bn3")),
+            eb.EdgeResidual: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+        })
+    return pairs

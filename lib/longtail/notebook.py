@@ -21,6 +21,8 @@ from pathlib import Path
 
 from . import config
 from .fileio import one_line
+from .kernels import ForkedKernelManager
+from .params import json_type_errors
 
 #: the Jupyter kernel that the set-up registers (``ipykernel install --sys-prefix --name longtail``)
 KERNEL = "longtail"
@@ -109,7 +111,6 @@ def execute(notebook, output: str | os.PathLike, parameters: dict | None = None,
     error = None
     more = {}
     if forked:
-        from .kernels import ForkedKernelManager
         more["kernel_manager_class"] = ForkedKernelManager
     # the parameters are checked against longtail.params.SCHEMA (or are the report's own); papermill's
     # parameter inspection only adds noise ("Passed unknown parameter" when it cannot parse a comment)
@@ -139,7 +140,6 @@ def injection_problems(params: dict) -> list[str]:
 
     from papermill.translators import PythonTranslator
 
-    from .params import json_type_errors
 
     bad = [f"{e}" for k, v in params.items() for e in json_type_errors(v, str(k))]
     for key, value in params.items():

@@ -11,6 +11,8 @@ import copy
 import inspect
 import math
 
+from . import data, metrics, subsets
+from .imagecache import ON_ERROR
 from .subsets import GROUP_THRESHOLDS, group_thresholds_problem
 
 # name: (default, description).  Order = the notebook's parameters cell.
@@ -67,7 +69,7 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "backbone_lr_scale": (1.0, "modes finetune, crt, partial: lr of every parameter but the classifier's = lr x this "
                                "(discriminative rates; 0 keeps the backbone's weights fixed)"),
     # loss and sampling
-    "loss": ("ce", "ce | focal | weighted_ce | class_balanced | balanced_softmax | equalization | ldam | logit_adjusted"),
+    "loss": ("ce", "a loss of longtail.losses.LOSSES (ce, focal, balanced_softmax, ldam, ...: its table lists them)"),
     "loss_params": ({}, "parameters of the loss, e.g. {'gamma': 2.0}"),
     "drw_epoch": (None, "deferred re-weighting: epoch at which class-balanced weights switch on (None: off)"),
     "drw_beta": (0.9999, "beta of the DRW class-balanced weights"),
@@ -259,14 +261,12 @@ RULES = {
 
 def dataset_param_names(dataset: str) -> dict:
     """The loader's keyword parameters (``dataset_params``) with their defaults."""
-    from .data import DATASETS
-    sig = inspect.signature(DATASETS[dataset])
+    sig = inspect.signature(data.DATASETS[dataset])
     return {n: q.default for n, q in sig.parameters.items()
             if n != "root" and q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)}
 
 
 def _dataset_params_errors(dataset: str, given: dict) -> list[str]:
-    from .data import DATASET_PARAM_CHECKS
     valid = dataset_param_names(dataset)
     bad = sorted(set(given) - set(valid))
     if bad:
@@ -280,7 +280,7 @@ def _dataset_params_errors(dataset: str, given: dict) -> list[str]:
               or (isinstance(d, (tuple, list)) and isinstance(v, list)))
         if not ok:
             errors.append(f"dataset_params.{k}={v!r}: must be of the type of its default {d!r}")
-        elif (check := DATASET_PARAM_CHECKS.get(dataset, {}).get(k)) is not None and (problem := check(v)):
+        elif (check := data.DATASET_PARAM_CHECKS.get(dataset, {}).get(k)) is not None and (problem := check(v)):
             errors.append(f"dataset_params.{problem}")
     return errors
 
@@ -320,7 +320,9 @@ def resolve(params: dict | None = None) -> dict:
 
 def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict:
     """``resolve(params)`` with every value checked; raises ParameterError listing all problems."""
-    from . import data, losses, metrics, samplers, subsets, transforms
+    # modules that import torch: imported when checking, so that reading parameters (``resolve``: run
+    # ids, folders, the report) stays free of torch's import
+    from . import losses, models, samplers, transforms
 
     params = dict(params or {})
     unknown = sorted(set(params) - set(SCHEMA), key=str)
@@ -347,7 +349,7 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
     _choice(errors, p, "group_scheme", subsets.GROUP_SCHEMES)
     _choice(errors, p, "test_longtailed_rule", subsets.LT_TEST_RULES)
     _choice(errors, p, "eval_protocol", metrics.PROTOCOLS)
-    _choice(errors, p, "on_error", ("raise", "skip"))
+    _choice(errors, p, "on_error", ON_ERROR)
     _choice(errors, p, "mode", MODES)
     _choice(errors, p, "optimizer", OPTIMIZERS)
     _choice(errors, p, "schedule", SCHEDULES)
@@ -375,34 +377,24 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
                            samplers.sampler_param_names,
                            lambda: samplers.build_sampler(p["sampler"], [0, 1], 0, **(p["sampler_params"] or {})))
     if check_backbone and "backbone" not in ill_typed:
-        from .models import ALIASES, is_known_backbone
-        if not is_known_backbone(str(p["backbone"])):
-            errors.append(f"backbone={p['backbone']!r}: choose one of {', '.join(ALIASES)}, resnet32, "
+        if not models.is_known_backbone(str(p["backbone"])):
+            errors.append(f"backbone={p['backbone']!r}: choose one of {', '.join(models.ALIASES)}, resnet32, "
                           "or any name in timm.list_models()")
-    _technique_errors(errors, p)
-    if p["mode"] == "partial" and "backbone" not in ill_typed:
-        from .partial import PARTIAL_BACKBONES, supports
-        if not supports(str(p["backbone"])):
-            errors.append(f"backbone={p['backbone']!r} with mode='partial': its blocks are known for "
-                          f"{', '.join(PARTIAL_BACKBONES)}; use one of those or mode finetune")
+    _method_errors(errors, p)
+    _validation_errors(errors, p)
+    if p["mode"] == "partial" and "backbone" not in ill_typed and not models.has_blocks(str(p["backbone"])):
+        errors.append(f"backbone={p['backbone']!r} with mode='partial': its blocks are known for "
+                      f"{', '.join(models.BLOCK_BACKBONES)}; use one of those or mode finetune")
     if errors:
         raise ParameterError("invalid run parameters:\n  " + "\n  ".join(errors))
     return p
 
 
-def _technique_errors(errors: list, p: dict) -> None:
-    """The validation split's source, the techniques of ``longtail.methods``, TTA and τ tuning."""
-    from . import methods, subsets
-    _choice(errors, p, "val_source", subsets.VAL_SOURCES)
+def _method_errors(errors: list, p: dict) -> None:
+    """A technique of ``longtail.methods`` and its parameters, TTA, and what each mode can train: the
+    frozen-feature methods need mode linear, the fine-tuning recipe a backbone that trains."""
+    from . import methods  # imports torch
     _choice(errors, p, "tta", TTA_VIEWS)
-    fraction = float(p["val_fraction"]) if _is_number(p["val_fraction"]) else 0.0  # a bad one is reported by its rule
-    if p["val_source"] == "unused" and fraction > 0:
-        errors.append(f"val_fraction={p['val_fraction']!r} with val_source='unused': the validation set is drawn "
-                      "from unused training-fold images; set val_fraction null or 0")
-    if not isinstance(p["val_per_class"], int) or p["val_per_class"] < 1:
-        errors.append(f"val_per_class={p['val_per_class']!r}: must be a positive integer")
-    # null: a split of derived sets; given sets (none) are checked once loaded (longtail.run)
-    has_val = p["val_source"] == "unused" or fraction > 0 or p["val_fraction"] is None
     _named_with_params(errors, "technique", p["technique"], p["technique_params"], methods.TECHNIQUES,
                        methods.technique_param_names,
                        lambda: methods.technique_params(p["technique"], p["technique_params"]))
@@ -415,9 +407,23 @@ def _technique_errors(errors: list, p: dict) -> None:
             if p[key] != DEFAULTS[key]:
                 errors.append(f"{key}={p[key]!r} with mode='linear': a frozen backbone has nothing to fine-tune; "
                               f"use mode finetune, crt or partial (or {key} {DEFAULTS[key]!r})")
-    if p["technique"] in ("lws", "ncm", "cosine_prototypes") and p["posthoc"] == "tau_norm":
+    if p["technique"] in methods.PROTOTYPE_TECHNIQUES + ("lws",) and p["posthoc"] == "tau_norm":
         errors.append(f"posthoc='tau_norm' with technique={p['technique']!r}: τ-norm rescales a linear head's "
                       "weights; use posthoc logit_adjust or none")
+
+
+def _validation_errors(errors: list, p: dict) -> None:
+    """The validation split (its source, fraction, size a class) and what is tuned on it: a run that
+    tunes something (``tuned_on_validation``) needs one."""
+    _choice(errors, p, "val_source", subsets.VAL_SOURCES)
+    fraction = float(p["val_fraction"]) if _is_number(p["val_fraction"]) else 0.0  # a bad one is reported by its rule
+    if p["val_source"] == "unused" and fraction > 0:
+        errors.append(f"val_fraction={p['val_fraction']!r} with val_source='unused': the validation set is drawn "
+                      "from unused training-fold images; set val_fraction null or 0")
+    if not isinstance(p["val_per_class"], int) or p["val_per_class"] < 1:
+        errors.append(f"val_per_class={p['val_per_class']!r}: must be a positive integer")
+    # null: a split of derived sets; given sets (none) are checked once loaded (longtail.run)
+    has_val = p["val_source"] == "unused" or fraction > 0 or p["val_fraction"] is None
     grid = p["posthoc_tau_grid"]
     if not isinstance(grid, list) or not all(isinstance(t, (int, float)) for t in grid):
         errors.append(f"posthoc_tau_grid={grid!r}: must be a list of numbers")
@@ -431,7 +437,7 @@ def _technique_errors(errors: list, p: dict) -> None:
 def tuned_on_validation(p: dict) -> str | None:
     """What of the (type-checked) parameters ``p`` is chosen on the validation split, or None:
     ``posthoc_tau_grid``'s τ, a technique's grids of several values (``methods.tuned_on_validation``)."""
-    from . import methods
+    from . import methods  # imports torch
     if p["posthoc_tau_grid"] and p["posthoc"] != "none":
         return f"posthoc_tau_grid={p['posthoc_tau_grid']!r}: τ is tuned on a validation split"
     try:

@@ -161,17 +161,7 @@ def show_figure(fig, out_dir=None, name: str | None = None, alt: str | None = No
 def provenance(sources, runs: pd.DataFrame | None = None) -> dict:
     """What made this report: git commit (and whether the tree had changes), the parameter files'
     content, package versions, hardware (CPU count, GPU), date, and the runs' own hardware."""
-    import importlib.metadata as md
-    import platform
     import subprocess
-    commit, dirty = config.git_state()
-    versions = {}
-    for pkg in ("longtail", "torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn",
-                "papermill", "nbconvert", "jupytext"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
     gpu = None
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -183,9 +173,7 @@ def provenance(sources, runs: pd.DataFrame | None = None) -> dict:
     for s in sources:
         p = project_path(s)
         files[str(s)] = p.read_text() if p.is_file() else f"(a folder of runs: {p.resolve()})"
-    info = {"git_commit": commit, "git_dirty": dirty, "parameter_files": files, "packages": versions,
-            "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "gpu": gpu, "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    info = {**config.environment(), "parameter_files": files, "gpu": gpu}
     if runs is not None:  # also with no finished run: "0 finished, 8 without results"
         hw = []
         for d in (runs["run_dir"] if "run_dir" in runs else []):

@@ -24,17 +24,13 @@ import pandas as pd
 
 from . import config, rundir
 from .gridspec import value_text
+from .lossinfo import loss_labels
 from .metrics import SPLITS
 from .params import TRAIN_SETS
 
 #: display names of the test splits (``metrics.SPLITS``) and the training sets (``params.TRAIN_SETS``)
 SPLIT_LABELS = dict(zip(SPLITS, ("Balanced", "Long-tailed", "Head", "Middle", "Tail"), strict=True))
 TRAIN_SET_LABELS = dict(zip(TRAIN_SETS, ("long-tailed", "balanced"), strict=True))
-#: display names of the losses, in ``losses.LOSS_NAMES``' order, which is the tables' row order (a test
-#: holds the two together: naming them here keeps reading results free of torch, which ``losses`` imports)
-LOSS_LABELS = {"ce": "CE", "focal": "Focal", "weighted_ce": "Weighted CE", "class_balanced": "Class-balanced",
-               "balanced_softmax": "Balanced softmax", "equalization": "Equalization", "ldam": "LDAM",
-               "logit_adjusted": "Logit-adjusted"}
 #: a table per value of these (the file name names them: ``top1_<backbone>_<train_set>``) ...
 TABLE_KEYS = ("dataset", "backbone", "train_set")
 #: ... and per value of these where they differ between the collected runs
@@ -154,7 +150,7 @@ def collect_runs(sources) -> pd.DataFrame:
 def base_method(row) -> str:
     """The loss's readable name, with DRW, a non-instance sampler and a post-hoc adjustment."""
     loss = row.get("loss")
-    name = LOSS_LABELS.get(loss, str(loss))
+    name = loss_labels().get(loss, str(loss))
     params = _json(row.get("loss_params"))
     if loss == "class_balanced" and params.get("base") not in (None, "softmax"):
         name = f"Class-balanced {params['base']}"
@@ -255,13 +251,15 @@ def table_keys(df: pd.DataFrame) -> list[str]:
 
 
 def method_order(methods) -> list[str]:
-    """The losses in ``LOSS_LABELS``' order (CE first); variants after their base name."""
+    """The losses in ``losses.LOSSES``' order (CE first); variants after their base name."""
+    labels = list(loss_labels().values())
+
     def key(m):
-        for i, name in enumerate(LOSS_LABELS.values()):
+        for i, name in enumerate(labels):
             if m == name or m.startswith(name + " ") or m.startswith(name + "-") or (
                     name == "Class-balanced" and m.startswith("Class-balanced")):
                 return (i, m)
-        return (len(LOSS_LABELS), m)
+        return (len(labels), m)
     return sorted(set(methods), key=key)
 
 

@@ -1,35 +1,22 @@
 """One training run, from parameters to a complete run folder.
 
-The run folder (``output_dir``; its file names, status and id live in ``longtail.rundir``) holds:
-
-| file                  | what                                                                 |
-|-----------------------|----------------------------------------------------------------------|
-| ``params.json``       | the resolved parameters (defaults filled in)                          |
-| ``classes.csv``       | per class: name, train count (realised), long-tailed profile count,   |
-|                       | val and test counts, group (from the long-tailed profile)             |
-| ``history.csv``       | one row per epoch (loss, accuracy, lr, validation, throughput)        |
-| ``predictions.npz``   | test logits, labels, the long-tailed sample weights, image ids;       |
-|                       | validation logits, labels and ids; training image ids                 |
-| ``environment.json``  | package versions, device, git commit (and changed files), wall time   |
-| ``last.pt``/``best.pt`` | checkpoints of the head (linear) or model (``save_checkpoints``)   |
-| ``metrics.csv``       | the final metrics row (pandas reads it in one call), with ``wall_s``  |
-|                       | and ``cpu_s`` (process CPU seconds, all threads)                      |
-| ``metrics.json``      | the same row; written last and atomically (``rundir.status``: *done*) |
-| ``failure.json``      | why a run failed (a non-finite loss, an exception), when it did       |
+The run folder (``output_dir``) and its files (``params.json``, ``classes.csv``, ``history.csv``,
+``predictions.npz``, ``environment.json``, checkpoints, ``metrics.csv`` / ``metrics.json``,
+``failure.json``) are described, named and read in ``longtail.rundir``.
 
 A run in steps: ``_prepare`` (data, training sets, the validation split of
 ``subsets.fit_and_validation_indices``, loss, transforms: ``RunData``), one training path
 (``_train_linear`` on cached features; ``_train_finetune``, with ``_retrain_classifier`` for cRT;
-``partial.train``, the last blocks on cached activations of the first),
+``_train_partial``, the last blocks on cached activations of the first, ``longtail.partial``),
 then ``_evaluate`` (post-hoc adjustment, metrics, predictions).  What a loss needs (a cosine head,
 its logit scale, DRW eligibility) the loss itself declares (``longtail.losses``).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-import platform
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,7 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import config, params as params_mod, rundir
+from . import (config, data, engine, features, losses, methods, metrics, models, params as params_mod, partial,
+               rundir, samplers, selection, subsets, transforms)
+from .arraycache import cached_array
+from .imagecache import cache_key
 from .rundir import RESULT_FILE, run_id  # noqa: F401  (run_id: public API of longtail.run)
 
 
@@ -50,13 +40,6 @@ class RunResult:
     metrics: dict
     history: pd.DataFrame
     classes: pd.DataFrame
-
-    @property
-    def groups_table(self) -> pd.DataFrame:
-        """Top-1, F1, ECE (in %) and loss per test split and class group, for the notebook
-        (``results.run_metrics_table``, the same table as the run's page in the report)."""
-        from .results import run_metrics_table
-        return run_metrics_table(self.metrics)
 
 
 @dataclass
@@ -137,7 +120,9 @@ def run_training(params: dict, log=print) -> RunResult:
         rundir.write_json(out, rundir.FAILURE_FILE, {"error": type(exc).__name__, "message": str(exc),
                                                  "traceback": traceback.format_exc()})
         raise
-    env = environment()
+    env = config.environment()
+    env["torch_threads"] = torch.get_num_threads()
+    env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     env["wall_s"] = round(time.time() - started, 2)
     env["cpu_s"] = round(time.process_time() - started_cpu, 2)  # all threads of this process
     rundir.write_json(out, rundir.ENVIRONMENT_FILE, env)
@@ -152,8 +137,7 @@ def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     if p["mode"] == "linear":
         trained = _train_linear(run, out, log)
     elif p["mode"] == "partial":  # the last blocks on cached activations of the first (longtail.partial)
-        from . import partial
-        trained = partial.train(run, model, out, log)
+        trained = _train_partial(run, model, out, log)
     else:
         trained = _train_finetune(run, model, out, log)
     hist = pd.DataFrame(trained.history)
@@ -166,7 +150,6 @@ def _build_model(p: dict, num_classes: int, cosine: bool) -> torch.nn.Module:
     it draws (here: the initial weights; the sampler, augmentation and mixup have their own seeded
     generators), so what ran before (a backbone built only when its features are not cached)
     changes nothing."""
-    from . import models
     torch.manual_seed(p["seed"])
     return models.build_model(p["backbone"], num_classes, p["pretrained"], cosine_head=cosine, weights_dir=p["weights_dir"])
 
@@ -174,7 +157,6 @@ def _build_model(p: dict, num_classes: int, cosine: bool) -> torch.nn.Module:
 def _prepare(p: dict, out: Path, log) -> tuple[RunData, torch.nn.Module | None]:
     """The run's data, sets, validation split, loss and transforms (``classes.csv`` written), and
     the model for every mode but linear (a linear run on cached features needs none)."""
-    from . import data, engine, losses, models, selection, subsets, transforms
 
     device = engine.resolve_device(p["device"])
     torch.manual_seed(p["seed"])
@@ -256,7 +238,6 @@ def _validation_text(p: dict, val_fraction: float, n_val: int, given: bool) -> s
 
 def _groups_text(p: dict, classes: pd.DataFrame, given_test: bool) -> str:
     """The run log's line on the head / middle / tail groups and the physical long-tailed test set."""
-    from . import subsets
     sizes = subsets.group_sizes(classes["group"], classes["longtailed_count"], classes["test_longtailed_count"])
     n_test = sum(s["test_images"] for s in sizes.values())
     by_threshold = subsets.class_groups(classes["longtailed_count"], "thresholds", *p["group_thresholds"])
@@ -273,18 +254,14 @@ def _groups_text(p: dict, classes: pd.DataFrame, given_test: bool) -> str:
 def _train_linear(run: RunData, out: Path, log) -> Trained:
     """Mode linear: a head (or a ``methods`` technique) on the frozen backbone's pooled features,
     extracted once per view and cached (``features``); with ``tta: flip`` the views' mean."""
-    from . import features, methods, models
     p, C = run.p, run.num_classes
-    dc, card = run.data_config, models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
+    card = models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
 
     def backbone():
         m = _build_model(p, C, run.cosine).to(run.device)
         return m.to(memory_format=torch.channels_last) if p["channels_last"] else m
 
-    key_parts = dict(backbone=models.resolve_name(p["backbone"]), image_size=run.image_size, cache_size=run.cache_size,
-                     weights=models.weights_id(p["pretrained"], p["weights_dir"]), mean=dc["mean"], std=dc["std"])
-    if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its features depend on the seed
-        key_parts["init_seed"] = p["seed"]
+    key_parts = _backbone_key(run)
 
     views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
 
@@ -316,7 +293,6 @@ def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Tra
     """Modes finetune and crt: the whole model trained on augmented images, the validation epoch
     kept; crt then re-trains the classifier on the features (``_retrain_classifier``).  Evaluated
     through the classifier on the model's pooled features."""
-    from . import engine, models
     p = run.p
     _init_bias(model.get_classifier(), run.loss_fn, run.num_classes)
     if p["head_init"] == "linear_probe":
@@ -342,6 +318,65 @@ def _train_finetune(run: RunData, model: torch.nn.Module, out: Path, log) -> Tra
     return Trained(head, history, best_epoch, features_of(images_test), val_x)
 
 
+def _train_partial(run: RunData, model: torch.nn.Module, out: Path, log) -> Trained:
+    """Mode partial (``longtail.partial``): the frozen prefix's outputs cached once per image and view,
+    the last ``partial_blocks`` blocks and a fresh classifier trained on them; evaluated through the
+    classifier on the trained part's pooled centre-view features."""
+    p, dc = run.p, run.data_config
+    prefix, part = partial.split(model, p["partial_blocks"])
+    part.classifier = _seeded_head(run, model.num_features)  # seeded as mode linear's: k = 0 is a linear probe
+    if p["head_init"] == "linear_probe":  # on the whole model's features, before any block changes
+        part.classifier.load_state_dict(linear_probe_head(run, model, log).state_dict())
+    n_blocks = len(models.blocks(model))
+    key_parts = dict(_backbone_key(run), frozen_units=n_blocks - p["partial_blocks"], units=n_blocks,
+                     precision=p["precision"], batch_size=p["eval_batch_size"], channels_last=p["channels_last"])
+
+    def cached(imgs, split_, rows, view: str, transform) -> torch.Tensor:
+        key = features.feature_key(images=_images_id(split_, run.cache_size), rows=partial.rows_id(rows), view=view,
+                                   **key_parts)
+
+        def compute(path):
+            log(f"partial: frozen prefix ({key_parts['frozen_units']} of {n_blocks} blocks) on {len(rows)} images, "
+                f"view {view} (cached as {path.name})")
+            return partial.prefix_outputs(prefix, torch.from_numpy(np.asarray(imgs)[np.asarray(rows)]), transform,
+                                          batch_size=p["eval_batch_size"], device=run.device, precision=p["precision"],
+                                          channels_last=p["channels_last"])
+        return torch.from_numpy(cached_array(key, compute, folder=partial.CACHE_FOLDER,
+                                             redo="computing the prefix outputs"))
+
+    views = []
+    for v in range(p["partial_views"]):  # view v from seed v: shared by every training seed
+        torch.manual_seed(v)  # RandAugment draws from the global generator
+        tf = transforms.BatchTransform(run.image_size, dc["mean"], dc["std"], augment=run.augment, seed=v,
+                                       channels_last=p["channels_last"], randaugment=p["randaugment"])
+        views.append(cached(run.train_imgs, run.base_train, run.train_idx,
+                            f"{run.augment}{'+randaugment' if p['randaugment'] else ''}/{v}", tf))
+    train_x = torch.stack(views, 1)  # [N, views, C, H, W]
+    val_x = cached(run.train_imgs, run.base_train, run.val_idx, "centre", run.eval_tf) if len(run.val_idx) \
+        else train_x[:0, 0]
+    test_x = cached(run.test_imgs, run.test, np.arange(len(run.test)), "centre", run.eval_tf)
+
+    pick = torch.Generator().manual_seed(p["seed"])
+
+    def one_view(batch: torch.Tensor) -> torch.Tensor:  # one cached view per image and step
+        choice = torch.randint(batch.shape[1], (batch.shape[0],), generator=pick).to(batch.device)
+        return batch[torch.arange(batch.shape[0], device=batch.device), choice].float()
+
+    def centre(batch: torch.Tensor) -> torch.Tensor:
+        return batch.float()
+
+    history, best, best_epoch = engine.fit(part, train_x, run.train_y, run.loss_fn, _run_sampler(run), run.cfg,
+                                           transform=one_view, eval_transform=centre, val_x=val_x, val_y=run.val_y,
+                                           drw=run.drw, log=log, **run.monitor(test_x))
+    _keep_checkpoints(part, best, out, p["save_checkpoints"])  # last.pt / best.pt: the trained part only
+
+    def pooled(x) -> torch.Tensor:
+        return torch.from_numpy(engine.predict(part, x, centre, batch_size=p["eval_batch_size"], device=run.device,
+                                               precision=p["precision"], features=True))
+    return Trained(part.get_classifier(), history, best_epoch, pooled(test_x),
+                   pooled(val_x) if len(run.val_idx) else None)
+
+
 #: the optimisation parameters of the probe that starts LP-FT (``head_init: linear_probe``): mode
 #: linear's defaults (``params.SCHEMA``), so the probe is the head a default mode linear run trains
 PROBE_RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
@@ -352,7 +387,6 @@ PROBE_RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nes
 def _seeded_head(run: RunData, num_features: int) -> torch.nn.Module:
     """A fresh classifier on ``num_features`` inputs (cosine where the run's is), drawn from the run's
     seed right here, so the same with a cold or a warm feature cache; its bias as the loss asks."""
-    from . import models
     torch.manual_seed(run.p["seed"])
     head = models.make_head(num_features, run.num_classes, run.cosine)
     _init_bias(head, run.loss_fn, run.num_classes)
@@ -366,7 +400,6 @@ def linear_probe_head(run: RunData, model: torch.nn.Module, log) -> torch.nn.Mod
     trains its head (the run's loss, sampler, DRW and seed, mode linear's default optimisation:
     ``PROBE_RECIPE_KEYS``), its epoch chosen on the validation split.  Fine-tuning from it, the
     backbone's first gradients come through a classifier that already fits, not a random one."""
-    from . import engine
     p, C = run.p, run.num_classes
     probe_p = {**p, **{k: params_mod.DEFAULTS[k] for k in PROBE_RECIPE_KEYS}, "save_checkpoints": False}
 
@@ -384,13 +417,18 @@ def linear_probe_head(run: RunData, model: torch.nn.Module, log) -> torch.nn.Mod
     return head
 
 
+def classifier_stage(p: dict) -> dict:
+    """The training-configuration changes of a classifier-only second stage (cRT's re-training, a
+    technique's second stage): ``crt_epochs`` epochs, no warm-up."""
+    return {"epochs": p["crt_epochs"], "warmup_epochs": 0}
+
+
 def _retrain_classifier(run: RunData, head, train_feats, val_feats, out: Path, log) -> list:
     """Classifier re-training (cRT; Kang et al., ICLR 2020): a fresh classifier on the fine-tuned
     model's frozen features, class-balanced sampling and CE, ``crt_epochs`` epochs; the validation
     epoch is loaded into ``head``.  Returns its history rows (stage ``crt``)."""
-    from . import engine, losses, samplers
     p = run.p
-    crt_cfg = engine.TrainConfig.from_params({**p, "epochs": p["crt_epochs"], "warmup_epochs": 0})
+    crt_cfg = engine.TrainConfig.from_params({**p, **classifier_stage(p)})
     crt_sampler = samplers.build_sampler("class_balanced", run.train_y.numpy(), p["seed"])
     crt_loss = losses.build_loss("ce", run.train_counts.tolist())
     more, best, _ = engine.fit(head, train_feats, run.train_y, crt_loss, crt_sampler, crt_cfg,
@@ -402,7 +440,6 @@ def _retrain_classifier(run: RunData, head, train_feats, val_feats, out: Path, l
 
 
 def _run_sampler(run: RunData):
-    from . import samplers
     p = run.p
     return samplers.build_sampler(p["sampler"], run.train_y.numpy(), p["seed"], **(p["sampler_params"] or {}))
 
@@ -411,7 +448,6 @@ def _evaluate(run: RunData, trained: Trained, hist: pd.DataFrame, out: Path, log
     """Test (balanced, long-tailed weighted and sampled, groups) and validation metrics of the
     trained classifier, with the post-hoc adjustment (τ chosen on the validation split when a grid
     is given); writes ``predictions.npz``; returns the run's summary and metrics."""
-    from . import engine, losses, methods, metrics, subsets
     p, C, loss_fn, test = run.p, run.num_classes, run.loss_fn, run.test
     # A cosine head outputs cosines in [-1, 1]; the loss's logit scale (LDAM's s) makes them the
     # logits the loss sees, so test loss and calibration mean what they say.
@@ -494,9 +530,19 @@ def _keep_checkpoints(module, best_state, out: Path, save: bool) -> None:
     module.load_state_dict(best_state)
 
 
+def _backbone_key(run: RunData) -> dict:
+    """What a frozen backbone's outputs on the run's decoded images depend on: the cache key's parts
+    (features of mode linear, prefix outputs of mode partial)."""
+    p, dc = run.p, run.data_config
+    key = dict(backbone=models.resolve_name(p["backbone"]), weights=models.weights_id(p["pretrained"], p["weights_dir"]),
+               image_size=run.image_size, cache_size=run.cache_size, mean=dc["mean"], std=dc["std"])
+    if p["pretrained"] in (None, "none"):  # a randomly initialised backbone: its outputs depend on the seed
+        key["init_seed"] = p["seed"]
+    return key
+
+
 def _images_id(split, cache_size: int) -> str:
     if split.paths is not None:
-        from .imagecache import cache_key
         return cache_key(split.paths, cache_size)
     return hashlib.sha1(np.ascontiguousarray(split.images).tobytes()).hexdigest()[:16] + f"_{cache_size}"
 
@@ -517,8 +563,6 @@ def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, ou
     model selection on the validation split (``monitor``: engine.fit's test monitor, recorded only);
     the chosen state is loaded and saved (best.pt, last.pt).
     Returns (history rows, validation balanced accuracy of the chosen epoch or None)."""
-    import dataclasses
-    from . import engine, losses, samplers, subsets
 
     def fit(module, x, y, *, loss=None, loss_params=None, sampler=None, stage_epochs=False, weight_decay=None,
             on_step=None):
@@ -528,7 +572,7 @@ def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, ou
         drw = losses.DRWSchedule(counts, p["drw_epoch"], beta=p["drw_beta"]) if use_drw and loss is None else None
         smp = samplers.build_sampler(sampler or p["sampler"], y.numpy(), p["seed"],
                                      **({} if sampler else (p["sampler_params"] or {})))
-        c = dataclasses.replace(cfg, **({"epochs": p["crt_epochs"], "warmup_epochs": 0} if stage_epochs else {}),
+        c = dataclasses.replace(cfg, **(classifier_stage(p) if stage_epochs else {}),
                                 **({"weight_decay": weight_decay} if weight_decay is not None else {}))
         history, best, best_epoch = engine.fit(module, x, y, loss_fn, smp, c, val_x=val_x, val_y=val_y, drw=drw,
                                                log=log, on_step=on_step, **monitor)
@@ -539,19 +583,3 @@ def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, ou
         return history, score
     fit.own_loss = None
     return fit
-
-
-def environment() -> dict:
-    import importlib.metadata as md
-    versions = {}
-    for pkg in ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "papermill", "longtail"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    commit, dirty = config.git_state()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "packages": versions, "platform": platform.platform(),
-            "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu, "git_commit": commit, "git_dirty": dirty,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

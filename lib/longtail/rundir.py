@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from .fileio import atomic_write_json
+from .params import DEFAULTS, resolve
 
 PARAMS_FILE = "params.json"
 CLASSES_FILE = "classes.csv"
@@ -78,8 +79,6 @@ def legacy_run_id(params: dict) -> str:
 
 def _ids(params: dict) -> tuple[str, str]:
     """(run id, legacy run id) of ``params``, resolved once."""
-    from .params import DEFAULTS, resolve
-
     resolved = resolve(params)
     ident = {k: v for k, v in resolved.items() if k not in NOT_IN_ID
              and not (k in HASHED_AWAY_FROM_DEFAULT and v == DEFAULTS[k])}

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import (LOSS_LABELS, SPLIT_LABELS, SPLITS, base_method, format_mean_std, setting_differences,
+from .lossinfo import loss_labels
+from .results import (SPLIT_LABELS, SPLITS, base_method, format_mean_std, setting_differences,
                       setting_groups, test_sizes)
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "thesis_appendix_a.csv"
 #: the thesis's backbone names and our aliases (``models.ALIASES``)
 BACKBONES = {"MobileNetV2": "mobilenetv2", "ResNet50V2": "resnet50v2", "ViT-B/16": "vit_b16",
              "ConvNeXt Base": "convnext_base"}
-#: the ablation's criterion of a collapse (the issue's): balanced-test top-1 below 5 %
+#: the class-balanced ablation's criterion of a collapse: balanced-test top-1 below 5 % (near chance)
 COLLAPSE_TOP1 = 0.05
 #: the thesis's class-balanced collapse, as a rule: balanced-test top-1 below this fraction of Softmax's on
 #: the same training set (thesis: 0.19-0.37 of it), with the head below the tail
@@ -35,7 +36,6 @@ COLLAPSE_FRACTION_OF_CE = 0.5
 THESIS_LOSS_NAMES = {"ce": "Softmax", "focal": "Focal", "weighted_ce": "Weighted Softmax",
                      "class_balanced": "Class-balanced", "balanced_softmax": "Balanced Softmax",
                      "equalization": "Equalization", "ldam": "LDAM"}
-TRAIN_SETS = ("balanced", "longtailed")
 
 
 def reference() -> pd.DataFrame:
@@ -109,7 +109,7 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
     not LDAM-DRW; ``Class-balanced`` the softmax base)."""
     if not len(runs) or "backbone" not in runs:
         return runs.iloc[0:0]
-    plain = {label: loss for loss, label in LOSS_LABELS.items() if loss in THESIS_LOSS_NAMES}
+    plain = {label: loss for loss, label in loss_labels().items() if loss in THESIS_LOSS_NAMES}
     # the run's own ingredients (``base_method``), not its label among the collected runs, which other
     # grids' runs can lengthen ("CE (val_source=split)"): their parameters make separate settings instead
     base = runs.apply(base_method, axis=1)
