@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: today's training before issue 16 (our optimiser conventions, our subset draw): each ablation
+#: our training before the alignment with Cao et al. (our optimiser conventions, our subset draw): each ablation
 #: row below switches one thing back from the reference protocol of params/cifar10_lt.yaml
 OURS_BEFORE = {"nesterov": True, "decay_norm_and_bias": False, "warmup_unit": "step", "subset_method": "permutation"}
 
@@ -44,16 +44,16 @@ OURS_BEFORE = {"nesterov": True, "decay_norm_and_bias": False, "warmup_unit": "s
 #: (measured on one H200: 8 runs at once take ~450 s, so ``--max-runs 8`` fits one 10-minute lease)
 ABLATION = [
     ("reference protocol", "ldam", 100, {}),
-    ("ours before issue 16 (all four deviations)", "ldam", 100, OURS_BEFORE),
+    ("ours before the alignment with Cao et al. (all four deviations)", "ldam", 100, OURS_BEFORE),
     ("reference + one more JPEG q75 pass (data cost)", "ldam", 100, {"dataset_params": {"jpeg_quality": 75}}),
     ("CE: reference protocol", "ce", 100, {}),
-    ("CE: ours before issue 16", "ce", 100, OURS_BEFORE),
+    ("CE: ours before the alignment", "ce", 100, OURS_BEFORE),
     ("reference, but our subset draw", "ldam", 100, {"subset_method": "permutation"}),
     ("reference, but Nesterov momentum", "ldam", 100, {"nesterov": True}),
     ("reference, but no decay on norm/bias", "ldam", 100, {"decay_norm_and_bias": False}),
     ("reference, but warm-up per step", "ldam", 100, {"warmup_unit": "step"}),
     ("reference protocol, seed 1", "ldam", 100, {"seed": 1}),
-    ("ours before issue 16, seed 1", "ldam", 100, {**OURS_BEFORE, "seed": 1}),
+    ("ours before the alignment, seed 1", "ldam", 100, {**OURS_BEFORE, "seed": 1}),
     ("reference protocol in fp32 (no bf16 autocast)", "ldam", 100, {"precision": "fp32"}),
 ]
 
@@ -211,7 +211,7 @@ def _pct(x) -> str:
 
 def tables(results: list[dict], label: str) -> str:
     import pandas as pd
-    from longtail.results import PUBLISHED, PUBLISHED_REFERENCES
+    from longtail.tables import PUBLISHED, PUBLISHED_REFERENCES
 
     out = [f"Schedule: {label}. Data: CIFAR-10 from the local JPEG (q75, 4:2:0) copy, not the original arrays.",
            "`last` = the last epoch (our reported number, no selection on the test set); "
@@ -267,7 +267,7 @@ def _published_top1(row: dict) -> str:
     control, Cao et al.'s for a reference-protocol row at seed 0 (no overrides), else none."""
     if row["_kind"] == "control":
         return f"{CONTROL_PUBLISHED_TOP1:.2f}"
-    from longtail.results import PUBLISHED
+    from longtail.tables import PUBLISHED
     reference = {name for name, _, _, over in ABLATION if not over}
     if row["_name"] not in reference:
         return ""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 14 for one lease of one H100/H200, in two calls on the same warm machine
+# The GPU checks of the speed work for one lease of one H100/H200, in two calls on the same warm machine
 # (the data, the papermill wheels and the weights together exceed one call's 64 MiB of carried files):
 #
 #   bash bench/gpu.sh setup          # ~3 min; carries .whl, .devdata/cifar10-jpg.tar.gz, .devdata/weights:
@@ -17,7 +17,7 @@
 #     2. params/cifar10_lt.yaml, all 14 runs at the full 200 epochs, 14 at once (CUDA graphs when the
 #        probe found them equal to eager), with the time left, against the published table;
 #     3. the projected wall time of the full thesis grid (bench/gpu_projection.py).
-#   Measured on one H200 (bench/measured/gpu_issue14_h200_2026-11-27.md): the CIFAR grid needs ~12
+#   Measured on one H200 (bench/measured/gpu_grids_h200_2026-11-27.md): the CIFAR grid needs ~12
 #   minutes alone, more than one call; CIFAR_IMBALANCE=100 runs its IF-100 half.
 #   bash bench/gpu.sh control [SECONDS]  # (after setup: CIFAR-10's image cache) the data-cost control,
 #                                    # params/cifar10_control.yaml: ResNet-32 on the balanced full CIFAR-10 JPEG

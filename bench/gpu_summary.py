@@ -28,7 +28,7 @@ def markdown(frame, index: bool = True) -> str:
 def thesis_tables(root: str, wall_s: float, jobs: int) -> str:
     import torch
 
-    from longtail import results, thesis
+    from longtail import results, tables, thesis
 
     runs = results.collect_runs(root)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -54,7 +54,7 @@ def thesis_tables(root: str, wall_s: float, jobs: int) -> str:
         if len(sub):
             out += [f"### Training set: {ts} (the thesis's evaluation protocol: the method's loss, top-1 and "
                     "support-weighted F1)", "",
-                    markdown(results.split_table(sub, "thesis")), ""]
+                    markdown(tables.split_table(sub, "thesis")), ""]
     side = thesis.side_by_side(runs)
     if len(side):
         out += ["### The thesis's numbers beside ours (top-1 %, the thesis's evaluation protocol; different "

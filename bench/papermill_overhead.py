@@ -6,7 +6,7 @@ exactly as ``longtail.grid`` executes it (``executors.run_one``: papermill, a fr
 executed notebook written into the run folder).  The sides alternate, round by round, so drifting
 machine load hits them alike:
 
-- **base**: ``lib/`` and ``notebooks/`` of ``--base`` (default: the commit before issue 14's
+- **base**: ``lib/`` and ``notebooks/`` of ``--base`` (default: the commit before the speed work's
   changes), extracted with ``git archive`` into a temporary folder, its own ``run_one``;
 - **ordinary**: this working tree, each kernel started on its own (``run_one(forked=False)``: a new
   Python that imports ipykernel, then the notebook's torch, pandas, matplotlib, longtail);
@@ -46,12 +46,12 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_REV = "2359d30"  # the main branch before issue 14 (goal 3)
+BASE_REV = "2359d30"  # the main branch before the speed work (forked kernels)
 RUN = dict(dataset="eu_moths", backbone="mobilenetv2", pretrained="inat_insects", mode="linear", imbalance_factor=8,
            train_set="longtailed", loss="ce", val_fraction=0.0, epochs=30, batch_size=64, lr=0.1, weight_decay=5e-4)
 
 # run in a subprocess whose PYTHONPATH is one side's lib/: runs in a row through that side's run_one
-# (in longtail.executors since issue 13, in longtail.grid before; forked kernels since issue 14)
+# (in longtail.executors now, in longtail.grid before; forked kernels since the speed work)
 WORKER = """
 import inspect, json, sys
 from longtail import config, params

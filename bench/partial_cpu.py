@@ -1,4 +1,4 @@
-"""Fine-tuning without a GPU (issue 11, section 3): ``linear`` against ``partial`` (the last blocks of
+"""Fine-tuning without a GPU: ``linear`` against ``partial`` (the last blocks of
 MobileNetV2 trained on cached outputs of the frozen first ones) and plain ``finetune`` at a reduced
 size, on EU Moths' long-tailed training set (IF 8, 581 images; params/default.yaml), iNaturalist-insects
 MobileNetV2, CE, one training seed.  Hyperparameters are chosen on the balanced validation set of

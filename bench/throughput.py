@@ -13,7 +13,7 @@ Also: the data path alone (gather + uint8->float + random resized crop on the ba
 the model's training step, and a classic DataLoader that decodes JPEG files every epoch.
 
 ``--features``: feature extraction (``engine.predict``, what every evaluation runs), MobileNetV2
-at 224 px from the 256 px decoded-image cache, today's path against the one before issue 14
+at 224 px from the 256 px decoded-image cache, today's path against the one before the speed work (commit 2359d30)
 (``base_predict`` and ``base_eval_transform``, frozen copies: autograd off, the model in whatever
 layout the caller gave it, the crop taken on floats),
 side by side in one process (alternating, best of ``--repeats``), over batch sizes and thread
@@ -127,7 +127,7 @@ def jpeg_dataloader_rate(n=256, size=128):
 
 @torch.no_grad()
 def base_predict(model, x, transform=None, *, batch_size=512, device="cpu", precision="auto", features=False):
-    """engine.predict before issue 14 (commit 2359d30), kept to measure against."""
+    """engine.predict before the speed work (commit 2359d30), kept to measure against."""
     device = torch.device(device)
     model.eval().to(device)
     outs = []
@@ -141,7 +141,7 @@ def base_predict(model, x, transform=None, *, batch_size=512, device="cpu", prec
 
 
 def base_eval_transform(image_size, mean, std, channels_last=False):
-    """The evaluation transform before issue 14 (BatchTransform, augment none), kept to measure
+    """The evaluation transform before the speed work (BatchTransform, augment none), kept to measure
     against: uint8 NHWC -> float NCHW / 255, centre crop of the floats, normalise, lay out."""
     mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
@@ -161,12 +161,12 @@ def _feature_model():
 
 
 def feature_extraction(n_images: int, repeats: int, batches=(8, 16, 32), threads=(1, 2)):
-    """img/s of the paths before and after issue 14 on MobileNetV2 at 224 px; returns the table's rows.
+    """img/s of the paths before and after the speed work on MobileNetV2 at 224 px; returns the table's rows.
 
     - base, default layout: ``base_predict`` with the model in the default layout (what every
-      caller got before issue 14), batch 32 (the default then);
+      caller got before the speed work), batch 32 (the default then);
     - base, channels_last: the same with a channels_last model and batches, as the linear path of
-      run.py handed them over before issue 14 (and engine.predict's first issue-14 step);
+      run.py handed them over before the speed work (and engine.predict's first step of it);
     - now: ``engine.predict`` (inference copy: BatchNorm folded, activations fused, SAME convolutions
       without a padded copy; one-pass transform; channels_last; inference mode; as many batches at
       once as threads, one intra-op thread each) over ``batches``; and with one batch at a time

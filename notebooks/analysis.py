@@ -31,14 +31,14 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from longtail import figures, report, results, rundir, thesis
+from longtail import figures, predictions, report, results, rundir, tables, thesis
 
 figures.setup()
 out_dir = results.project_path(out_dir)
 all_runs = results.collect_runs(grids)
 print(f"{len(all_runs)} finished runs from {', '.join(map(str, grids))}"
       + (f"; {len(all_runs.attrs['unfinished'])} without results" if all_runs.attrs["unfinished"] else ""))
-results.save_runs(all_runs, out_dir)
+tables.save_runs(all_runs, out_dir)
 # the class-balanced ablation has a section of its own, not rows in the appendix tables
 runs = all_runs[all_runs["grid"] != thesis.ABLATION_GRID] if len(all_runs) else all_runs
 if len(runs):
@@ -59,8 +59,8 @@ if len(predicted) < len(runs):
 # first.
 
 # %%
-tradeoff = results.tail_tradeoff(runs, baseline)
-display(Markdown(results.tail_summary(tradeoff, baseline).replace("\n", "\n\n")))
+tradeoff = tables.tail_tradeoff(runs, baseline)
+display(Markdown(tables.tail_summary(tradeoff, baseline).replace("\n", "\n\n")))
 if len(tradeoff):
     display(report.show_table(tradeoff.set_index(["Setting", "Loss"]), out_dir, "tail_tradeoff",
                               f"Tail gain and head cost against {baseline} (long-tailed training set)"))
@@ -93,7 +93,7 @@ for setting, b in (board.groupby("Setting", sort=False) if len(board) else []):
 # ## Tables (the thesis's appendix layout)
 
 # %%
-for table in results.appendix_tables(runs):
+for table in tables.appendix_tables(runs):
     display(report.show_table(table, out_dir))
     for note in table.notes:
         display(Markdown(f"*Note:* {note}"))
@@ -127,8 +127,8 @@ if len(found):
     display(report.show_table(found.set_index(["Reading of the thesis's tables", "Backbone", "Setting"]), out_dir,
                               "thesis_findings", "Our readings of the thesis's tables against our runs (verdicts "
                               "computed from the numbers; each setting on its own)"))
-for name, text in results.benchmark_tables():  # params/thesis.yaml (our schedule) fine-tuned on a lent GPU
-    if name.startswith(results.THESIS_FINETUNE_PREFIX):
+for name, text in report.benchmark_tables():  # params/thesis.yaml (our schedule) fine-tuned on a lent GPU
+    if name.startswith(report.THESIS_FINETUNE_PREFIX):
         display(Markdown(f"### `bench/measured/{name}`\n\n{text}"))
 defects = thesis.known_defects()
 display(Markdown("Known defects of the thesis's tables (found in its numbers): " + "; ".join(
@@ -158,17 +158,17 @@ if len(ablation):
 # its papers report; the source of each number is in its row.
 
 # %%
-published = results.published_comparison(runs)
+published = tables.published_comparison(runs)
 if len(published):
     display(report.show_table(published.set_index(["Imbalance factor", "Method"]), out_dir, "published",
                               "Top-1 (%) on the balanced CIFAR-10 test set: published and ours"))
-    for source, ref in results.PUBLISHED_REFERENCES.items():
+    for source, ref in tables.PUBLISHED_REFERENCES.items():
         display(Markdown(f"*{source}*: {ref}"))
 else:
     print("No run here matches a published protocol (CIFAR-10-LT, ResNet-32 from scratch, long-tailed training set);\n"
           "run params/cifar10_lt.yaml (on a GPU) to compare with Cao et al. 2019.  Measured on a lent GPU:")
-for name, text in results.benchmark_tables():
-    if name.startswith(results.PUBLISHED_ABLATION_PREFIX):
+for name, text in report.benchmark_tables():
+    if name.startswith(report.PUBLISHED_ABLATION_PREFIX):
         display(Markdown(f"### `bench/measured/{name}`\n\n{text}"))
 
 # %% [markdown]
@@ -199,7 +199,7 @@ for s in results.settings(runs, by_train_set=False):
 # %%
 for s in results.settings(predicted):
     if s.key["train_set"] == "longtailed":
-        fig = figures.per_class_vs_count(results.per_class_frame(s.runs), results.method_order(s.runs["method"]),
+        fig = figures.per_class_vs_count(predictions.per_class_frame(s.runs), results.method_order(s.runs["method"]),
                                          title=s.text)
         report.show_figure(fig, out_dir, f"per_class_{s.slug}")
 
@@ -212,11 +212,11 @@ for s in results.settings(predicted):
 # predictions went to most, then all other classes together.
 
 # %%
-focus = results.focus_runs(predicted, baseline)
+focus = predictions.focus_runs(predicted, baseline)
 if focus:
     key, fruns, shown = focus
     print(f"{results.setting_text(key)}; shown: {', '.join(shown)}")
-    fig = figures.confusion_panels(results.confusion_subsets(fruns, shown, confusion_classes))
+    fig = figures.confusion_panels(predictions.confusion_subsets(fruns, shown, confusion_classes))
     report.show_figure(fig, out_dir, "confusion")
 
 # %% [markdown]
@@ -226,7 +226,7 @@ if focus:
 
 # %%
 if focus:
-    bins, ece = results.reliability_by_method(fruns)
+    bins, ece = predictions.reliability_by_method(fruns)
     fig = figures.reliability(bins, ece)
     report.show_figure(fig, out_dir, "reliability")
 
@@ -237,7 +237,7 @@ if focus:
 # %%
 if focus:
     best = fruns[fruns["method"] == shown[-1]]
-    table, note = results.qualitative_examples(best, examples_per_kind)
+    table, note = predictions.qualitative_examples(best, examples_per_kind)
     if note:
         print(note)
     elif not len(table):
@@ -259,10 +259,10 @@ from IPython.display import Markdown, display
 
 from longtail import config
 
-if not results.benchmark_tables(config.PROJECT_ROOT / results.BENCH_FOLDERS[0]):  # none measured here yet
+if not report.benchmark_tables(config.PROJECT_ROOT / report.BENCH_FOLDERS[0]):  # none measured here yet
     display(Markdown("*No benchmark results yet* from this machine: `make bench` runs `bench/main_job.py`, `bench/throughput.py` "
                      "and `bench/scaling.py` and writes their tables to `bench/results/`; the next report shows "
                      "them here (`bench/gpu.sh` does the same on a GPU)."))
-for name, text in results.benchmark_tables():
-    if not name.startswith(results.RESULT_TABLE_PREFIXES):  # shown beside the published / the thesis's numbers
+for name, text in report.benchmark_tables():
+    if not name.startswith(report.RESULT_TABLE_PREFIXES):  # shown beside the published / the thesis's numbers
         display(Markdown(f"### `{name}`\n\n{text}"))

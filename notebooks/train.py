@@ -94,7 +94,7 @@ monitor_test = False  # record test top-1 after every epoch in history.csv (moni
 output_dir = None  # run folder; None: <runs>/<run id>
 # %%
 from longtail import figures
-from longtail.results import run_metrics_table
+from longtail.tables import run_metrics_table
 from longtail.params import SCHEMA
 from longtail.report import show_figure, show_table
 from longtail.run import run_training

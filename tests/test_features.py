@@ -105,7 +105,7 @@ def test_a_linear_run_imports_only_what_it_needs(tmp_path):
 import sys
 from longtail import figures
 from longtail.report import show_figure, show_table
-from longtail.results import run_metrics_table
+from longtail.tables import run_metrics_table
 from longtail.run import run_training
 r = run_training(dict(dataset="synthetic", backbone="resnet32", mode="linear", image_size=16, epochs=2,
                       dataset_params={{"num_classes": 4, "train_per_class": 12, "test_per_class": 4, "image_size": 16}},

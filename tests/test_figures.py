@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from longtail import figures, report, results  # noqa: E402
+from longtail import figures, predictions, report, results, tables  # noqa: E402
 
 
 def _tick_texts(ax, axis="x"):
@@ -55,7 +55,7 @@ def _fake_predictions(monkeypatch, n_classes=30, per_class=4):
 def test_tail_confusion_panel_shows_the_columns_the_wrong_predictions_went_to(monkeypatch):
     names = _fake_predictions(monkeypatch)
     runs = pd.DataFrame({"method": ["CE"]})
-    panels = results.confusion_subsets(runs, ["CE"], k=4, extra_columns=1)
+    panels = predictions.confusion_subsets(runs, ["CE"], k=4, extra_columns=1)
     (t_large, m_large, rows_large, cols_large), (t_tail, m_tail, rows_tail, cols_tail) = panels
     assert rows_tail == names[26:30] and cols_tail == names[26:30] + [names[5], "other classes"]
     # every row sums to the class's 4 test images: nothing is hidden outside the shown columns
@@ -68,7 +68,7 @@ def test_tail_confusion_panel_shows_the_columns_the_wrong_predictions_went_to(mo
 
 def test_confusion_figure_has_a_colour_bar_and_whole_words(monkeypatch):
     _fake_predictions(monkeypatch)
-    panels = results.confusion_subsets(pd.DataFrame({"method": ["CE"]}), ["CE"], k=4)
+    panels = predictions.confusion_subsets(pd.DataFrame({"method": ["CE"]}), ["CE"], k=4)
     fig = figures.confusion_panels(panels)
     heatmaps = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
@@ -105,7 +105,7 @@ def test_show_table_caption_links_its_files(tmp_path):
 def test_run_metrics_table_is_in_percent():
     metrics = {"balanced/acc1": 0.5, "balanced/balanced_acc": 0.5, "balanced/macro_f1": 0.25, "balanced/ece": 0.1,
                "balanced/loss": 1.5, "balanced/n": 40, "tail/acc1": 0.125, "tail/n": 8}
-    t = results.run_metrics_table(metrics)
+    t = tables.run_metrics_table(metrics)
     assert list(t.index) == ["Balanced", "Tail"]
     assert t.loc["Balanced", "top-1 (%)"] == 50 and t.loc["Balanced", "macro F1 (%)"] == 25
     assert t.loc["Balanced", "ECE (%)"] == pytest.approx(10) and t.loc["Balanced", "loss"] == 1.5
@@ -113,7 +113,7 @@ def test_run_metrics_table_is_in_percent():
 
 
 def test_split_accuracy_bars_have_readable_split_names():
-    table = results.run_metrics_table({f"{s}/acc1": v for s, v in (("balanced", 0.6), ("longtailed", 0.7),
+    table = tables.run_metrics_table({f"{s}/acc1": v for s, v in (("balanced", 0.6), ("longtailed", 0.7),
                                                                      ("longtailed_sampled", 0.65), ("head", 0.8),
                                                                      ("middle", 0.7), ("tail", 0.3))})
     fig = figures.split_accuracy(table, title="ce")

@@ -247,7 +247,7 @@ def _given_run(root, out, log, **params):
 
 
 def test_given_sets_have_no_validation_split_unless_asked_and_the_log_says_so(tmp_path, tmp_cache, trees):
-    from longtail import results
+    from longtail import predictions
     roots, lt_counts, lt_test = trees
     lines: list[str] = []
     _given_run(roots["all"], tmp_path / "default", lines.append)
@@ -256,13 +256,13 @@ def test_given_sets_have_no_validation_split_unless_asked_and_the_log_says_so(tm
     assert "validation: none (given sets are used as they are); model selection: the last epoch is kept" in lines
     # the groups (thirds of the long-tailed counts 6 ... 1) and the given long-tailed test set, in the log
     # and from the run folder: 8 classes a group; 2 test images for the first 8 classes, 1 for the others
-    sizes = results.group_sizes(tmp_path / "default")
+    sizes = predictions.group_sizes(tmp_path / "default")
     assert sizes["classes"].tolist() == [8, 8, 8, 24]
     assert sizes["test_images"].tolist() == [16, 8, 8, 32] and sizes.loc["tail", "test_share"] == 25.0
     assert sizes["balanced_test_images"].tolist() == [16, 16, 16, 48]
     assert ("groups (auto: thirds, thresholds [100, 20] leave a group empty): head 8 / middle 8 / tail 8 classes; long-tailed test set (given): "
             "32 images, head 16 / middle 8 / tail 8, tail share 25.0 %") in lines
-    assert results.group_sizes_text(tmp_path / "default") == ("head / middle / tail: 8 / 8 / 8 classes; long-tailed "
+    assert predictions.group_sizes_text(tmp_path / "default") == ("head / middle / tail: 8 / 8 / 8 classes; long-tailed "
                                                               "test set 32 images, 16 / 8 / 8 (tail 25.0 %)")
     lines.clear()
     _given_run(roots["all"], tmp_path / "asked", lines.append, val_fraction=0.5)

@@ -153,10 +153,12 @@ def test_every_module_is_in_the_readme_table_and_the_package_docstring():
 
     import longtail
     modules = {p.stem for p in (ROOT / "lib" / "longtail").glob("*.py")} - {"__init__"}
-    table = set(re.findall(r"^\| `(\w+)` \|", (ROOT / "README.md").read_text(), re.M))
-    listed = set(re.findall(r"\w+", longtail.__doc__.split("\n\n", 2)[2]))
-    assert modules <= table and modules <= listed
-    assert not (table - modules - {"lib", "notebooks", "params", "tests", "bench", "report"})
+    table = dict(re.findall(r"^\| `(\w+)`(?: \((\d+)\. [^)]+\))? \|", (ROOT / "README.md").read_text(), re.M))
+    layers = {m.strip(): num for num, mods in re.findall(r"^(\d+)\. [^:]+: (.+)$", longtail.__doc__, re.M)
+              for m in mods.split(",")}
+    assert modules <= set(table) and modules == set(layers)
+    assert not (set(table) - modules - {"lib", "notebooks", "params", "tests", "bench", "report"})
+    assert {m: table[m] for m in modules} == layers  # the README names each module's layer as the docstring does
 
 
 def test_shipped_parameter_files_are_valid():

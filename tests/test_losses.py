@@ -732,3 +732,99 @@ def test_losses_describe_their_head_scale_and_drw_eligibility(name):
             DRWSchedule([30, 20, 10], 0).apply(loss, 0)
         with pytest.raises(TypeError, match="takes no weight"):
             build_loss(name, [30, 20, 10], weight=[1.0, 1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- what a loss declares
+
+
+def test_every_loss_declares_its_label_and_family_and_lossinfo_reads_them_without_torch():
+    from longtail import lossinfo, taxonomy
+    info = lossinfo.loss_info()
+    assert list(info) == list(LOSS_NAMES)
+    families = {v for k, v in vars(taxonomy).items() if k.isupper()}
+    for name, cls in LOSSES.items():
+        assert "label" in vars(cls), f"{cls.__name__} inherits its label"  # a subclass must name itself
+        assert cls.family in families, (name, cls.family)
+        assert (info[name].label, info[name].family, info[name].owns_weights, info[name].cosine_head) == (
+            cls.label, cls.family, cls.owns_weights, cls.cosine_head)
+    assert len({i.label for i in info.values()}) == len(info)
+    assert lossinfo.drw_eligible_losses() == [n for n in LOSS_NAMES if drw_eligible(n)]
+
+
+NEW_LOSS = '''
+
+class SquaredHingeLoss(_LongTailLoss):
+    """A stand-in new loss for the test: mean over classes j != y of max(0, 1 + z_j - z_y)^2."""
+
+    label = "Squared hinge"
+    family = taxonomy.RE_MARGINING
+
+    def __init__(self, class_counts: CountsLike, margin: float = 1.0, weight: CountsLike | None = None):
+        super().__init__(class_counts, weight)
+        self.margin = float(margin)
+
+    def _loss(self, z, y, w):
+        gap = (self.margin + z - z.gather(1, y[:, None])).clamp_min(0) ** 2
+        per = gap.scatter(1, y[:, None], 0.0).sum(1) / max(z.shape[1] - 1, 1)
+        return _weighted_mean(per, y, w)
+'''
+
+CHECK_NEW_LOSS = '''
+import sys
+from longtail import leaderboard, lossinfo, losses, params, results, taxonomy
+from longtail.run import run_training
+p = params.validate({"loss": "squared_hinge", "loss_params": {"margin": 0.5}, "drw_epoch": 1})
+assert p["loss"] == "squared_hinge"
+try:
+    params.validate({"loss": "squared_hinge", "loss_params": {"gamma": 2}})
+except params.ParameterError as exc:
+    assert "valid: margin" in str(exc), exc
+else:
+    raise AssertionError("an unknown loss parameter passed")
+assert lossinfo.loss_labels()["squared_hinge"] == "Squared hinge"
+assert results.base_method({"loss": "squared_hinge", "drw_epoch": 1}) == "Squared hinge-DRW"
+assert results.method_order(["Squared hinge", "LDAM", "CE"]) == ["CE", "LDAM", "Squared hinge"]
+assert leaderboard.method_family({"loss": "squared_hinge"}) == taxonomy.RE_MARGINING
+try:
+    losses.DRWSchedule([3, 1], 0).apply(losses.build_loss("weighted_ce", [3, 1]), 0)
+except ValueError as exc:
+    assert "squared_hinge" in str(exc), exc
+r = run_training(dict(dataset="synthetic", backbone="resnet32", mode="linear", image_size=16, epochs=2,
+                      loss="squared_hinge", dataset_params={"num_classes": 4, "train_per_class": 12,
+                                                            "test_per_class": 4, "image_size": 16},
+                      output_dir=sys.argv[1]), log=lambda s: None)
+assert 0 <= r.metrics["balanced/acc1"] <= 1
+print("new loss found everywhere")
+'''
+
+
+@pytest.mark.slow
+def test_a_new_loss_is_one_class_in_losses_py(tmp_path):
+    """Adding a loss to (a copy of) losses.py alone: the parameter check, the results' labels and row
+    order, the leaderboard's family, DRW's message and a real run all find it; the training
+    notebook's parameter cell does not restate the losses (so it needs no change)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    from longtail import losses as losses_module, params
+    lib = tmp_path / "lib"
+    shutil.copytree(Path(losses_module.__file__).parent, lib / "longtail",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    path = lib / "longtail" / "losses.py"
+    source = path.read_text()
+    table = "\nLOSSES: dict[str, type[_LongTailLoss]] = {\n"
+    assert table in source and '    "logit_adjusted": LogitAdjustedLoss,\n}' in source
+    source = source.replace(table, NEW_LOSS + "\n" + table)  # the class, before the name table ...
+    source = source.replace('    "logit_adjusted": LogitAdjustedLoss,\n}',  # ... and its line in it
+                            '    "logit_adjusted": LogitAdjustedLoss,\n    "squared_hinge": SquaredHingeLoss,\n}')
+    path.write_text(source)
+    env = {**os.environ, "PYTHONPATH": str(lib), "LT_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", CHECK_NEW_LOSS, str(tmp_path / "run")], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0 and "new loss found everywhere" in out.stdout, out.stdout + out.stderr
+    cell_line = next(line for line in params.notebook_cell().splitlines() if line.startswith("loss = "))
+    assert "longtail.losses.LOSSES" in cell_line  # points at the table instead of listing it

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail import config, report, results
+from longtail import config, report, results, tables
 
 SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
 
@@ -77,12 +77,12 @@ def test_appendix_tables_mean_std_exact(tmp_path):
                  acc={"balanced": bal + 0.03, "tail": tail + 0.2, "head": 0.85})
     make_run(root, "ceb", train_set="balanced", acc={"balanced": 0.9})
     runs = results.collect_runs(root)
-    tables = results.appendix_tables(runs)
-    assert [t.name for t in tables] == ["top1_mobilenetv2_balanced", "splits_mobilenetv2_balanced",
+    appendix = tables.appendix_tables(runs)
+    assert [t.name for t in appendix] == ["top1_mobilenetv2_balanced", "splits_mobilenetv2_balanced",
                                         "top1_mobilenetv2_longtailed", "splits_mobilenetv2_longtailed"]
-    assert tables[0].caption.startswith("Table A.1: Top-1 accuracy (%)") and "one seed" in tables[0].caption
-    assert tables[2].caption.startswith("Table A.3:") and "over 2 seeds" in tables[2].caption
-    top1 = tables[2].frame
+    assert appendix[0].caption.startswith("Table A.1: Top-1 accuracy (%)") and "one seed" in appendix[0].caption
+    assert appendix[2].caption.startswith("Table A.3:") and "over 2 seeds" in appendix[2].caption
+    top1 = appendix[2].frame
     assert list(top1.columns) == ["Balanced", "Long-tailed", "Head", "Middle", "Tail", "Seeds"]
     assert list(top1.index) == ["CE", "Balanced softmax"]
     assert top1.loc["CE", "Balanced"] == "81.0 ± 1.4"  # mean .81, std .01414
@@ -90,26 +90,26 @@ def test_appendix_tables_mean_std_exact(tmp_path):
     assert top1.loc["Balanced softmax", "Tail"] == "62.0 ± 2.8"
     assert top1.loc["CE", "Head"] == "90.0 ± 0.0"
     assert top1.loc["CE", "Seeds"] == 2
-    assert tables[0].frame.loc["CE", "Balanced"] == "90.0"
-    splits = tables[3].frame
+    assert appendix[0].frame.loc["CE", "Balanced"] == "90.0"
+    splits = appendix[3].frame
     assert splits.loc["CE", ("Balanced", "Loss")] == "1.81 ± 0.01"
     assert splits.loc["CE", ("Tail", "F1")] == "32.0 ± 2.8"
     assert splits.loc["Balanced softmax", ("Tail", "Acc1")] == "62.0 ± 2.8"
 
-    tradeoff = results.tail_tradeoff(runs)
+    tradeoff = tables.tail_tradeoff(runs)
     assert list(tradeoff["Loss"]) == ["Balanced softmax", "CE"]
     assert tradeoff.loc[0, "Δ tail (pp)"] == 20.0 and tradeoff.loc[0, "Δ head (pp)"] == -5.0
-    assert results.tail_summary(tradeoff) == (
+    assert tables.tail_summary(tradeoff) == (
         "eu_moths, mobilenetv2, long-tailed training set: Balanced softmax helps the tail most, +20.0 points of "
         "tail top-1 over CE (62.0 % vs 42.0 %), at a cost of 5.0 points on the head (85.0 % vs 90.0 %); "
         "balanced test top-1 +3.0 points.")
 
-    files = report.save_table(tables[2], tmp_path / "out")
+    files = report.save_table(appendix[2], tmp_path / "out")
     tex = files[0].read_text()
     assert r"\label{tab:top1_mobilenetv2_longtailed}" in tex and r"81.0 $\pm$ 1.4" in tex
     assert r"\caption{Top-1 accuracy (\%) per test split" in tex and "Method & Balanced" in tex
     assert pd.read_csv(files[1], index_col=0).loc["CE", "Balanced"] == "81.0 ± 1.4"
-    assert results.published_comparison(runs).empty  # no CIFAR-10 / ResNet-32 run
+    assert tables.published_comparison(runs).empty  # no CIFAR-10 / ResNet-32 run
 
 
 def test_published_comparison_matches_the_protocol(tmp_path):
@@ -118,7 +118,7 @@ def test_published_comparison_matches_the_protocol(tmp_path):
     make_run(tmp_path, "ldam", **base, loss="ldam", drw_epoch=160, acc={"balanced": 0.77})
     make_run(tmp_path, "ldam_nodrw", **base, loss="ldam", acc={"balanced": 0.10})  # not LDAM-DRW
     make_run(tmp_path, "bal", **base, train_set="balanced", acc={"balanced": 0.10})  # not long-tailed
-    table = results.published_comparison(results.collect_runs(tmp_path)).set_index(["Imbalance factor", "Method"])
+    table = tables.published_comparison(results.collect_runs(tmp_path)).set_index(["Imbalance factor", "Method"])
     assert table.loc[(100, "CE"), "Published top-1 (%)"] == "70.36"  # Cao et al. 2019: error 29.64
     assert table.loc[(100, "CE"), "Ours top-1 (%)"] == "70.00"
     assert table.loc[(100, "LDAM-DRW"), "Ours − published"] == "-0.03"
@@ -327,8 +327,8 @@ def test_benchmark_tables_are_read_in_name_order(tmp_path):
     (tmp_path / "b.md").write_text("| x |\n|---|\n| 2 |\n")
     (tmp_path / "a.md").write_text("ratio: 0.97\n")
     (tmp_path / "notes.txt").write_text("ignored")
-    assert results.benchmark_tables(tmp_path) == [("a.md", "ratio: 0.97\n"), ("b.md", "| x |\n|---|\n| 2 |\n")]
-    assert results.benchmark_tables(tmp_path / "missing") == []
+    assert report.benchmark_tables(tmp_path) == [("a.md", "ratio: 0.97\n"), ("b.md", "| x |\n|---|\n| 2 |\n")]
+    assert report.benchmark_tables(tmp_path / "missing") == []
 
 
 def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path):
@@ -343,20 +343,20 @@ def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path
     make_run(root, "b3", backbone="convnext_base", train_set="balanced", loss="focal", acc={"balanced": 0.6})
     make_run(root, "c1", backbone="resnet32", train_set="longtailed")
     runs = results.collect_runs(root)
-    tables = results.appendix_tables(runs)
-    assert [(t.name, t.caption.split(":")[0]) for t in tables] == [
+    appendix = tables.appendix_tables(runs)
+    assert [(t.name, t.caption.split(":")[0]) for t in appendix] == [
         ("top1_vit_b16_longtailed", "Table A.11"), ("splits_vit_b16_longtailed", "Table A.12"),
         ("top1_convnext_base_balanced", "Table A.13"), ("splits_convnext_base_balanced", "Table A.14"),
         ("top1_resnet32_longtailed", "Table A.19"), ("splits_resnet32_longtailed", "Table A.20")]
-    assert "evaluation protocol 'weighted'" in tables[0].caption and "macro F1" in tables[1].caption
-    assert tables[0].caption.endswith("; test images: balanced 10 (head 10, middle 10, tail 10); long-tailed = the "
+    assert "evaluation protocol 'weighted'" in appendix[0].caption and "macro F1" in appendix[1].caption
+    assert appendix[0].caption.endswith("; test images: balanced 10 (head 10, middle 10, tail 10); long-tailed = the "
                                       "balanced set weighted by the training prior.")
     ft = make_run(root, "ft", backbone="resnet50v2", mode="finetune", optimizer="adamw", lr=1e-3,
                   backbone_lr_scale=0.1, head_init="linear_probe")
-    caption = {t.name: t.caption for t in results.appendix_tables(results.collect_runs(root))}["top1_resnet50v2_longtailed"]
+    caption = {t.name: t.caption for t in tables.appendix_tables(results.collect_runs(root))}["top1_resnet50v2_longtailed"]
     assert caption.startswith("Table A.7") and ("; fine-tuned (finetune): 30 epochs, adamw lr 0.001, backbone lr x 0.1, "
                                                 "classifier from a linear probe (LP-FT); test images") in caption, caption
     assert ft.exists()
-    assert list(tables[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
-    assert tables[2].notes == ["The rows CE, Weighted CE coincide in every digit."]
-    assert tables[0].notes == []
+    assert list(appendix[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
+    assert appendix[2].notes == ["The rows CE, Weighted CE coincide in every digit."]
+    assert appendix[0].notes == []

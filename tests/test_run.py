@@ -9,7 +9,7 @@ import papermill
 import pytest
 
 from longtail.params import DEFAULTS, ParameterError
-from longtail.results import run_metrics_table
+from longtail.tables import run_metrics_table
 from longtail.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]

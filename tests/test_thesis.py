@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail import results, thesis
+from longtail import results, tables, thesis
 
 SPLITS = ("balanced", "longtailed", "head", "middle", "tail")
 
@@ -196,8 +196,8 @@ def test_thesis_protocol_tables_and_the_class_balanced_note(tmp_path):
         acc = dict(balanced=0.5, tail=0.3) if loss != "ce" else dict(balanced=0.6, tail=0.2)
         d = make_run(root, rid, acc, loss=loss, loss_params={"beta": 0.9999} if loss == "class_balanced" else {})
         pd.DataFrame({"class": range(6), "train_count": counts}).to_csv(d / "classes.csv", index=False)
-    tables = results.appendix_tables(results.collect_runs(root))
-    top1, split = tables
+    appendix = tables.appendix_tables(results.collect_runs(root))
+    top1, split = appendix
     assert "evaluation protocol 'thesis'" in top1.caption and "support-weighted F1" in split.caption
     assert "Loss (the method's own training loss)" in split.caption
     assert top1.caption.endswith("test images: balanced 10, long-tailed 10 = head 10 + middle 10 + tail 10 (tail 100.0 %).")

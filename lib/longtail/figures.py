@@ -170,7 +170,7 @@ def learning_curves(history: pd.DataFrame):
 
 
 def split_accuracy(table: pd.DataFrame, title: str | None = None):
-    """Top-1 (%) per test split and class group of one run (``results.run_metrics_table``), the
+    """Top-1 (%) per test split and class group of one run (``tables.run_metrics_table``), the
     groups in their colours."""
     acc = table["top-1 (%)"].astype(float)
     colors = [GROUP_COLORS.get(str(name).lower(), "#8C8C8C") for name in acc.index]
@@ -270,7 +270,7 @@ def balanced_vs_longtailed(runs: pd.DataFrame, methods: list[str], title: str | 
 
 def confusion_panels(panels: list[tuple], ncols: int = 1):
     """Confusion matrices (true class in rows), one panel per ``(title, counts, row names[, column
-    names])`` (``results.confusion_subsets``): cells in % of the true class's test images (the row
+    names])`` (``predictions.confusion_subsets``): cells in % of the true class's test images (the row
     sum of ``counts``, which includes an "other classes" column when the columns are a selection),
     values written in the cells, a colour bar beside each panel; names wrapped at spaces."""
     import seaborn as sns

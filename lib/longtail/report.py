@@ -38,6 +38,7 @@ from .gridspec import expand, read_spec
 from .notebook import KERNEL, execute as execute_notebook
 from .params import resolve
 from .results import Table, collect_runs, method_order, project_path, source_runs
+from .tables import run_metrics_table
 
 NOTEBOOKS = {"explore": "notebooks/explore.py", "analysis": "notebooks/analysis.py"}
 #: the explore notebook's data-set parameters, taken from the first grid's first run
@@ -154,6 +155,25 @@ def show_figure(fig, out_dir=None, name: str | None = None, alt: str | None = No
         display(HTML(f'<p class="lt-figure-files">Figure <code>{_html_escape(name)}</code>: '
                      f'{file_links(save_figure(fig, out_dir, name), out_dir)}</p>'))
     plt.close(fig)
+
+
+# ============================================================================ benchmark records
+
+BENCH_FOLDERS = ("bench/results", "bench/measured")  # written by `make bench`; kept from lent GPU machines
+#: bench tables that belong beside the published numbers (the CIFAR-10-LT ablation), not among the speed figures
+PUBLISHED_ABLATION_PREFIX = "cifar10_lt_ablation"
+#: bench tables of params/thesis.yaml runs (our schedule) fine-tuned on a lent GPU: shown beside the thesis's numbers
+THESIS_FINETUNE_PREFIX = "thesis_finetune"
+#: bench tables that hold results rather than speed figures (shown in their own sections)
+RESULT_TABLE_PREFIXES = (PUBLISHED_ABLATION_PREFIX, THESIS_FINETUNE_PREFIX)
+
+
+def benchmark_tables(folder=None) -> list[tuple[str, str]]:
+    """``(file name, markdown)`` of every ``*.md`` in ``folder``, or by default in ``bench/results/``
+    (what ``make bench`` wrote on this machine) and then ``bench/measured/`` (figures measured once
+    on a lent GPU machine, committed because CI cannot regenerate them)."""
+    folders = [Path(folder)] if folder is not None else [config.PROJECT_ROOT / f for f in BENCH_FOLDERS]
+    return [(p.name, p.read_text()) for f in folders if f.is_dir() for p in sorted(f.glob("*.md"))]
 
 
 # ============================================================================ provenance and rendering
@@ -307,7 +327,6 @@ def run_page_head(run: pd.Series | dict, back: str) -> str:
     """The top of a run's page: a link back to the report, what the run is, its metrics (in %, as in
     the report) and its effective parameters (``params.json``: the schema's defaults with the
     grid's values), before the executed notebook."""
-    from .results import run_metrics_table
     e = _html_escape
     run_dir = Path(run["run_dir"])
     params = json.loads((run_dir / rundir.PARAMS_FILE).read_text())

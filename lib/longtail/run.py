@@ -30,7 +30,7 @@ from . import (config, data, engine, features, losses, methods, metrics, models,
                rundir, samplers, selection, subsets, transforms)
 from .arraycache import cached_array
 from .imagecache import cache_key
-from .rundir import RESULT_FILE, run_id  # noqa: F401  (run_id: public API of longtail.run)
+from .rundir import run_id  # noqa: F401  (run_id: public API of longtail.run)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def run_training(params: dict, log=print) -> RunResult:
     rundir.write_json(out, rundir.ENVIRONMENT_FILE, env)
     metrics = {**result["metrics"], "wall_s": env["wall_s"], "cpu_s": env["cpu_s"], "run_dir": str(out)}
     pd.DataFrame([metrics]).to_csv(out / rundir.METRICS_CSV, index=False)
-    rundir.write_json(out, RESULT_FILE, metrics)  # last: the run's results are complete
+    rundir.write_json(out, rundir.RESULT_FILE, metrics)  # last: the run's results are complete
     return RunResult(out, p, metrics, result["history"], result["classes"])
 
 

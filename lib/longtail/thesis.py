@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from .lossinfo import loss_labels
-from .results import (SPLIT_LABELS, SPLITS, base_method, format_mean_std, setting_differences,
+from .metrics import protocol_column
+from .results import (SPLIT_LABELS, SPLITS, base_method, format_mean_std, json_mapping, setting_differences,
                       setting_groups, test_sizes)
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "thesis_appendix_a.csv"
@@ -118,7 +119,6 @@ def _ours(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _col(split: str) -> str:
-    from .metrics import protocol_column
     return protocol_column("thesis", split, "acc1")
 
 
@@ -157,7 +157,7 @@ def our_settings(runs: pd.DataFrame) -> list[OurSetting]:
 
 
 def _split_sizes(sub: pd.DataFrame) -> str:
-    """Test images of the thesis protocol's splits (``results.test_sizes``), as ``552 / 228 (95 + 67 + 66)``;
+    """Test images of the thesis protocol's splits (``tables.test_sizes``), as ``552 / 228 (95 + 67 + 66)``;
     "" where the runs do not record them."""
     v = test_sizes(sub, "thesis")
     return f"{v['balanced']} / {v['longtailed']} ({v['head']} + {v['middle']} + {v['tail']})" if v else ""
@@ -365,10 +365,9 @@ def class_balanced_ablation(runs: pd.DataFrame) -> pd.DataFrame:
     ce = lt[(lt["loss"] == "ce") & np.logical_and.reduce([lt[k].astype(str) == str(first[k]) for k in same])]
     ce = ce[ce["method"] == "CE"]
     ce_top1 = float(ce["balanced/acc1"].mean()) if len(ce) else float("nan")
-    from .results import _json
     rows = []
     for lp, sub in cb.groupby("loss_params", sort=False):
-        p = _json(lp)
+        p = json_mapping(lp)
         slips = [s for s in ((None if p.get("normalize", True) else "unnormalised weights"),
                              (None if p.get("weight_order", "labels") == "labels"
                               else f"weights in {p['weight_order']} class order")) if s]
