@@ -69,6 +69,25 @@ def test_collect_runs_and_method_labels(tmp_path):
     assert len(results.collect_runs(root / "a")) == 1
 
 
+
+def test_each_method_gains_against_the_baseline_of_its_own_context(tmp_path):
+    """Two grids ran CE in two contexts (validation split vs unused images): labels say so, and the
+    tail trade-off compares each method with the CE of its own context, never with no baseline or
+    the other one (the techniques grid beside the default grid)."""
+    root = tmp_path / "g"
+    make_run(root, "ce_split", val_source="split", acc={"tail": 0.40, "head": 0.90, "balanced": 0.70})
+    make_run(root, "ce_unused", val_source="unused", acc={"tail": 0.30, "head": 0.80, "balanced": 0.60})
+    make_run(root, "bs_unused", val_source="unused", loss="balanced_softmax",
+             acc={"tail": 0.50, "head": 0.75, "balanced": 0.65})
+    runs = results.collect_runs(root)
+    assert set(runs["method"]) == {"CE (val_source=split)", "CE (val_source=unused)", "Balanced softmax"}
+    tradeoff = tables.tail_tradeoff(runs).set_index("Loss")
+    assert tradeoff.loc["Balanced softmax", "Baseline"] == "CE (val_source=unused)"
+    assert tradeoff.loc["Balanced softmax", "Δ tail (pp)"] == 20.0  # 50 - 30, not 50 - 40
+    assert tradeoff.loc["Balanced softmax", "Δ head (pp)"] == -5.0
+    assert "Balanced softmax helps the tail most, +20.0 points of tail top-1 over CE (val_source=unused)" in \
+        tables.tail_summary(tables.tail_tradeoff(runs))
+
 def test_appendix_tables_mean_std_exact(tmp_path):
     root = tmp_path / "g"
     for seed, (bal, tail) in enumerate([(0.80, 0.40), (0.82, 0.44)]):

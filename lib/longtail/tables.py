@@ -16,8 +16,8 @@ from . import rundir
 from .metrics import PROTOCOL_TEXT, protocol_column
 from .metrics import SPLITS
 from .predictions import group_sizes
-from .results import (SPLIT_LABELS, Table, format_mean_std, is_given, json_mapping, label_value, method_order,
-                      setting_text, settings)
+from .results import (SPLIT_LABELS, Table, base_method, format_mean_std, is_given, json_mapping, label_value,
+                      method_order, setting_columns, setting_text, settings)
 
 #: Published top-1 accuracy (%) for the same protocol (CIFAR-10-LT, exponential profile, ResNet-32 from
 #: scratch; ``params/cifar10_lt.yaml``), one row per number, with its source.  Cao et al. report top-1
@@ -296,16 +296,26 @@ def published_comparison(df: pd.DataFrame) -> pd.DataFrame:
 def tail_tradeoff(df: pd.DataFrame, baseline: str = "CE") -> pd.DataFrame:
     """For every setting with the long-tailed training set and a ``baseline`` run: per method the
     mean top-1 (%) of the tail, head and balanced test set and their change against the baseline
-    (percentage points), sorted by tail gain."""
+    (percentage points), sorted by tail gain.  Where grids ran the baseline in several variants (its
+    label then names what differs, ``CE (val_source=split)``), each method is compared with the
+    variant that agrees with it on every parameter the variants differ in, never with another."""
     rows = []
+    cols = ("tail", "head", "balanced")
     for st in settings(df):
         key, runs = st.key, st.runs
-        if key.get("train_set") != "longtailed" or baseline not in set(runs["method"]):
+        base_rows = runs[runs.apply(base_method, axis=1) == baseline]
+        if key.get("train_set") != "longtailed" or not len(base_rows):
             continue
-        mean = runs.groupby("method")[[f"{s}/acc1" for s in ("tail", "head", "balanced")]].mean() * 100
-        b = mean.loc[baseline]
+        mean = runs.groupby("method", sort=False)[[f"{s}/acc1" for s in cols]].mean() * 100
+        variants = {m: sub.iloc[0] for m, sub in base_rows.groupby("method", sort=False)}
+        differ = [c for c in setting_columns(base_rows) if base_rows[c].astype(str).nunique() > 1]
         for m, r in mean.iterrows():
-            rows.append({"Setting": setting_text(key), "Loss": m,
+            first = runs[runs["method"] == m].iloc[0]
+            match = [v for v, row in variants.items() if all(str(row[c]) == str(first[c]) for c in differ)]
+            if len(match) != 1:
+                continue  # no variant of the baseline ran in this method's context
+            b = mean.loc[match[0]]
+            rows.append({"Setting": setting_text(key), "Loss": m, "Baseline": match[0],
                          "Tail (%)": r["tail/acc1"], "Δ tail (pp)": r["tail/acc1"] - b["tail/acc1"],
                          "Head (%)": r["head/acc1"], "Δ head (pp)": r["head/acc1"] - b["head/acc1"],
                          "Balanced (%)": r["balanced/acc1"],
@@ -326,14 +336,14 @@ def tail_summary(tradeoff: pd.DataFrame, baseline: str = "CE") -> str:
                 f"can be compared against {baseline}.")
     lines = []
     for setting, t in tradeoff.groupby("Setting", sort=False):
-        others = t[t["Loss"] != baseline]
+        others = t[t["Loss"] != t["Baseline"]]
         if not len(others):
             lines.append(f"{setting}: only {baseline} ran, nothing to compare.")
             continue
         best = others.iloc[0]
-        base = t[t["Loss"] == baseline].iloc[0]
+        base = t[t["Loss"] == best["Baseline"]].iloc[0]
         if best["Δ tail (pp)"] <= 0:
-            lines.append(f"{setting}: no loss improves the tail over {baseline} (tail top-1 "
+            lines.append(f"{setting}: no loss improves the tail over {base['Loss']} (tail top-1 "
                          f"{base['Tail (%)']:.1f} %; the best, {best['Loss']}, changes it by "
                          f"{best['Δ tail (pp)']:+.1f} points).")
             continue
@@ -343,7 +353,7 @@ def tail_summary(tradeoff: pd.DataFrame, baseline: str = "CE") -> str:
                     f"at no cost to the head ({vs})" if head == 0 else
                     f"at a cost of {-head:.1f} points on the head ({vs})")
         lines.append(f"{setting}: {best['Loss']} helps the tail most, {best['Δ tail (pp)']:+.1f} points of tail "
-                     f"top-1 over {baseline} ({best['Tail (%)']:.1f} % vs {base['Tail (%)']:.1f} %), {head_txt}; "
+                     f"top-1 over {base['Loss']} ({best['Tail (%)']:.1f} % vs {base['Tail (%)']:.1f} %), {head_txt}; "
                      f"balanced test top-1 {best['Δ balanced (pp)']:+.1f} points.")
     return "\n".join(lines)
 
