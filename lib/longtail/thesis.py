@@ -23,7 +23,8 @@ import pandas as pd
 from .lossinfo import loss_labels
 from .metrics import protocol_column
 from .results import (SPLIT_LABELS, SPLITS, base_method, format_mean_std, json_mapping, setting_differences,
-                      setting_groups, test_sizes)
+                      setting_groups)
+from .tables import test_sizes
 
 REFERENCE_FILE = Path(__file__).parent / "reference" / "thesis_appendix_a.csv"
 #: the thesis's backbone names and our aliases (``models.ALIASES``)
