@@ -6,13 +6,13 @@ and skips finished runs) and ``results`` (which reads finished runs) must agree 
 | file                    | written by | what                                                     |
 |-------------------------|------------|----------------------------------------------------------|
 | ``params.json``         | run        | the resolved parameters (defaults filled in)             |
-| ``classes.csv``         | run        | per class counts and head/middle/tail group              |
-| ``history.csv``         | run        | one row per epoch                                        |
-| ``predictions.npz``     | run        | test logits, labels, long-tailed weights, image ids      |
-| ``environment.json``    | run        | package versions, device, git commit, wall time          |
-| ``last.pt``/``best.pt``/``crt_head.pt`` | run | checkpoints                                 |
-| ``metrics.csv``/``metrics.json`` | run | the final metrics (``metrics.json`` last, atomically) |
-| ``failure.json``        | run        | why ``run_training`` failed                              |
+| ``classes.csv``         | run        | per class: name, train count (realised), long-tailed profile count, val and test counts, group (from the long-tailed profile) |
+| ``history.csv``         | run        | one row per epoch (loss, accuracy, lr, validation, throughput) |
+| ``predictions.npz``     | run        | test logits, labels, the long-tailed sample weights, image ids; validation logits, labels and ids; training image ids |
+| ``environment.json``    | run        | package versions, machine, device, git commit (and changed files), wall and CPU time |
+| ``last.pt``/``best.pt``/``crt_head.pt`` | run | checkpoints of the head (linear), the trained part (partial) or the model (``save_checkpoints``) |
+| ``metrics.csv``/``metrics.json`` | run | the final metrics row with ``wall_s`` and ``cpu_s`` (process CPU seconds, all threads); ``metrics.json`` last, atomically |
+| ``failure.json``        | run        | why ``run_training`` failed (a non-finite loss, an exception) |
 | ``train.ipynb``         | grid       | the executed notebook (papermill)                        |
 | ``status.json``         | grid       | ``running`` while the notebook runs, then ``done`` or ``failed`` |
 
