@@ -47,7 +47,7 @@ def _fake_predictions(monkeypatch, n_classes=30, per_class=4):
     logits = np.full((len(labels), n_classes), -5.0)
     logits[np.arange(len(labels)), pred] = 5.0
     classes = pd.DataFrame({"class": np.arange(n_classes), "name": names, "train_count": counts})
-    monkeypatch.setattr(results, "pooled_predictions",
+    monkeypatch.setattr(predictions, "pooled_predictions",
                         lambda runs: {"classes": classes, "logits": logits, "labels": labels})
     return names
 
