@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from longtail import figures, predictions, report, results, tables  # noqa: E402
+from longtail import figures, predictions, report, tables  # noqa: E402
 
 
 def _tick_texts(ax, axis="x"):
