@@ -1,5 +1,6 @@
 """The GPU benchmark's helpers that run on a CPU: the projection reads the measured throughput table
 and the CIFAR benchmark's own log lines (written by the functions the benchmark logs with)."""
+import json
 import sys
 
 import pytest
@@ -64,3 +65,42 @@ def test_the_control_rows_say_not_run_yet_beside_the_published_number():
     assert f"| {cifar10_lt.CONTROL_ROW}, seed 0 | ce | 92.12 |  |  | 92.49 | 290 |" in text
     assert "92.12 % top-1, mean of 1 of 2 seeds, against the published 92.49 % (-0.37 points" in text
     assert f"| {cifar10_lt.CONTROL_ROW}, seed 1 | ce | not run yet |" in text
+
+
+def test_same_numbers_finds_one_changed_prediction_and_ignores_timings(tmp_path):
+    """A real run folder copied: equal but for its timings; then one logit changed, one metric
+    changed and one report table cell changed: each is found."""
+    import shutil
+
+    import numpy as np
+
+    import same_numbers
+
+    from longtail.run import run_training
+
+    before = tmp_path / "before" / "grid" / "r1"
+    run_training(dict(dataset="synthetic", backbone="resnet32", mode="linear", image_size=16, epochs=2,
+                      dataset_params={"num_classes": 4, "train_per_class": 12, "test_per_class": 4, "image_size": 16},
+                      output_dir=str(before)), log=lambda s: None)
+    after = tmp_path / "after" / "grid" / "r1"
+    shutil.copytree(before, after)
+    metrics = json.loads((after / "metrics.json").read_text())
+    (after / "metrics.json").write_text(json.dumps({**metrics, "wall_s": 99.0, "run_dir": "elsewhere"}))
+    assert same_numbers.compare_runs(tmp_path / "before", tmp_path / "after")[2] == []
+
+    with np.load(after / "predictions.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    logits = arrays["logits"]
+    logits[0, 0] = np.nextafter(logits[0, 0], np.inf, dtype=logits.dtype)  # one unit in the last place
+    np.savez(after / "predictions.npz", **arrays)
+    (after / "metrics.json").write_text(json.dumps({**metrics, "balanced/acc1": metrics["balanced/acc1"] + 0.01}))
+    diffs = same_numbers.compare_runs(tmp_path / "before", tmp_path / "after")[2]
+    assert diffs == ["grid/r1 metrics.json balanced/acc1: "
+                     f"{metrics['balanced/acc1']!r} -> {metrics['balanced/acc1'] + 0.01!r}",
+                     "grid/r1 predictions.npz logits differs"]
+
+    for name, cell in (("before", "62.5 ± 0.7"), ("after", "62.6 ± 0.7")):
+        (tmp_path / name / "report" / "tables").mkdir(parents=True)
+        (tmp_path / name / "report" / "tables" / "top1.csv").write_text(f"Method,Balanced,CPU s / run\nCE,{cell},{len(name)}\n")
+    n, diffs, notes = same_numbers.compare_reports(tmp_path / "before" / "report", tmp_path / "after" / "report")
+    assert n == 1 and diffs == ["report table top1.csv differs"]
