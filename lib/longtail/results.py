@@ -34,7 +34,7 @@ TRAIN_SET_LABELS = dict(zip(TRAIN_SETS, ("long-tailed", "balanced"), strict=True
 #: holds the two together: naming them here keeps reading results free of torch, which ``losses`` imports)
 LOSS_LABELS = {"ce": "CE", "focal": "Focal", "weighted_ce": "Weighted CE", "class_balanced": "Class-balanced",
                "balanced_softmax": "Balanced softmax", "equalization": "Equalization", "ldam": "LDAM",
-               "logit_adjusted": "Logit-adjusted"}
+               "logit_adjusted": "Logit-adjusted", "label_aware_smoothing": "Label-aware smoothing"}
 #: a table per value of these (the file name names them: ``top1_<backbone>_<train_set>``) ...
 TABLE_KEYS = ("dataset", "backbone", "train_set")
 #: ... and per value of these where they differ between the collected runs
@@ -168,13 +168,20 @@ def base_method(row) -> str:
         label = TECHNIQUES[technique].label if technique in TECHNIQUES else str(technique)
         # prototypes train nothing, so the loss and sampler play no part in them
         name = label[0].upper() + label[1:] if technique in PROTOTYPE_TECHNIQUES else f"{name} + {label}"
+    if _given(row.get("feature_power")) and float(row["feature_power"]) != 1.0:
+        name += f" + Tukey λ {float(row['feature_power']):g}"
+    if str(row.get("feature_standardize")) == "True":
+        name += " + standardised features"
     if row.get("tta") not in (None, "none") and not _isnan(row.get("tta")):
-        name += f" + {row['tta']} TTA"
+        name += f" + {str(row['tta']).replace('_', '-')} TTA"
     if _given(row.get("mixup_alpha")) and float(row["mixup_alpha"]) > 0:
         name += " + feature mixup" if row.get("mode") == "linear" else " + mixup"
     if row.get("posthoc") not in (None, "none") and not _isnan(row.get("posthoc")):
         name += {"tau_norm": " + τ-norm", "logit_adjust": " + logit adjustment"}.get(row["posthoc"],
                                                                                     f" + {row['posthoc']}")
+    tuned = _json(row.get("tune"))
+    if tuned:  # which parameters the run chose on validation (the candidates: params.json)
+        name += " (tuned: " + ", ".join(str(k).replace("_params", "").replace("_", " ") for k in tuned) + ")"
     return name
 
 
