@@ -168,7 +168,7 @@ def test_the_family_that_moved_it_most_is_named_from_validation_choices(board):
     # per family, the entry best on validation; balanced softmax gains 400/6 - 200/6 points over CE
     assert gains[0][:2] == ("class re-balancing: logit adjustment", "Balanced softmax")
     assert gains[0][2] == pytest.approx(100 / 3) and gains[0][3] == pytest.approx(100)
-    assert ("The family that moved it most: class re-balancing: logit adjustment (its entry best on validation, "
+    assert ("The family that moved it most on its own: class re-balancing: logit adjustment (its entry best on validation, "
             "Balanced softmax, +33.3 points balanced and +100.0 tail against CE") in leaderboard.goal_text(b, runs)
 
 
@@ -179,3 +179,17 @@ def test_balanced_vs_tail_figure_draws_both_goal_lines(board):
     lines = {tuple(line.get_xdata()) + tuple(line.get_ydata()) for line in ax.get_lines()}
     assert (75.0, 75.0, 0, 1) in lines and (0, 1, 60.0, 60.0) in lines  # axvline at 75, axhline at 60
     assert "goal: balanced 75 %" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_runs_at_another_input_size_rank_in_the_same_board_named_by_their_size(tmp_path):
+    """A 320 px run is one more method of the 224 px board (not a board of its own, where it would
+    be "chosen" alone), named with its size; the old boards split on the input size."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_run(root / f"a{seed}", {**BASE, "seed": seed, "image_size": 224}, [0, 0, 0, 0, 0, 0], 3.0, 1, 1.0)
+        _write_run(root / f"n{seed}", {**BASE, "technique": "ncm", "seed": seed, "image_size": 224}, [1, 1, 2, 2, 0, 0],
+                   3.0, 0, 0.5)
+        _write_run(root / f"b{seed}", {**BASE, "seed": seed, "image_size": 320}, [1, 1, 1, 1, 2, 2], 4.0, 0, 2.0)
+    b = leaderboard.leaderboard(collect_runs(root))
+    assert b["Setting"].nunique() == 1 and "CE at 320 px" in set(b["Method"]) and "CE" in set(b["Method"])
+    assert (b.set_index("Method").loc["CE at 320 px", "Seeds"], b.set_index("Method").loc["CE", "Seeds"]) == (2, 2)

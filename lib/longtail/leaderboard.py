@@ -9,7 +9,8 @@ sampling error, which the seeds' spread leaves out), the validation score, the f
 taxonomy (``method_family``), and the CPU seconds of a run (``cpu_s``, all threads; training and
 evaluation, without the notebook's start-up).  An ensemble of two or three methods (``ensemble``:
 their softmax probabilities averaged, seed by seed), the members chosen on *validation*
-(``best_ensemble``), joins as one more row.  ``pareto_front`` marks the methods no other beats
+(``best_ensemble``), joins as one more row.  Runs at another input size than the usual one rank in the same board, the
+size in their name (``_one_ranking_over_input_sizes``).  ``pareto_front`` marks the methods no other beats
 on both tail and head top-1, ``goal_text`` states the entry chosen on validation against ``GOAL``,
 with its test intervals.
 Nothing here plots (``figures.tail_vs_head``).
@@ -177,7 +178,7 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
     the ``ensemble_pool`` methods with the best mean validation score joins, its members chosen on the
     ensemble's validation score (``best_ensemble``; never on the test score)."""
     frames = []
-    for st in settings(runs):
+    for st in settings(_one_ranking_over_input_sizes(runs)):
         if st.key.get("train_set") != "longtailed":
             continue
         sub = st.runs
@@ -196,6 +197,18 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
         board["goal"] = (board["balanced_mean"] >= GOAL["balanced"] * 100) & (board["tail_mean"] >= GOAL["tail"] * 100)
         frames.append(board)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _one_ranking_over_input_sizes(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with the input size made part of the method, not of the setting: a run at another
+    size than the most common one is named "<method> at <size> px", and all rank together (the size
+    is one more choice made on validation)."""
+    if "image_size" not in runs or runs["image_size"].nunique() < 2:
+        return runs
+    size = pd.to_numeric(runs["image_size"], errors="coerce")
+    usual = size.mode().iloc[0]
+    method = runs["method"].where(size == usual, runs["method"] + " at " + size.map(lambda v: f"{v:g}") + " px")
+    return runs.assign(method=method, image_size=usual)
 
 
 def pareto_front(head, tail) -> np.ndarray:
@@ -240,21 +253,20 @@ BASELINE_METHOD = "CE"
 
 
 def family_gains(board: pd.DataFrame) -> list[tuple[str, str, float, float]]:
-    """Per survey family (each " + " part of a row's ``Family``), its entry with the best validation
-    score (chosen without the test fold) and that entry's balanced and tail top-1 gains (test means,
-    points) over ``BASELINE_METHOD``: [(family, entry, balanced gain, tail gain)], largest balanced
-    gain first; [] without a baseline row."""
+    """Per survey family, among the entries of that family alone (no combination, no ensemble, so a
+    gain is the family's own), the entry with the best validation score (chosen without the test
+    fold) and its balanced and tail top-1 gains (test means, points) over ``BASELINE_METHOD``:
+    [(family, entry, balanced gain, tail gain)], largest balanced gain first; [] without a baseline row."""
     base = board[board["Method"] == BASELINE_METHOD]
     if not len(base):
         return []
     base = base.iloc[0]
+    alone = board[~board["Family"].astype(str).str.contains(" + ", regex=False)
+                  & ~board["Family"].isin(["baseline", ENSEMBLE_FAMILY])].dropna(subset=["val_mean"])
     out = []
-    families = dict.fromkeys(f for fam in board["Family"] for f in str(fam).split(" + ") if f != "baseline")
-    for family in families:
-        rows = board[board["Family"].map(lambda fam: family in str(fam).split(" + "))].dropna(subset=["val_mean"])
-        if len(rows):
-            r = rows.loc[rows["val_mean"].idxmax()]
-            out.append((family, r["Method"], r["balanced_mean"] - base["balanced_mean"], r["tail_mean"] - base["tail_mean"]))
+    for family, rows in alone.groupby("Family", sort=False):
+        r = rows.loc[rows["val_mean"].idxmax()]
+        out.append((family, r["Method"], r["balanced_mean"] - base["balanced_mean"], r["tail_mean"] - base["tail_mean"]))
     return sorted(out, key=lambda t: -t[2])
 
 
@@ -280,7 +292,7 @@ def goal_text(board: pd.DataFrame, reference: pd.DataFrame | None = None) -> str
                 + (f" {len(met)} of {len(b)} entries reach it on their test means." if len(met) else ""))
         if not top["goal"] and (moved := family_gains(b)):
             family, entry, gain, tail_gain = moved[0]
-            text += (f" The family that moved it most: {family} (its entry best on validation, {entry}, "
+            text += (f" The family that moved it most on its own: {family} (its entry best on validation, {entry}, "
                      f"{gain:+.1f} points balanced and {tail_gain:+.1f} tail against CE; test means).")
         if reference is not None and len(reference) and "train_set" in reference:
             technique = reference["technique"].fillna("none") if "technique" in reference else "none"
