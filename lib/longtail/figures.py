@@ -375,7 +375,8 @@ def balanced_vs_tail(board: pd.DataFrame, goal: dict, title: str | None = None):
     the upper right corner they cut off), the front of this plane joined, the entry chosen on
     validation (rank 1) ringed."""
     from .leaderboard import pareto_front
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    import textwrap
+    fig, ax = plt.subplots(figsize=(8, 7))
     on_front = pareto_front(board["balanced_mean"].to_numpy(), board["tail_mean"].to_numpy())
     front = board[on_front].sort_values("balanced_mean")
     ax.errorbar(board["balanced_mean"], board["tail_mean"], xerr=board["balanced_sd"].fillna(0),
@@ -387,10 +388,12 @@ def balanced_vs_tail(board: pd.DataFrame, goal: dict, title: str | None = None):
     top = board[board["Rank"] == 1]
     ax.scatter(top["balanced_mean"], top["tail_mean"], s=160, facecolors="none", edgecolors="k", zorder=3,
                label="chosen on validation")
+    key = []  # the labelled points' names, below the axes (the names are too long to sit beside them)
     for i, (_, r) in enumerate(board.iterrows()):
         if on_front[i] or r["Rank"] <= 3:
-            ax.annotate(f"{r['Rank']}. {r['Method']}", (r["balanced_mean"], r["tail_mean"]), xytext=(4, 3),
-                        textcoords="offset points", fontsize="x-small")
+            ax.annotate(str(r["Rank"]), (r["balanced_mean"], r["tail_mean"]), xytext=(4, 3),
+                        textcoords="offset points", fontsize="small")
+            key.append(textwrap.fill(f"{r['Rank']}. {r['Method']}", 120, subsequent_indent="    "))
     g_bal, g_tail = 100 * goal["balanced"], 100 * goal["tail"]
     ax.axvline(g_bal, ls="--", color="0.3", lw=1, label=f"goal: balanced {g_bal:.0f} %")
     ax.axhline(g_tail, ls=":", color="0.3", lw=1, label=f"goal: tail {g_tail:.0f} %")
@@ -398,8 +401,9 @@ def balanced_vs_tail(board: pd.DataFrame, goal: dict, title: str | None = None):
     ax.set_ylabel("tail top-1 (%)")
     ax.set_xlim(min(board["balanced_mean"].min(), g_bal) - 3, max(board["balanced_mean"].max(), g_bal) + 3)
     ax.set_ylim(min(board["tail_mean"].min(), g_tail) - 5, max(board["tail_mean"].max(), g_tail) + 5)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
+    fig.text(0.02, 0.01, "\n".join(key), fontsize="x-small", va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * sum(k.count("\n") + 1 for k in key), 1, 1))
     return fig
