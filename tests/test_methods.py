@@ -488,6 +488,8 @@ def test_new_technique_parameters_are_checked():
     ({"feature_standardize": True, "mode": "partial"}, "feature_standardize=True with mode='partial'"),
     ({"technique": "lbfgs_probe", "loss": "ldam"}, "technique='lbfgs_probe' with a cosine head"),
     ({"tta": "twelve_crop"}, "choose one of none, flip, five_crop, ten_crop"),
+    ({"technique": "feature_calibration", "feature_standardize": True, "val_source": "unused"},
+     "feature_standardize=True with technique='feature_calibration'"),
 ])
 def test_tune_and_feature_parameters_fail_with_their_choices(bad, expected):
     with pytest.raises(ParameterError) as err:

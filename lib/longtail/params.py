@@ -431,6 +431,9 @@ def _technique_errors(errors: list, p: dict) -> None:
     if p["technique"] == "lbfgs_probe" and (p["cosine_head"] or (p["cosine_head"] is None and p["loss"] == "ldam")):
         errors.append("technique='lbfgs_probe' with a cosine head (cosine_head true, or loss ldam): the probe is a "
                       "linear layer started from zero weights; use another loss or cosine_head false")
+    if p["technique"] == "feature_calibration" and p["feature_standardize"] is True:
+        errors.append("feature_standardize=True with technique='feature_calibration': calibration's Tukey transform "
+                      "needs the non-negative features that standardisation takes away; use feature_power instead")
     if isinstance(p["tune"], dict):
         errors += _tune_errors(p)
     if p["technique"] in ("lws", "ncm", "cosine_prototypes", "knn") and p["posthoc"] == "tau_norm":
