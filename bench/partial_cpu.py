@@ -32,6 +32,9 @@ ROWS = {
     **{f"partial_k{k}_lr{lr}": (dict(mode="partial", partial_blocks=k, partial_views=4, epochs=15, batch_size=32, lr=lr),
                                 f"partial: {what} trained, 4 views, lr {lr}, 15 epochs")
        for k, what in ((2, "blocks[6] + conv_head"), (3, "blocks[5:7] + conv_head")) for lr in (0.01, 0.03, 0.1)},
+    "partial_k2_lr0.03_la": (dict(mode="partial", partial_blocks=2, partial_views=4, epochs=15, batch_size=32, lr=0.03,
+                                  loss="logit_adjusted"),
+                             "partial as partial_k2_lr0.03, logit-adjusted loss (τ 1)"),
     "finetune_160": (dict(mode="finetune", image_size=160, channels_last=True, epochs=8, batch_size=32, lr=0.01,
                           warmup_epochs=1),
                      "plain finetune, 160 px (reduced size), channels_last, 8 epochs (shortened schedule), lr 0.01"),

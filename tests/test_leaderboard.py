@@ -80,7 +80,8 @@ def test_front_goal_and_text(board):
     # the headline is the entry chosen on validation, with its test intervals, never the best on test
     assert ("chosen on validation: CE (validation 100.0 %): balanced-test top-1 33.3 % [0.0, 66.7], tail 0.0 % "
             "[0.0, 0.0] (95 % intervals over the test images). It is 41.7 points short") in text
-    assert "Balanced softmax" not in text
+    # (the closing sentence names each family's entry chosen on validation, not the best on test)
+    assert "Balanced softmax" not in text.split(" The family that moved it most")[0]
     table = leaderboard.table(b)
     assert table.loc[(2, "Balanced softmax"), "Balanced top-1 (%)"].startswith("66.7 ± 0.0 [")
     assert table.loc[(4, "NCM"), "Front"] == ""
@@ -125,3 +126,70 @@ def test_bootstrap_interval_matches_the_binomial_one():
     lo3, hi3 = metrics.bootstrap_interval(np.stack([correct] * 3))
     assert (lo3, hi3) == (lo, hi)
     assert np.isnan(metrics.bootstrap_interval(np.zeros((2, 0), bool))[0])
+
+
+def _overwrite_val(folder, val_logits):
+    """The run's validation logits replaced (labels 0, 1, 2), its score recomputed from them."""
+    preds = dict(np.load(folder / "predictions.npz"))
+    preds["val_logits"] = np.asarray(val_logits, np.float32)
+    np.savez(folder / "predictions.npz", **preds)
+    m = json.loads((folder / "metrics.json").read_text())
+    m["val/balanced_acc"] = float((preds["val_logits"].argmax(1) == preds["val_labels"]).mean())
+    (folder / "metrics.json").write_text(json.dumps(m))
+
+
+def test_an_ensemble_of_three_is_chosen_when_it_beats_every_pair_on_validation(tmp_path):
+    """Each member is right on two of the three validation images and confidently wrong (6 > 5) on the
+    third, a different one each: every pair follows its wrong members on two images (1/3), all three
+    outvote it (3/3).  The old pair-only choice could not find it."""
+    root = tmp_path / "runs"
+    wrong = {"x": 2, "y": 0, "z": 1}  # the validation image each member gets wrong
+    for seed in (0, 1):
+        for name, params in (("x", BASE), ("y", {**BASE, "loss": "balanced_softmax"}),
+                             ("z", {**BASE, "technique": "ncm"})):
+            folder = root / f"{name}{seed}"
+            _write_run(folder, {**params, "seed": seed}, [0, 0, 1, 1, 2, 2], 3.0, 1, 1.0)
+            val = 5 * np.eye(3)
+            val[wrong[name]] = 0
+            val[wrong[name], (wrong[name] + 1) % 3] = 6
+            _overwrite_val(folder, val)
+    runs = collect_runs(root)
+    members, rows = leaderboard.best_ensemble(runs, ["CE", "Balanced softmax", "NCM"])
+    assert members == ["CE", "Balanced softmax", "NCM"] and rows["val/balanced_acc"].tolist() == [1.0, 1.0]
+    assert leaderboard.best_pair(runs, ["CE", "Balanced softmax", "NCM"])[1]["val/balanced_acc"].tolist() == \
+        pytest.approx([1 / 3, 1 / 3])
+    b = leaderboard.leaderboard(runs)
+    assert b.iloc[0]["Method"] == "Ensemble: CE & Balanced softmax & NCM" and b.iloc[0]["cpu_s"] == 3.0
+
+
+def test_the_family_that_moved_it_most_is_named_from_validation_choices(board):
+    b, runs = board
+    gains = leaderboard.family_gains(b)
+    # per family, the entry best on validation; balanced softmax gains 400/6 - 200/6 points over CE
+    assert gains[0][:2] == ("class re-balancing: logit adjustment", "Balanced softmax")
+    assert gains[0][2] == pytest.approx(100 / 3) and gains[0][3] == pytest.approx(100)
+    assert ("The family that moved it most on its own: class re-balancing: logit adjustment (its entry best on validation, "
+            "Balanced softmax, +33.3 points balanced and +100.0 tail against CE") in leaderboard.goal_text(b, runs)
+
+
+def test_balanced_vs_tail_figure_draws_both_goal_lines(board):
+    b, _ = board
+    fig = figures.balanced_vs_tail(b, leaderboard.GOAL)
+    ax = fig.axes[0]
+    lines = {tuple(line.get_xdata()) + tuple(line.get_ydata()) for line in ax.get_lines()}
+    assert (75.0, 75.0, 0, 1) in lines and (0, 1, 60.0, 60.0) in lines  # axvline at 75, axhline at 60
+    assert "goal: balanced 75 %" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_runs_at_another_input_size_rank_in_the_same_board_named_by_their_size(tmp_path):
+    """A 320 px run is one more method of the 224 px board (not a board of its own, where it would
+    be "chosen" alone), named with its size; the old boards split on the input size."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_run(root / f"a{seed}", {**BASE, "seed": seed, "image_size": 224}, [0, 0, 0, 0, 0, 0], 3.0, 1, 1.0)
+        _write_run(root / f"n{seed}", {**BASE, "technique": "ncm", "seed": seed, "image_size": 224}, [1, 1, 2, 2, 0, 0],
+                   3.0, 0, 0.5)
+        _write_run(root / f"b{seed}", {**BASE, "seed": seed, "image_size": 320}, [1, 1, 1, 1, 2, 2], 4.0, 0, 2.0)
+    b = leaderboard.leaderboard(collect_runs(root))
+    assert b["Setting"].nunique() == 1 and "CE at 320 px" in set(b["Method"]) and "CE" in set(b["Method"])
+    assert (b.set_index("Method").loc["CE at 320 px", "Seeds"], b.set_index("Method").loc["CE", "Seeds"]) == (2, 2)

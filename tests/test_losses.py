@@ -543,8 +543,8 @@ def test_logit_adjust_favours_rare_classes():
 
 
 def test_name_table():
-    assert tuple(LOSSES) == LOSS_NAMES == ("ce", "focal", "weighted_ce", "class_balanced",
-                                           "balanced_softmax", "equalization", "ldam", "logit_adjusted")
+    assert tuple(LOSSES) == LOSS_NAMES == ("ce", "focal", "weighted_ce", "class_balanced", "balanced_softmax",
+                                           "equalization", "ldam", "logit_adjusted", "label_aware_smoothing")
     assert {"ce", "focal", "ldam", "balanced_softmax", "logit_adjusted", "equalization"} <= set(ACCEPTS_WEIGHT)
 
 
@@ -828,3 +828,42 @@ def test_a_new_loss_is_one_class_in_losses_py(tmp_path):
     assert out.returncode == 0 and "new loss found everywhere" in out.stdout, out.stdout + out.stderr
     cell_line = next(line for line in params.notebook_cell().splitlines() if line.startswith("loss = "))
     assert "longtail.losses.LOSSES" in cell_line  # points at the table instead of listing it
+
+
+# ----------------------------------------------------------------- label-aware smoothing (MiSLAS)
+
+def test_label_aware_smoothing_with_one_strength_is_torchs_label_smoothing():
+    """ε_head = ε_tail = ε: every class smoothed by ε spread over all C classes, which is exactly
+    F.cross_entropy's label_smoothing.  ε is held in float32, off by at most u·ε (u = 2^-24), which
+    moves the float64 loss by u·ε·|mean_j log p_j - log p_y|, a relative 1e-7 at most here."""
+    z = torch.randn(7, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 3])
+    loss = build_loss("label_aware_smoothing", [50, 20, 5, 1], smooth_head=0.2, smooth_tail=0.2)
+    assert loss(z, y).item() == pytest.approx(F.cross_entropy(z, y, label_smoothing=0.2).item(), rel=1e-7)
+
+
+@pytest.mark.parametrize("shape", ["concave", "linear", "convex"])
+def test_label_aware_smoothing_strengths_follow_the_counts_by_hand(shape):
+    """Zhong et al.'s f(n) at the largest (ε_1), smallest (ε_K) and middle count; the loss is
+    (1 - ε_y)(-log p_y) + ε_y mean_j(-log p_j), checked in float64."""
+    counts = [9, 5, 1]  # n_1 = 9, n_K = 1, the middle class halfway: r = 1/2
+    loss = build_loss("label_aware_smoothing", counts, smooth_head=0.4, smooth_tail=0.1, shape=shape)
+    middle = {"concave": 0.1 + 0.3 * math.sin(math.pi / 4), "linear": 0.25,
+              "convex": 0.4 + 0.3 * math.sin(1.5 * math.pi + math.pi / 4)}[shape]
+    assert loss.smoothing.tolist() == pytest.approx([0.4, middle, 0.1], rel=1e-6)
+    z = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    logp = F.log_softmax(z, 1)
+    eps = torch.tensor([0.4, 0.1], dtype=torch.float64)
+    by_hand = (-(1 - eps) * logp[[0, 1], y] - eps * logp.mean(1)).mean()
+    assert loss(z, y).item() == pytest.approx(by_hand.item(), rel=1e-6)  # ε stored in float32
+
+
+def test_label_aware_smoothing_defaults_and_errors():
+    loss = build_loss("label_aware_smoothing", [3, 3])
+    assert (loss.smooth_head, loss.smooth_tail, loss.shape) == (0.4, 0.1, "concave")
+    assert loss.smoothing.tolist() == pytest.approx([0.4, 0.4])  # equal counts: every class is a head class
+    with pytest.raises(ValueError, match="shape='wavy'"):
+        build_loss("label_aware_smoothing", [3, 1], shape="wavy")
+    with pytest.raises(ValueError, match="smooth_head must be in"):
+        build_loss("label_aware_smoothing", [3, 1], smooth_head=1.5)

@@ -283,7 +283,7 @@ def test_technique_parameters_are_checked():
 @pytest.mark.parametrize("bad,expected", [
     ({"technique": "lsw"}, "choose one of none, lws, weight_balancing"),
     ({"technique": "ncm", "mode": "finetune"}, "use mode linear"),
-    ({"tta": "crops"}, "choose one of none, flip"),
+    ({"tta": "crops"}, "choose one of none, flip, five_crop, ten_crop"),
     ({"val_source": "unused", "val_fraction": 0.1}, "set val_fraction null or 0"),
     ({"posthoc_tau_grid": [0.5, 1]}, "posthoc='none'"),
     ({"posthoc": "logit_adjust", "posthoc_tau_grid": [0.5, 1], "val_fraction": 0.0}, "tuned on a validation split"),
@@ -366,3 +366,190 @@ def test_techniques_run_end_to_end(tmp_path, tmp_cache, extra):
         assert len(result.history) == 0  # nothing trained
     pred = np.load(tmp_path / "run" / "predictions.npz")
     assert not set(pred["val_ids"]) & set(pred["train_ids"])
+
+
+# ---------------------------------------------------------------------------- feature preparation
+
+def test_prepare_features_power_then_standardise_with_the_fitting_rows_only():
+    """x^λ, then (x - μ) / σ with μ, σ (ddof 0) of the fitting rows alone: the other rows (validation,
+    test) change nothing of the map; a dimension constant on the fitting rows is only centred."""
+    train = torch.tensor([[4.0, 9.0], [16.0, 9.0], [100.0, 1.0]])  # row 2 is not fitted on
+    test = torch.tensor([[36.0, 25.0]])
+    fit_train, fit_test = methods.prepare_features(train, test, fit_rows=[0, 1], power=0.5, standardize=True)
+    # fitting rows after λ = 0.5: [2, 3] and [4, 3]: μ = [3, 3], σ = [1, 0 -> 1]
+    assert fit_train.tolist() == [[-1.0, 0.0], [1.0, 0.0], [7.0, -2.0]]
+    assert fit_test.tolist() == [[3.0, 2.0]]
+    moved = train.clone()
+    moved[2] = 1e6  # a non-fitting row
+    assert methods.prepare_features(moved, test, fit_rows=[0, 1], power=0.5, standardize=True)[1].tolist() == [[3.0, 2.0]]
+    same = methods.prepare_features(train, test, fit_rows=[0, 1])
+    assert torch.equal(same[0], train) and torch.equal(same[1], test)  # λ 1, no standardisation: as they are
+
+
+# ---------------------------------------------------------------------------- L-BFGS probe, kNN
+
+def test_lbfgs_probe_is_scikit_learns_multinomial_logistic_regression():
+    """On the run's CE the probe minimises scikit-learn's objective C Σ ℓ + ||W||²/2 (bias free), so
+    both reach the same optimum: its probabilities agree to the solvers' tolerance (gradient norm
+    1e-6 on an objective of order 1; a strongly convex problem, so the weights are within that of
+    the optimum too), far below what a wrong penalty (C·n instead of C) gives."""
+    from sklearn.linear_model import LogisticRegression
+
+    from longtail.losses import build_loss
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)) + np.repeat(np.eye(3, 5) * 2, 20, axis=0)
+    y = np.repeat([0, 1, 2], 20)
+    for c in (0.1, 1.0):
+        head = methods.lbfgs_fit(nn.Linear(5, 3), torch.tensor(x, dtype=torch.float32), torch.tensor(y),
+                                 build_loss("ce", [20, 20, 20]), c, max_iter=500)
+        ref = LogisticRegression(C=c, tol=1e-10, max_iter=5000).fit(x, y)
+        with torch.no_grad():
+            ours = torch.softmax(head(torch.tensor(x, dtype=torch.float32)), 1).numpy()
+        assert np.abs(ours - ref.predict_proba(x)).max() < 1e-3
+    far = LogisticRegression(C=1.0 * 60, tol=1e-10, max_iter=5000).fit(x, y)
+    assert np.abs(ours - far.predict_proba(x)).max() > 1e-2
+
+
+def test_lbfgs_probe_uses_the_runs_loss_and_keeps_the_c_best_on_validation():
+    """The logit-adjusted loss shifts the fitted logits by τ log π (Menon et al.): trained on
+    imbalanced data it predicts the rare class more often than plain CE; C is the candidate with the
+    highest validation score, ties to the first, with no seed involved (zero start)."""
+    from longtail.losses import build_loss
+    rng = np.random.default_rng(1)
+    x = torch.tensor(np.r_[rng.normal(0, 1, (90, 2)), rng.normal(1, 1, (10, 2))], dtype=torch.float32)
+    y = torch.tensor([0] * 90 + [1] * 10)
+    plain = methods.lbfgs_fit(nn.Linear(2, 2), x, y, build_loss("ce", [90, 10]), 1.0)
+    adjusted = methods.lbfgs_fit(nn.Linear(2, 2), x, y, build_loss("logit_adjusted", [90, 10], tau=1.0), 1.0)
+    with torch.no_grad():
+        assert (adjusted(x).argmax(1) == 1).sum() > (plain(x).argmax(1) == 1).sum()
+    scores = {0.1: 0.5, 1.0: 0.9, 10.0: 0.9}
+
+    def fit(*a, **k):
+        raise AssertionError("the probe trains with its own optimiser, not the SGD loop")
+    fit.loss_on = lambda labels: build_loss("ce", [90, 10])
+    fit.val_score = lambda head: scores[head.c]
+    made = []
+
+    def make_head():
+        head = nn.Linear(2, 2)
+        head.c = [0.1, 1.0, 10.0, 1.0][len(made)]  # the order the candidates are trained in (best again last)
+        made.append(head)
+        return head
+    head, history = methods.train_classifier("lbfgs_probe", {"c_grid": [0.1, 1.0, 10.0]}, make_head, x, y, 2, fit)
+    assert head.c == 1.0 and len(made) == 4
+    assert [r["val_balanced_acc"] for r in history] == [0.5, 0.9, 0.9] and history[-1]["best_epoch"] == 1
+
+
+def test_knn_votes_by_hand():
+    """v_c = Σ exp(cos / T) over the k nearest of class c; z = log v (a class without a neighbour at log 1e-30)."""
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    knn = methods.NearestNeighbours(bank, labels, 3, k=2, temperature=0.5)
+    z = knn(torch.tensor([[2.0, 0.0]]))  # cosines 1, 0, 1/√2: neighbours 0 (class 0) and 2 (class 1)
+    expected = [1 / 0.5, math.log(math.exp(math.sqrt(0.5) / 0.5)), math.log(1e-30)]
+    assert z[0].tolist() == pytest.approx(expected, rel=1e-5)
+    assert methods.NearestNeighbours(bank, labels, 3, k=10).k == 3  # at most the bank
+
+
+def test_knn_keeps_the_k_best_on_validation():
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+
+    def fit(*a, **k):
+        raise AssertionError("kNN trains nothing")
+    fit.val_score = lambda module: {1: 0.4, 2: 0.7, 3: 0.7}[module.k]  # ties go to the first
+    module, history = methods.train_classifier("knn", {"k_grid": [1, 2, 3]}, None, x, y, 2, fit)
+    assert isinstance(module, methods.NearestNeighbours) and module.k == 2 and history == []
+
+
+def test_new_technique_parameters_are_checked():
+    with pytest.raises(ValueError, match=r"c_grid=\[0\]: \[0\] invalid"):
+        methods.technique_params("lbfgs_probe", {"c_grid": [0]})
+    with pytest.raises(ValueError, match="max_iter=0"):
+        methods.technique_params("lbfgs_probe", {"max_iter": 0})
+    with pytest.raises(ValueError, match=r"k_grid=\[0\]: \[0\] invalid"):
+        methods.technique_params("knn", {"k_grid": [0]})
+    with pytest.raises(ValueError, match="temperature=0"):
+        methods.technique_params("knn", {"temperature": 0})
+    assert methods.technique_params("knn", None) == {"k_grid": [1, 3, 5, 10, 20], "temperature": 0.07}
+    assert methods.technique_params("lbfgs_probe", None) == {"c_grid": [0.1, 0.3, 1.0, 3.0, 10.0], "max_iter": 100}
+
+
+# ---------------------------------------------------------------------------- tune: run parameters chosen on validation
+
+@pytest.mark.parametrize("bad,expected", [
+    ({"tune": {"lr": [0.1]}}, "tune.lr: not tunable; choose among loss_params"),
+    ({"tune": {"weight_decay": []}}, "tune.weight_decay=[]: a non-empty list"),
+    ({"tune": {"feature_power": [1.0, -1]}, "val_source": "unused"}, "tune.feature_power candidate -1"),
+    ({"loss": "logit_adjusted", "tune": {"loss_params": [{"tau": 1.0}, {"taux": 2}]}, "val_source": "unused"},
+     "tune.loss_params candidate {'taux': 2}"),
+    ({"tune": {"feature_power": [1.0, 0.5]}, "val_fraction": 0.0}, "its candidates are tried on a validation split"),
+    ({"tune": {"feature_power": [1.0]}, "mode": "finetune"}, "tune={'feature_power': [1.0]} with mode='finetune'"),
+    ({"feature_standardize": True, "mode": "partial"}, "feature_standardize=True with mode='partial'"),
+    ({"technique": "lbfgs_probe", "loss": "ldam"}, "technique='lbfgs_probe' with a cosine head"),
+    ({"tta": "twelve_crop"}, "choose one of none, flip, five_crop, ten_crop"),
+    ({"technique": "feature_calibration", "feature_standardize": True, "val_source": "unused"},
+     "feature_standardize=True with technique='feature_calibration'"),
+])
+def test_tune_and_feature_parameters_fail_with_their_choices(bad, expected):
+    with pytest.raises(ParameterError) as err:
+        validate(bad)
+    assert expected in str(err.value)
+
+
+def test_tune_candidates_are_every_combination():
+    from longtail.params import tune_candidates
+    assert tune_candidates({}) == [{}]
+    assert tune_candidates({"a": [1, 2], "b": [3]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
+
+
+def test_tune_keeps_the_candidate_best_on_validation_end_to_end(tmp_path, tmp_cache):
+    """A tuned run equals the run of the candidate with the best validation score (each candidate run
+    alone gives that score), its given parameters recorded as given and its choice as ``tuned/``."""
+    from longtail.run import run_training
+    base = {**SYNTH_LINEAR, "loss": "logit_adjusted", "save_checkpoints": True}
+    taus = [0.0, 1.0, 3.0]
+    alone = {t: run_training({**base, "loss_params": {"tau": t}, "output_dir": str(tmp_path / f"tau{t}")},
+                             log=lambda s: None).metrics for t in taus}
+    best = max(taus, key=lambda t: (alone[t]["val/balanced_acc"], -taus.index(t)))
+    lines = []
+    tuned = run_training({**base, "tune": {"loss_params": [{"tau": t} for t in taus]},
+                          "output_dir": str(tmp_path / "tuned")}, log=lines.append).metrics
+    assert json.loads(tuned["tuned/loss_params"]) == {"tau": best}
+    assert tuned["loss_params"] == "{}"  # as given: the choice is a result, so seeds that differ stay one method
+    for k in ("val/balanced_acc", "balanced/acc1", "tail/acc1"):
+        assert tuned[k] == alone[best][k]
+    assert any(line.startswith("tune: loss_params {\"tau\": 0.0}: ") and "chosen on validation" in line for line in lines)
+    head = torch.load(tmp_path / "tuned" / "best.pt")  # the chosen candidate's checkpoint is the one on disk
+    assert torch.equal(head["weight"], torch.load(tmp_path / f"tau{best}" / "best.pt")["weight"])
+
+
+@pytest.mark.parametrize("extra", [
+    {"technique": "lbfgs_probe", "technique_params": {"c_grid": [0.1, 1.0]}, "feature_standardize": True},
+    {"technique": "knn", "technique_params": {"k_grid": [1, 3]}, "feature_power": 0.5, "posthoc": "logit_adjust",
+     "posthoc_tau_grid": [0.0, 1.0]},
+    {"loss": "label_aware_smoothing", "tta": "ten_crop", "tune": {"feature_power": [1.0, 0.5]}},
+])
+def test_new_linear_options_run_end_to_end(tmp_path, tmp_cache, extra):
+    from longtail.run import run_training
+    m = run_training({**SYNTH_LINEAR, **extra, "output_dir": str(tmp_path / "run")}, log=lambda s: None).metrics
+    assert 0 <= m["balanced/acc1"] <= 1 and 0 <= m["val/balanced_acc"] <= 1
+
+
+# ---------------------------------------------------------------------------- multi-crop TTA views
+
+def test_ten_crop_views_are_the_corners_and_centre_and_their_mirrors():
+    """Each view is the evaluation transform of the patch at its corner (or the centre), mirrored
+    for ``_flip``: checked against the centre crop of the patch cut out by hand."""
+    from longtail import transforms
+    tf = transforms.BatchTransform(4, [0.5] * 3, [0.25] * 3)
+    batch = torch.arange(2 * 6 * 6 * 3, dtype=torch.uint8).reshape(2, 6, 6, 3)
+    corners = {"top_left": (0, 0), "top_right": (0, 2), "bottom_left": (2, 0), "bottom_right": (2, 2), "centre": (1, 1)}
+    assert set(transforms.TTA_VIEWS["ten_crop"]) == {v + s for v in corners for s in ("", "_flip")}
+    assert set(transforms.TTA_VIEWS["five_crop"]) == set(corners)
+    for view, (top, left) in corners.items():
+        patch = tf(batch[:, top:top + 4, left:left + 4].contiguous())
+        assert torch.equal(transforms.view_transform(tf, view)(batch), patch), view
+        assert torch.equal(transforms.view_transform(tf, view + "_flip")(batch), patch.flip(-1)), view
+    with pytest.raises(ValueError, match="view 'middle'"):
+        transforms.view_transform(tf, "middle")

@@ -7,11 +7,14 @@ imports, ~0.6 s) is imported by the functions that draw with it, so the one-run 
 """
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .leaderboard import pareto_front
 from .results import TRAIN_SET_LABELS
 from .subsets import GROUP_NAMES as GROUPS
 
@@ -366,4 +369,42 @@ def tail_vs_head(board: pd.DataFrame, goal_tail: float, title: str | None = None
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def balanced_vs_tail(board: pd.DataFrame, goal: dict, title: str | None = None):
+    """Tail against balanced-test top-1 (%) of every leaderboard method, error bars the seeds'
+    standard deviation, with both goal lines (``goal``: fractions, ``leaderboard.GOAL``; the goal is
+    the upper right corner they cut off), the front of this plane joined, the entry chosen on
+    validation (rank 1) ringed."""
+    fig, ax = plt.subplots(figsize=(8, 7))
+    on_front = pareto_front(board["balanced_mean"].to_numpy(), board["tail_mean"].to_numpy())
+    front = board[on_front].sort_values("balanced_mean")
+    ax.errorbar(board["balanced_mean"], board["tail_mean"], xerr=board["balanced_sd"].fillna(0),
+                yerr=board["tail_sd"].fillna(0), fmt="none", ecolor="0.75", elinewidth=0.8, zorder=1)
+    ax.scatter(board["balanced_mean"], board["tail_mean"], c=np.where(on_front, GROUP_COLORS["tail"], "0.45"),
+               s=30, zorder=2)
+    ax.plot(front["balanced_mean"], front["tail_mean"], color=GROUP_COLORS["tail"], lw=1, zorder=2,
+            label="front (no method better on both)")
+    top = board[board["Rank"] == 1]
+    ax.scatter(top["balanced_mean"], top["tail_mean"], s=160, facecolors="none", edgecolors="k", zorder=3,
+               label="chosen on validation")
+    key = []  # the labelled points' names, below the axes (the names are too long to sit beside them)
+    for i, (_, r) in enumerate(board.iterrows()):
+        if on_front[i] or r["Rank"] <= 3:
+            ax.annotate(str(r["Rank"]), (r["balanced_mean"], r["tail_mean"]), xytext=(4, 3),
+                        textcoords="offset points", fontsize="small")
+            key.append(textwrap.fill(f"{r['Rank']}. {r['Method']}", 120, subsequent_indent="    "))
+    g_bal, g_tail = 100 * goal["balanced"], 100 * goal["tail"]
+    ax.axvline(g_bal, ls="--", color="0.3", lw=1, label=f"goal: balanced {g_bal:.0f} %")
+    ax.axhline(g_tail, ls=":", color="0.3", lw=1, label=f"goal: tail {g_tail:.0f} %")
+    ax.set_xlabel("balanced-test top-1 (%)")
+    ax.set_ylabel("tail top-1 (%)")
+    ax.set_xlim(min(board["balanced_mean"].min(), g_bal) - 3, max(board["balanced_mean"].max(), g_bal) + 3)
+    ax.set_ylim(min(board["tail_mean"].min(), g_tail) - 5, max(board["tail_mean"].max(), g_tail) + 5)
+    ax.legend(fontsize="small", loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.text(0.02, 0.01, "\n".join(key), fontsize="x-small", va="bottom", ha="left")
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * sum(k.count("\n") + 1 for k in key), 1, 1))
     return fig

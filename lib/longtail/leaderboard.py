@@ -7,9 +7,10 @@ set, its tail and head classes (mean and sample standard deviation over the seed
 bootstrap interval over the test images, ``metrics.bootstrap_interval``, the test fold's own
 sampling error, which the seeds' spread leaves out), the validation score, the family of the survey's
 taxonomy (``method_family``), and the CPU seconds of a run (``cpu_s``, all threads; training and
-evaluation, without the notebook's start-up).  An ensemble of two methods (``ensemble``: their
-softmax probabilities averaged, seed by seed), the pair chosen on *validation* (``best_pair``),
-joins as one more row.  ``pareto_front`` marks the methods no other beats
+evaluation, without the notebook's start-up).  An ensemble of two or three methods (``ensemble``:
+their softmax probabilities averaged, seed by seed), the members chosen on *validation*
+(``best_ensemble``), joins as one more row.  Runs at another input size than the usual one rank in the same board, the
+size in their name (``_one_ranking_over_input_sizes``).  ``pareto_front`` marks the methods no other beats
 on both tail and head top-1, ``goal_text`` states the entry chosen on validation against ``GOAL``,
 with its test intervals.
 Nothing here plots (``figures.tail_vs_head``).
@@ -137,18 +138,29 @@ def ensemble(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
 
 
 def best_pair(runs: pd.DataFrame, pool: list[str]) -> tuple[list[str], pd.DataFrame]:
-    """The two methods of ``pool`` (ordered best validation score first) whose ensemble has the
-    best mean validation balanced accuracy (ties: the earlier pair), and that ensemble's rows.
+    """``best_ensemble`` of exactly two members."""
+    return best_ensemble(runs, pool, sizes=(2,))
+
+
+#: the numbers of members an ensemble of the leaderboard may have
+ENSEMBLE_SIZES = (2, 3)
+
+
+def best_ensemble(runs: pd.DataFrame, pool: list[str], sizes=ENSEMBLE_SIZES) -> tuple[list[str], pd.DataFrame]:
+    """The methods of ``pool`` (ordered best validation score first), ``sizes`` of them at a time,
+    whose ensemble has the best mean validation balanced accuracy, and that ensemble's rows; ties go
+    to the smaller ensemble, then to the earlier combination.  Nothing of the test fold is read.
     Choosing on the ensemble's validation score, not on the members' alone, keeps two methods
     with the same predictions (balanced softmax and the logit-adjusted loss at τ = 1 are one
-    formula) from being paired for nothing."""
+    formula) from being combined for nothing."""
+    from itertools import combinations
     best, best_rows, best_score = [], pd.DataFrame(), -np.inf
-    for i, a in enumerate(pool):
-        for b in pool[i + 1:]:
-            rows = ensemble(runs, [a, b])
+    for size in sizes:
+        for members in combinations(pool, size):
+            rows = ensemble(runs, list(members))
             score = rows["val/balanced_acc"].mean() if "val/balanced_acc" in rows and len(rows) else np.nan
             if np.isfinite(score) and score > best_score:
-                best, best_rows, best_score = [a, b], rows, score
+                best, best_rows, best_score = list(members), rows, score
     return best, best_rows
 
 
@@ -156,11 +168,11 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
     """One row per method of every long-tailed setting (column ``Setting``), best mean validation
     score first (``val_mean``; entries without one last, then by nothing: in the grid's order);
     numbers in %, ``*_mean`` / ``*_sd`` over the seeds, ``*_lo`` / ``*_hi`` the test interval;
-    ``front``: on the tail/head Pareto front.  Where the runs stored validation logits, the ensemble of two of the ``ensemble_pool``
-    methods with the best mean validation score joins, the pair chosen on the ensemble's validation
-    score (``best_pair``; never on the test score)."""
+    ``front``: on the tail/head Pareto front.  Where the runs stored validation logits, the ensemble of two or three of
+    the ``ensemble_pool`` methods with the best mean validation score joins, its members chosen on the
+    ensemble's validation score (``best_ensemble``; never on the test score)."""
     frames = []
-    for st in settings(runs):
+    for st in settings(_one_ranking_over_input_sizes(runs)):
         if st.key.get("train_set") != "longtailed":
             continue
         sub = st.runs
@@ -168,7 +180,7 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
         board = pd.DataFrame(rows)
         if "val/balanced_acc" in sub and board["val_mean"].notna().sum() >= 2:
             pool = board.dropna(subset=["val_mean"]).nlargest(ensemble_pool, "val_mean")["Method"].tolist()
-            best, ens = best_pair(sub, pool)
+            best, ens = best_ensemble(sub, pool)
             if best:
                 board = pd.concat([board, pd.DataFrame([_row("Ensemble: " + " & ".join(best), taxonomy.ENSEMBLE, ens)])],
                                   ignore_index=True)
@@ -179,6 +191,18 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
         board["goal"] = (board["balanced_mean"] >= GOAL["balanced"] * 100) & (board["tail_mean"] >= GOAL["tail"] * 100)
         frames.append(board)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _one_ranking_over_input_sizes(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with the input size made part of the method, not of the setting: a run at another
+    size than the most common one is named "<method> at <size> px", and all rank together (the size
+    is one more choice made on validation)."""
+    if "image_size" not in runs or runs["image_size"].nunique() < 2:
+        return runs
+    size = pd.to_numeric(runs["image_size"], errors="coerce")
+    usual = size.mode().iloc[0]
+    method = runs["method"].where(size == usual, runs["method"] + " at " + size.map(lambda v: f"{v:g}") + " px")
+    return runs.assign(method=method, image_size=usual)
 
 
 def pareto_front(head, tail) -> np.ndarray:
@@ -218,6 +242,31 @@ TABLE_NOTE = (f"Ranked by the mean validation balanced accuracy (the test fold c
               f"standard deviation over the seeds [{100 * metrics.INTERVAL_LEVEL:.0f} % bootstrap interval over the test images].")
 
 
+#: the method every family is measured against (``family_gains``): plain cross-entropy
+BASELINE_METHOD = "CE"
+
+
+def family_gains(board: pd.DataFrame) -> list[tuple[str, str, float, float]]:
+    """Per survey family, among the entries of that family alone (no combination, no ensemble, so a
+    gain is the family's own), the entry with the best validation score (chosen without the test
+    fold) and its balanced and tail top-1 gains (test means, points) over ``BASELINE_METHOD``:
+    [(family, entry, balanced gain, tail gain)], largest balanced gain first; [] without a baseline row."""
+    # plain CE: named "CE", or "CE (k=v)" where runs of other grids share the name; one with a validation score first
+    method = board["Method"].astype(str)
+    base = board[(board["Family"] == "baseline") & ((method == BASELINE_METHOD) | method.str.startswith(
+        BASELINE_METHOD + " (")) & ~method.str.contains("tuned")]
+    if not len(base):
+        return []
+    base = base.sort_values("val_mean", ascending=False, na_position="last", kind="stable").iloc[0]
+    alone = board[~board["Family"].astype(str).str.contains(" + ", regex=False)
+                  & ~board["Family"].isin([taxonomy.BASELINE, taxonomy.ENSEMBLE])].dropna(subset=["val_mean"])
+    out = []
+    for family, rows in alone.groupby("Family", sort=False):
+        r = rows.loc[rows["val_mean"].idxmax()]
+        out.append((family, r["Method"], r["balanced_mean"] - base["balanced_mean"], r["tail_mean"] - base["tail_mean"]))
+    return sorted(out, key=lambda t: -t[2])
+
+
 def goal_text(board: pd.DataFrame, reference: pd.DataFrame | None = None) -> str:
     """The entry of each setting chosen on validation (the board's top row) against ``GOAL``, with its
     test intervals (and against CE on the balanced training set of the same size, when ``reference``,
@@ -238,6 +287,10 @@ def goal_text(board: pd.DataFrame, reference: pd.DataFrame | None = None) -> str
                    f"It is {GOAL['balanced'] * 100 - top['balanced_mean']:.1f} points short of the {goal} on balanced, "
                    f"{GOAL['tail'] * 100 - top['tail_mean']:.1f} on tail.")
                 + (f" {len(met)} of {len(b)} entries reach it on their test means." if len(met) else ""))
+        if not top["goal"] and (moved := family_gains(b)):
+            family, entry, gain, tail_gain = moved[0]
+            text += (f" The family that moved it most on its own: {family} (its entry best on validation, {entry}, "
+                     f"{gain:+.1f} points balanced and {tail_gain:+.1f} tail against CE; test means).")
         if reference is not None and len(reference) and "train_set" in reference:
             technique = reference["technique"].fillna("none") if "technique" in reference else "none"
             ref = reference[(reference["train_set"] == "balanced") & (reference["loss"] == "ce") & (technique == "none")]

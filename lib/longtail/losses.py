@@ -20,6 +20,7 @@ and returns the batch mean. Build them by name::
 | ``equalization``   | softmax EQL: random tail negatives dropped from the denominator | Tan et al., CVPR 2020     |
 | ``ldam``           | CE on s (z - m_y onehot_y), m ~ n^(-1/4)                        | Cao et al., NeurIPS 2019  |
 | ``logit_adjusted`` | CE on z + tau log pi                                            | Menon et al., ICLR 2021   |
+| ``label_aware_smoothing`` | label smoothing ε_y growing with n_y (MiSLAS)            | Zhong et al., CVPR 2021   |
 
 Conventions shared by all losses:
 
@@ -71,6 +72,7 @@ __all__ = [
     "EqualizationLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
+    "LabelAwareSmoothingLoss",
 ]
 
 CountsLike = Sequence[float] | np.ndarray | torch.Tensor
@@ -482,6 +484,59 @@ class LogitAdjustedLoss(_ShiftedCE):
         return f"tau={self.tau}"
 
 
+class LabelAwareSmoothingLoss(_LongTailLoss):
+    """Label-aware smoothing (MiSLAS; Zhong, Cui, Liu, Jia, *Improving Calibration for Long-Tailed
+    Recognition*, CVPR 2021, Sec. 3.2, eqs. 4-5): label smoothing whose strength grows with the
+    class's training count, ε_y = f(n_y), so head classes (over-confident) are smoothed more:
+
+        loss = (1 - ε_y) (-log p_y) + ε_y · (1/C) Σ_j (-log p_j),     p = softmax(z),
+
+        concave: f(n) = ε_K + (ε_1 - ε_K) sin(π (n - n_K) / (2 (n_1 - n_K)))
+        linear:  f(n) = ε_K + (ε_1 - ε_K) (n - n_K) / (n_1 - n_K)
+        convex:  f(n) = ε_1 + (ε_1 - ε_K) sin(3π/2 + π (n - n_K) / (2 (n_1 - n_K)))
+
+    with n_1, n_K the largest and smallest counts, ε_1 = ``smooth_head``, ε_K = ``smooth_tail``;
+    the smoothing mass is spread over all C classes, the target's included, as in the authors'
+    code (``LabelAwareSmoothing``, github.com/dvlab-research/MiSLAS).  Defaults: their ImageNet-LT
+    and iNaturalist 2018 setting, ε_1 = 0.4, ε_K = 0.1, concave.  Counts are clamped to >= 1; when
+    every class has the same count (n_1 = n_K) every class gets ε_1.  MiSLAS applies it in the
+    classifier stage of decoupled training, as a linear probe on frozen features does."""
+
+    label = "Label-aware smoothing"
+    family = taxonomy.DECOUPLED_TRAINING
+    SHAPES = ("concave", "linear", "convex")
+
+    def __init__(self, class_counts: CountsLike, smooth_head: float = 0.4, smooth_tail: float = 0.1,
+                 shape: str = "concave", weight: CountsLike | None = None):
+        super().__init__(class_counts, weight)
+        for name, v in (("smooth_head", smooth_head), ("smooth_tail", smooth_tail)):
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if shape not in self.SHAPES:
+            raise ValueError(f"shape={shape!r}: choose one of {', '.join(self.SHAPES)}")
+        n = clamp_counts(class_counts)
+        n1, nk = n.max(), n.min()
+        r = (n - nk) / (n1 - nk) if n1 > nk else torch.ones_like(n)
+        head, tail = float(smooth_head), float(smooth_tail)
+        if shape == "concave":
+            eps = tail + (head - tail) * torch.sin(r * math.pi / 2)
+        elif shape == "linear":
+            eps = tail + (head - tail) * r
+        else:
+            eps = head + (head - tail) * torch.sin(1.5 * math.pi + r * math.pi / 2)
+        self.register_buffer("smoothing", eps.float(), persistent=False)
+        self.smooth_head, self.smooth_tail, self.shape = head, tail, shape
+
+    def _loss(self, z, y, w):
+        logp = F.log_softmax(z, dim=1)
+        eps = self._buffer("smoothing", z)[y]
+        per = -(1 - eps) * logp.gather(1, y[:, None]).squeeze(1) - eps * logp.mean(1)
+        return _weighted_mean(per, y, w)
+
+    def extra_repr(self) -> str:
+        return f"smooth_head={self.smooth_head}, smooth_tail={self.smooth_tail}, shape={self.shape!r}"
+
+
 class EqualizationLoss(_LongTailLoss):
     """Softmax equalization loss (softmax EQL).
 
@@ -645,6 +700,7 @@ LOSSES: dict[str, type[_LongTailLoss]] = {
     "equalization": EqualizationLoss,
     "ldam": LDAMLoss,
     "logit_adjusted": LogitAdjustedLoss,
+    "label_aware_smoothing": LabelAwareSmoothingLoss,
 }
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 

@@ -15,6 +15,12 @@ run's loss, sampler and optimiser; it selects the epoch on the validation split)
 | ``ncm`` | nearest class mean, L2-normalised features (Kang et al. 2020) | module improvement: classifier design |
 | ``cosine_prototypes`` | cosine to centred class means (Wang et al. 2019, SimpleShot) | module improvement: classifier design |
 | ``feature_calibration`` | tail distribution calibration (Yang et al. 2021) | information augmentation |
+| ``lbfgs_probe`` | full-batch L-BFGS on the run's loss + L2 (multinomial logistic regression), C tuned | module improvement: classifier design |
+| ``knn`` | k nearest neighbours, cosine on L2-normalised features, weighted votes (Wu et al. 2018) | module improvement: classifier design |
+
+Before any technique, ``prepare_features`` maps every feature (Tukey's power transform, then
+standardisation with the fitting images' statistics): the run parameters ``feature_power`` and
+``feature_standardize``, combinable with every head.
 
 Every hyperparameter a technique tunes (the ``*_grid`` parameters) is chosen on the run's
 validation split, never on the test fold: the candidate whose trained classifier has the highest
@@ -65,6 +71,12 @@ TECHNIQUES: dict[str, Technique] = {
     "feature_calibration": Technique("tail calibration", FEATURE_AUGMENTATION,
                                      {"tukey": 0.5, "log_eps": 1e-6, "k_grid": [1, 2, 3],
                                       "alpha_grid": [0.0, 0.01, 0.05, 0.21], "base_min": 5}),
+    # C = the inverse L2 strength in scikit-learn's convention, tuned on validation; 100 L-BFGS
+    # iterations (scikit-learn's default max_iter) from zero weights, so the seed plays no part
+    "lbfgs_probe": Technique("L-BFGS probe", CLASSIFIER_DESIGN,
+                             {"c_grid": [0.1, 0.3, 1.0, 3.0, 10.0], "max_iter": 100}),
+    # k tuned on validation; T = 0.07, the temperature of Wu et al.'s weighted kNN
+    "knn": Technique("kNN", CLASSIFIER_DESIGN, {"k_grid": [1, 3, 5, 10, 20], "temperature": 0.07}),
 }
 
 #: τ of τ-normalisation as Kang et al. sweep it (their tau_norm.py: np.linspace(0, 2, 21)), for
@@ -72,8 +84,8 @@ TECHNIQUES: dict[str, Technique] = {
 TAU_NORM_GRID = [round(0.1 * i, 1) for i in range(21)]
 
 
-#: techniques that replace the trained classifier by class prototypes (no loss, no sampler)
-PROTOTYPE_TECHNIQUES = ("ncm", "cosine_prototypes")
+#: techniques that replace the trained classifier by class prototypes or stored neighbours (no loss, no sampler)
+PROTOTYPE_TECHNIQUES = ("ncm", "cosine_prototypes", "knn")
 
 
 def technique_param_names(name: str) -> list[str]:
@@ -107,6 +119,15 @@ def technique_params(name: str, params: dict | None) -> dict:
         _check_grid("alpha_grid", out["alpha_grid"], "spreads α >= 0", lambda v: _is_real(v) and v >= 0)
         if not (isinstance(out["base_min"], int) and out["base_min"] >= 2):
             raise ValueError(f"base_min={out['base_min']!r}: an integer >= 2 (a covariance needs two images)")
+    if name == "lbfgs_probe":
+        _check_grid("c_grid", out["c_grid"], "inverse L2 strengths C > 0", lambda v: _is_real(v) and v > 0)
+        if not (isinstance(out["max_iter"], int) and not isinstance(out["max_iter"], bool) and out["max_iter"] >= 1):
+            raise ValueError(f"max_iter={out['max_iter']!r}: L-BFGS iterations, an integer >= 1")
+    if name == "knn":
+        _check_grid("k_grid", out["k_grid"], "numbers of neighbours, integers >= 1",
+                    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        if not (_is_real(out["temperature"]) and out["temperature"] > 0):
+            raise ValueError(f"temperature={out['temperature']!r}: the vote's temperature T, a number > 0")
     if name in ("ncm", "cosine_prototypes") and not (_is_real(out["scale"]) and out["scale"] > 0):
         raise ValueError(f"scale={out['scale']!r}: must be > 0")
     if name == "ncm" and not isinstance(out["renormalize_means"], bool):
@@ -260,6 +281,31 @@ def tukey(x: torch.Tensor, lam: float, eps: float = 1e-6) -> torch.Tensor:
     return (x + eps).log() if lam == 0 else x.pow(lam)
 
 
+def prepare_features(*arrays: torch.Tensor, fit_rows, power: float = 1.0, standardize: bool = False,
+                     eps: float = 1e-6) -> list[torch.Tensor]:
+    """Every feature mapped before the head (the run parameters ``feature_power``, ``feature_standardize``):
+
+    1. Tukey's power transform x ↦ x^λ (λ = ``power``; ``tukey``: Tukey, *Exploratory Data
+       Analysis*, 1977, as Yang et al., ICLR 2021, eq. 3 apply it to CNN features; λ = 1 leaves
+       them as they are, λ = 0 is log(x + ε)); λ < 1 shrinks large activations and spreads small
+       ones, making the per-class feature distributions closer to Gaussian;
+    2. standardisation z = (x - μ) / σ per dimension, μ and σ (ddof 0) from rows ``fit_rows`` of the
+       first array alone, the images the head is fitted on (never the validation or test images);
+       a dimension constant on them keeps σ = 1 (it is centred only), so it cannot blow up on
+       other images.
+
+    Returns the ``arrays`` mapped (a list)."""
+    arrays = list(arrays)
+    if power != 1.0:
+        arrays = [tukey(a.float(), float(power), eps) for a in arrays]
+    if standardize:
+        fit_x = arrays[0][torch.as_tensor(np.asarray(fit_rows))].float()
+        mu, sd = fit_x.mean(0), fit_x.std(0, unbiased=False)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        arrays = [(a.float() - mu) / sd for a in arrays]
+    return arrays
+
+
 def base_classes(counts: torch.Tensor, base_min: int, k: int) -> list[int]:
     """The classes with at least ``base_min`` images, which calibration borrows statistics from;
     a ValueError when fewer than ``k`` of them exist."""
@@ -318,6 +364,65 @@ def calibrated_samples(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, k:
     return torch.cat(new_x), torch.cat(new_y)
 
 
+# ============================================================================ a strong probe, nearest neighbours
+
+def lbfgs_fit(head: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, c: float,
+              max_iter: int = 100) -> nn.Module:
+    """Multinomial logistic regression by full-batch L-BFGS (Liu & Nocedal, *On the limited memory
+    BFGS method for large scale optimization*, Math. Programming 1989; the probe of scikit-learn's
+    ``LogisticRegression(solver="lbfgs")``), on the run's loss: the head's weights W minimise
+
+        (1/n) Σ_i ℓ(W x_i + b, y_i) + ||W||² / (2 C n),
+
+    scikit-learn's objective C Σ ℓ + ||W||²/2 divided by C n (the bias unpenalised, as theirs).
+    With ℓ the logit-adjusted loss, balanced softmax or a smoothed CE the probe is long-tail
+    aware.  Starts from zero weights and bias, so the result depends on no seed; strong-Wolfe line
+    search; ``max_iter`` iterations at most.  In place; returns ``head``."""
+    x, y = x.float(), y.long()
+    with torch.no_grad():
+        head.weight.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    params = [q for q in head.parameters() if q.requires_grad]
+    opt = torch.optim.LBFGS(params, max_iter=int(max_iter), line_search_fn="strong_wolfe", history_size=10,
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+    penalty = 1.0 / (2.0 * float(c) * len(y))
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(head(x), y) + penalty * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    loss_fn.train()
+    opt.step(closure)
+    return head
+
+
+class NearestNeighbours(nn.Module):
+    """Weighted k nearest neighbours on L2-normalised features (Wu, Xiong, Yu, Lin, *Unsupervised
+    Feature Learning via Non-Parametric Instance Discrimination*, CVPR 2018, Sec. 3.4; the kNN
+    evaluation of DINO, Caron et al. 2021): with s_i = cos(x, x_i) over the k training images
+    N_k(x) most similar to x, the vote of class c is
+
+        v_c = Σ_{i ∈ N_k(x), y_i = c} exp(s_i / T),    z_c = log max(v_c, 1e-30),
+
+    so that the outputs are logits (softmax gives the normalised votes; a class without a
+    neighbour gets -69, below any vote).  No training."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, k: int, temperature: float = 0.07):
+        super().__init__()
+        self.k, self.temperature, self.num_classes = min(int(k), len(y)), float(temperature), num_classes
+        self.register_buffer("bank", F.normalize(x.float(), dim=1))
+        self.register_buffer("labels", y.long())
+
+    def forward(self, x):
+        sim = F.normalize(x.float(), dim=1) @ self.bank.t()
+        top, idx = sim.topk(self.k, dim=1)
+        votes = torch.zeros(len(x), self.num_classes, dtype=sim.dtype, device=sim.device)
+        votes.scatter_add_(1, self.labels[idx], (top / self.temperature).exp())
+        return votes.clamp_min(1e-30).log()
+
+
 # ============================================================================ tuning on validation
 
 def best_on_validation(candidates: dict, val_logits_of: Callable[[object], np.ndarray], val_labels,
@@ -356,6 +461,13 @@ def train_classifier(name: str, params: dict | None, make_head: Callable[[], nn.
     with the best validation score (``_best_candidate``).
     """
     p = technique_params(name, params)
+    if name == "knn":  # k by the validation score of the votes (``fit.val_score``)
+        def neighbours(k):
+            module = NearestNeighbours(x, y, num_classes, k, p["temperature"])
+            return module, [], fit.val_score(module)
+        return _best_candidate(list(p["k_grid"]), neighbours)[1], []
+    if name == "lbfgs_probe":
+        return _lbfgs_probe(p, make_head, x, y, fit)
     if name in PROTOTYPE_TECHNIQUES:
         if name == "ncm":
             return NearestClassMean(x, y, num_classes, "euclidean", p["scale"], p["renormalize_means"]), []
@@ -449,3 +561,16 @@ def _feature_calibration(p: dict, make_head, x, y, num_classes: int, fit, seed: 
 
     (k, alpha), head, history, _ = _best_candidate([(k, a) for k in p["k_grid"] for a in p["alpha_grid"]], train)
     return head, [{**r, "stage": f"calibrated k={k} alpha={alpha:g}"} for r in history]
+
+
+def _lbfgs_probe(p: dict, make_head, x, y, fit):
+    """``lbfgs_fit`` with the run's loss (``fit.loss_on(y)``) for every C ∈ ``c_grid``; the C whose
+    probe has the best validation balanced accuracy (``fit.val_score``) is kept.  One history row
+    per candidate (its C and validation score), ``stage`` lbfgs."""
+    def train(c):
+        head = lbfgs_fit(make_head(), x, y, fit.loss_on(y), c, p["max_iter"])
+        return head, [], fit.val_score(head)
+
+    c, head, _, scores = _best_candidate(list(p["c_grid"]), train)
+    return head, [{"epoch": i, "stage": f"lbfgs C={cand:g}", "val_balanced_acc": score,
+                   "best_epoch": list(scores).index(c)} for i, (cand, score) in enumerate(scores.items())]

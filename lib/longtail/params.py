@@ -79,9 +79,18 @@ SCHEMA: dict[str, tuple[object, str]] = {
     "posthoc_tau": (1.0, "tau of the post-hoc adjustment"),
     "posthoc_tau_grid": ([], "tau values tried on the validation split, the best one used (empty: posthoc_tau)"),
     # classifier-stage techniques on frozen features (longtail.methods)
-    "technique": ("none", "mode linear: none | lws | weight_balancing | ncm | cosine_prototypes | feature_calibration"),
+    "technique": ("none", "mode linear: none | lws | weight_balancing | ncm | cosine_prototypes | feature_calibration | "
+                          "lbfgs_probe | knn"),
     "technique_params": ({}, "parameters of the technique, e.g. {'k_grid': [2]} (longtail.methods.TECHNIQUES)"),
-    "tta": ("none", "mode linear: views whose features are averaged, for training and test alike: none | flip"),
+    "feature_power": (1.0, "mode linear: Tukey's power transform x^λ of every feature before the head (1: off, 0: "
+                           "log(x + 1e-6); longtail.methods.prepare_features)"),
+    "feature_standardize": (False, "mode linear: standardise every feature dimension with the mean and standard "
+                                   "deviation of the fitting images (after feature_power)"),
+    "tune": ({}, "mode linear: {parameter: [candidate values]} tried on the validation split, every combination "
+                 "trained, the best validation balanced accuracy kept (ties: the first); parameters: "
+                 "loss_params, technique_params, weight_decay, feature_power, feature_standardize"),
+    "tta": ("none", "mode linear: views whose features are averaged, for training and test alike: none | flip | "
+                   "five_crop (centre and four corners) | ten_crop (and their mirror images)"),
     "label": (None, "a free name of a grid entry (a leaderboard row); computes nothing"),
     # optimisation
     "epochs": (30, "training epochs"),
@@ -125,12 +134,14 @@ MODES = ("linear", "finetune", "crt", "partial")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 POSTHOC = ("none", "logit_adjust", "tau_norm")
-TTA_VIEWS = ("none", "flip")
 PRECISIONS = ("auto", "bf16", "fp32")
 BALANCED_SIZES = ("matched", "full")
 WARMUP_UNITS = ("step", "epoch")
 FREEZE_BN = ("none", "stats", "all")
 HEAD_INITS = ("random", "linear_probe")
+#: the parameters ``tune`` may try on the validation split: those that act after the features are
+#: extracted (a linear run trains one head per candidate on the cached features)
+TUNABLE = ("loss_params", "technique_params", "weight_decay", "feature_power", "feature_standardize")
 
 
 class ParameterError(ValueError):
@@ -256,6 +267,7 @@ RULES = {
     "partial_blocks": _range("int", 0), "partial_views": _range("int", 1),
     "backbone_lr_scale": _range("float", 0),
     "label": _of_type(str, none=True, what="null or a name (a non-empty string)"),
+    "feature_power": _range("float", 0), "feature_standardize": _BOOL, "tune": _MAPPING,
 }
 
 
@@ -391,22 +403,31 @@ def validate(params: dict | None = None, *, check_backbone: bool = True) -> dict
 
 
 def _method_errors(errors: list, p: dict) -> None:
-    """A technique of ``longtail.methods`` and its parameters, TTA, and what each mode can train: the
-    frozen-feature methods need mode linear, the fine-tuning recipe a backbone that trains."""
-    from . import methods  # imports torch
-    _choice(errors, p, "tta", TTA_VIEWS)
+    """A technique of ``longtail.methods`` and its parameters, TTA, feature preparation and tuning, and
+    what each mode can train: the frozen-feature methods need mode linear, the fine-tuning recipe a
+    backbone that trains."""
+    from . import methods, transforms  # import torch
+    _choice(errors, p, "tta", tuple(transforms.TTA_VIEWS))
     _named_with_params(errors, "technique", p["technique"], p["technique_params"], methods.TECHNIQUES,
                        methods.technique_param_names,
                        lambda: methods.technique_params(p["technique"], p["technique_params"]))
     if p["mode"] != "linear":
-        for key in ("technique", "tta"):
-            if p[key] != "none":
+        for key in ("technique", "tta", "feature_power", "feature_standardize", "tune"):
+            if p[key] != DEFAULTS[key]:
                 errors.append(f"{key}={p[key]!r} with mode={p['mode']!r}: works on frozen features; use mode linear")
     else:
         for key in ("freeze_bn", "head_init", "backbone_lr_scale"):
             if p[key] != DEFAULTS[key]:
                 errors.append(f"{key}={p[key]!r} with mode='linear': a frozen backbone has nothing to fine-tune; "
                               f"use mode finetune, crt or partial (or {key} {DEFAULTS[key]!r})")
+    if p["technique"] == "lbfgs_probe" and (p["cosine_head"] or (p["cosine_head"] is None and p["loss"] == "ldam")):
+        errors.append("technique='lbfgs_probe' with a cosine head (cosine_head true, or loss ldam): the probe is a "
+                      "linear layer started from zero weights; use another loss or cosine_head false")
+    if p["technique"] == "feature_calibration" and p["feature_standardize"] is True:
+        errors.append("feature_standardize=True with technique='feature_calibration': calibration's Tukey transform "
+                      "needs the non-negative features that standardisation takes away; use feature_power instead")
+    if isinstance(p["tune"], dict):
+        errors += _tune_errors(p)
     if p["technique"] in methods.PROTOTYPE_TECHNIQUES + ("lws",) and p["posthoc"] == "tau_norm":
         errors.append(f"posthoc='tau_norm' with technique={p['technique']!r}: τ-norm rescales a linear head's "
                       "weights; use posthoc logit_adjust or none")
@@ -434,12 +455,43 @@ def _validation_errors(errors: list, p: dict) -> None:
                       + (", or give each of them one value in technique_params" if p["technique"] != "none" else ""))
 
 
+def tune_candidates(tune: dict) -> list[dict]:
+    """Every combination of ``tune``'s candidate values ({parameter: value}, the last parameter
+    varying fastest); [{}] when nothing is tuned."""
+    import itertools
+    keys = list(tune or {})
+    return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))]
+
+
+def _tune_errors(p: dict) -> list[str]:
+    """``tune``'s parameters and every candidate value, each checked as that parameter's value."""
+    errors = []
+    for key, values in p["tune"].items():
+        if key not in TUNABLE:
+            errors.append(f"tune.{key}: not tunable; choose among {', '.join(TUNABLE)}")
+        elif not isinstance(values, list) or not values:
+            errors.append(f"tune.{key}={values!r}: a non-empty list of candidate values")
+    if errors:
+        return errors
+    given = {k: v for k, v in p.items() if v != DEFAULTS[k] and k not in ("tune", "output_dir")}
+    for key, values in p["tune"].items():
+        for v in values:
+            try:
+                validate({**given, key: v}, check_backbone=False)
+            except ParameterError as exc:  # its own problems (the others are reported once, above)
+                errors += [f"tune.{key} candidate {v!r}: {line.strip()}" for line in str(exc).splitlines()[1:]
+                           if key in line]
+    return errors
+
+
 def tuned_on_validation(p: dict) -> str | None:
     """What of the (type-checked) parameters ``p`` is chosen on the validation split, or None:
     ``posthoc_tau_grid``'s τ, a technique's grids of several values (``methods.tuned_on_validation``)."""
     from . import methods  # imports torch
     if p["posthoc_tau_grid"] and p["posthoc"] != "none":
         return f"posthoc_tau_grid={p['posthoc_tau_grid']!r}: τ is tuned on a validation split"
+    if isinstance(p["tune"], dict) and len(tune_candidates(p["tune"])) > 1:
+        return f"tune={p['tune']!r}: its candidates are tried on a validation split"
     try:
         tuned = methods.tuned_on_validation(p["technique"], p["technique_params"])
     except (TypeError, ValueError):  # a bad name or parameter: reported by its own rule

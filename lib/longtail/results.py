@@ -134,13 +134,20 @@ def base_method(row) -> str:
         label = TECHNIQUES[technique].label if technique in TECHNIQUES else str(technique)
         # prototypes train nothing, so the loss and sampler play no part in them
         name = label[0].upper() + label[1:] if technique in PROTOTYPE_TECHNIQUES else f"{name} + {label}"
+    if is_given(row.get("feature_power")) and float(row["feature_power"]) != 1.0:
+        name += f" + Tukey λ {float(row['feature_power']):g}"
+    if str(row.get("feature_standardize")) == "True":
+        name += " + standardised features"
     if row.get("tta") not in (None, "none") and not is_nan(row.get("tta")):
-        name += f" + {row['tta']} TTA"
+        name += f" + {str(row['tta']).replace('_', '-')} TTA"
     if is_given(row.get("mixup_alpha")) and float(row["mixup_alpha"]) > 0:
         name += " + feature mixup" if row.get("mode") == "linear" else " + mixup"
     if row.get("posthoc") not in (None, "none") and not is_nan(row.get("posthoc")):
         name += {"tau_norm": " + τ-norm", "logit_adjust": " + logit adjustment"}.get(row["posthoc"],
                                                                                     f" + {row['posthoc']}")
+    tuned = json_mapping(row.get("tune"))
+    if tuned:  # which parameters the run chose on validation (the candidates: params.json)
+        name += " (tuned: " + ", ".join(str(k).replace("_params", "").replace("_", " ") for k in tuned) + ")"
     return name
 
 

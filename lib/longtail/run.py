@@ -19,7 +19,7 @@ import json
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,8 @@ class Trained:
     #: the run's loss as the head was trained with it (DRW weights in force), where that is not
     #: ``RunData.loss_fn`` itself (the linear path builds its loss on the counts it fits): the own-loss column
     own_loss: torch.nn.Module | None = None
+    #: ``tune``'s parameters: {name: (the value given, the candidate chosen on validation)}
+    tuned: dict = field(default_factory=dict)
 
 
 def run_training(params: dict, log=print) -> RunResult:
@@ -135,7 +137,7 @@ def run_training(params: dict, log=print) -> RunResult:
 def _train_and_evaluate(p: dict, out: Path, log) -> dict:
     run, model = _prepare(p, out, log)
     if p["mode"] == "linear":
-        trained = _train_linear(run, out, log)
+        run, trained = _train_linear(run, out, log)
     elif p["mode"] == "partial":  # the last blocks on cached activations of the first (longtail.partial)
         trained = _train_partial(run, model, out, log)
     else:
@@ -251,9 +253,12 @@ def _groups_text(p: dict, classes: pd.DataFrame, given_test: bool) -> str:
             + f", tail share {100 * sizes['tail']['test_images'] / max(n_test, 1):.1f} %")
 
 
-def _train_linear(run: RunData, out: Path, log) -> Trained:
+def _train_linear(run: RunData, out: Path, log) -> tuple[RunData, Trained]:
     """Mode linear: a head (or a ``methods`` technique) on the frozen backbone's pooled features,
-    extracted once per view and cached (``features``); with ``tta: flip`` the views' mean."""
+    extracted once per view and cached (``features``); with ``tta`` (``transforms.TTA_VIEWS``) the
+    views' mean.  With ``tune``, one head per combination of its candidates, the one with the best
+    validation balanced accuracy kept (ties: the first).  Returns the run with the chosen
+    parameters (what evaluation uses) and its trained head."""
     p, C = run.p, run.num_classes
     card = models.backbone_card(p["backbone"], p["pretrained"], p["weights_dir"])
 
@@ -263,11 +268,13 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
 
     key_parts = _backbone_key(run)
 
-    views = {"none": [None], "flip": [None, "flip"]}[p["tta"]]  # test-time (and training) view averaging
+    views = transforms.TTA_VIEWS[p["tta"]]  # test-time (and training) view averaging
 
     def request(imgs, split, view):  # (images, transform, cache key) of one split seen in one view
-        key = features.feature_key(images=_images_id(split, run.cache_size), **key_parts, **({"view": view} if view else {}))
-        return imgs, run.eval_tf if view is None else _flipped(run.eval_tf), key  # predict reads the map batch by batch
+        cached_as = _VIEW_KEYS.get(view, view)  # the centre and flip views keep their earlier cache keys
+        key = features.feature_key(images=_images_id(split, run.cache_size), **key_parts,
+                                   **({"view": cached_as} if cached_as else {}))
+        return imgs, transforms.view_transform(run.eval_tf, view), key  # predict reads the map batch by batch
 
     # one call for both splits: parallel workers on a cold cache extract different splits at once
     per_view = [torch.from_numpy(f) for f in features.cached_features_many(
@@ -275,12 +282,58 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
                    for v in views],
         batch_size=p["eval_batch_size"], device=run.device, precision=p["precision"], channels_last=p["channels_last"],
         log=log)]
+    raw_train, raw_test = torch.stack(per_view[:len(views)]).mean(0), torch.stack(per_view[len(views):]).mean(0)
+    candidates = params_mod.tune_candidates(p["tune"])
+    if len(candidates) == 1:
+        chosen = _with_params(run, candidates[0])
+        return chosen, _fit_linear(chosen, raw_train, raw_test, card["num_features"], out, log)
+    # ``tune``: one head per combination on the cached features, the best on validation kept
+    scores, best = [], 0
+    for i, combo in enumerate(candidates):
+        trained = _fit_linear(_with_params(run, combo), raw_train, raw_test, card["num_features"], out, log)
+        scores.append(_val_balanced_accuracy(trained.head, trained.val_x, run.val_y, C))
+        best = i if scores[i] > scores[best] else best
+    log("tune: " + "; ".join(f"{_combo_text(c)}: {s:.3f}" for c, s in zip(candidates, scores))
+        + f"; chosen on validation: {_combo_text(candidates[best])}")
+    chosen = _with_params(run, candidates[best])
+    if best != len(candidates) - 1:  # trained again (the same seeds: the same head), its checkpoints last on disk
+        trained = _fit_linear(chosen, raw_train, raw_test, card["num_features"], out, log)
+    trained.tuned = {k: (p[k], v) for k, v in candidates[best].items()}
+    return chosen, trained
+
+
+def _with_params(run: RunData, combo: dict) -> RunData:
+    """``run`` with the parameters ``combo`` (a candidate of ``tune``), its loss and optimisation rebuilt."""
+    if not combo:
+        return run
+    p = {**run.p, **combo}
+    return dataclasses.replace(run, p=p, cfg=engine.TrainConfig.from_params(p),
+                               loss_fn=losses.build_loss(p["loss"], run.train_counts.tolist(), **(p["loss_params"] or {})))
+
+
+def _combo_text(combo: dict) -> str:
+    return ", ".join(f"{k} {json.dumps(v, sort_keys=True)}" for k, v in combo.items())
+
+
+def _val_balanced_accuracy(head, val_x, val_y, num_classes: int) -> float:
+    with torch.no_grad():
+        z = head(val_x).float().numpy()
+    return float(np.nanmean(metrics.per_class_accuracy(z, val_y.numpy(), num_classes)))
+
+
+def _fit_linear(run: RunData, raw_train: torch.Tensor, raw_test: torch.Tensor, num_features: int, out: Path,
+                log) -> Trained:
+    """The head (or technique) of ``run``'s parameters on the view-averaged features ``raw_*``:
+    ``methods.prepare_features`` (statistics from the fitting images), the technique's own map,
+    then ``methods.train_classifier``."""
+    p, C = run.p, run.num_classes
+    train_feats, test_feats = methods.prepare_features(raw_train, raw_test, fit_rows=run.train_idx,
+                                                       power=p["feature_power"], standardize=p["feature_standardize"])
     to_space = methods.feature_transform(p["technique"], p["technique_params"])
-    train_feats = to_space(torch.stack(per_view[:len(views)]).mean(0))
-    test_feats = to_space(torch.stack(per_view[len(views):]).mean(0))
+    train_feats, test_feats = to_space(train_feats), to_space(test_feats)
 
     def new_head():
-        return _seeded_head(run, card["num_features"])
+        return _seeded_head(run, num_features)
 
     val_x = train_feats[run.val_idx]
     fit = _head_fitter(p, run.cfg, C, run.drw is not None, val_x, run.val_y, out, log, run.monitor(test_feats))
@@ -492,10 +545,13 @@ def _evaluate(run: RunData, trained: Trained, hist: pd.DataFrame, out: Path, log
     summary = {k: p[k] for k in ("dataset", "train_set", "imbalance_factor", "backbone", "pretrained", "mode",
                                  "loss", "sampler", "drw_epoch", "posthoc", "seed", "subset_seed", "epochs",
                                  "eval_protocol")}
-    summary["loss_params"] = json.dumps(p["loss_params"] or {}, sort_keys=True)
+    given = {**p, **{k: v for k, (v, _) in trained.tuned.items()}}  # the run's parameters as given
+    summary["loss_params"] = json.dumps(given["loss_params"] or {}, sort_keys=True)
     for k in ("technique", "tta", "val_source", "label"):
         summary[k] = p[k]
-    summary["technique_params"] = json.dumps(p["technique_params"] or {}, sort_keys=True)
+    summary["technique_params"] = json.dumps(given["technique_params"] or {}, sort_keys=True)
+    for k, (_, chosen) in trained.tuned.items():  # a metric, not a parameter: seeds may choose differently
+        summary[f"tuned/{k}"] = json.dumps(chosen, sort_keys=True)
     summary["posthoc_tau_used"] = float(tau)
     if has_val:
         summary["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(val_logits, val_y, C)))
@@ -552,9 +608,8 @@ def _ids(split, idx) -> np.ndarray:
     return np.asarray(np.asarray(split.paths)[idx] if split.paths is not None else idx, dtype=str)
 
 
-def _flipped(transform):
-    """``transform`` followed by a horizontal flip (the second TTA view)."""
-    return lambda batch: transform(batch).flip(-1)
+#: the feature-cache key's ``view`` of a TTA view where it differs from the view's name
+_VIEW_KEYS = {"centre": None, "centre_flip": "flip"}
 
 
 def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, out: Path, log, monitor: dict):
@@ -581,5 +636,10 @@ def _head_fitter(p: dict, cfg, num_classes: int, use_drw: bool, val_x, val_y, ou
             fit.own_loss = loss_fn
         score = history[best_epoch].get("val_balanced_acc") if 0 <= best_epoch < len(history) else None
         return history, score
-    fit.own_loss = None
+
+    def loss_on(y):  # the run's loss on the counts of y, for a technique with its own optimiser
+        return losses.build_loss(p["loss"], subsets.class_counts(y.numpy(), num_classes).tolist(), **(p["loss_params"] or {}))
+
+    fit.own_loss, fit.loss_on = None, loss_on
+    fit.val_score = lambda module: _val_balanced_accuracy(module, val_x, val_y, num_classes)
     return fit

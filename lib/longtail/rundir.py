@@ -62,7 +62,7 @@ SHOWN_NOT_COMPUTED = ("eval_protocol",)
 #: parameters added after runs existed whose default computes what those runs computed: hashed only
 #: away from their default, so that adding them left every earlier run's id unchanged
 HASHED_AWAY_FROM_DEFAULT = ("group_thresholds", "test_longtailed_rule", "freeze_bn", "head_init",
-                            "backbone_lr_scale")
+                            "backbone_lr_scale", "feature_power", "feature_standardize", "tune")
 
 
 def run_id(params: dict) -> str:

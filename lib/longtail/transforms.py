@@ -13,6 +13,11 @@ so augmentation is vectorised and runs on the GPU where the batch is.
 | ``flip`` | horizontal flip only                                                 |
 | ``none`` | the evaluation transform                                             |
 
+Test-time views (``TTA_VIEWS``, ``view_transform``): the centre crop, its mirror image, and the
+corner crops of the ten-crop evaluation (Krizhevsky et al., *ImageNet Classification with Deep
+Convolutional Neural Networks*, NeurIPS 2012, Sec. 6: the four corner and the centre
+``image_size`` patches of the ``cache_size`` square, and their horizontal reflections).
+
 ``randaugment=True`` adds RandAugment (Cubuk et al. 2020; torchvision's, 2 ops of magnitude 9)
 before the crop: per image, on uint8, so it costs CPU time where the batch is on the CPU.
 """
@@ -25,6 +30,41 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTS = ("rrc", "light", "cifar", "flip", "none")
+
+
+#: a run's ``tta`` choice -> the views whose features are averaged (``view_transform`` names).  The
+#: corner crops are the ``image_size`` patches at the corners of the ``cache_size`` square, 12.5 % of
+#: its side from the centre crop at the backbone's crop_pct 0.875 (32 px at 224 / 256 px).
+TTA_VIEWS = {
+    "none": ("centre",),
+    "flip": ("centre", "centre_flip"),
+    "five_crop": ("centre", "top_left", "top_right", "bottom_left", "bottom_right"),
+    "ten_crop": tuple(v + s for v in ("centre", "top_left", "top_right", "bottom_left", "bottom_right")
+                      for s in ("", "_flip")),
+}
+CROP_POSITIONS = ("centre", "top_left", "top_right", "bottom_left", "bottom_right")
+
+
+def view_transform(eval_tf: "BatchTransform", view: str):
+    """The evaluation transform ``eval_tf`` seen in ``view``: one of ``CROP_POSITIONS``, optionally
+    with ``_flip`` (the crop mirrored left to right).  ``centre`` is ``eval_tf`` itself."""
+    position, flip = (view[:-len("_flip")], True) if view.endswith("_flip") else (view, False)
+    if position not in CROP_POSITIONS:
+        raise ValueError(f"view {view!r}: choose one of {', '.join(CROP_POSITIONS)}, each optionally + '_flip'")
+    if position == "centre":
+        return (lambda batch: eval_tf(batch).flip(-1)) if flip else eval_tf
+    size = eval_tf.image_size
+
+    def transform(batch: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = batch.shape
+        if size > min(h, w):
+            raise ValueError(f"a {size} px corner crop of {h}x{w} images")
+        top = 0 if position.startswith("top") else h - size
+        left = 0 if position.endswith("left") else w - size
+        x = center_crop_normalize(batch[:, top:top + size, left:left + size], size, eval_tf.mean, eval_tf.std,
+                                  eval_tf.channels_last)
+        return x.flip(-1) if flip else x
+    return transform
 
 
 def cache_size_for(image_size: int, crop_pct: float) -> int:
