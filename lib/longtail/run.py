@@ -71,8 +71,8 @@ class RunData:
     image_size: int
     cache_size: int               # side of the decoded squares (image_size / crop_pct)
     augment: str                  # the training augmentation, ``auto`` resolved
-    train_imgs: object            # decoded training-fold images (uint8 NHWC, memory-mapped)
-    test_imgs: object
+    train_imgs: object            # decoded training-fold images (uint8 NHWC, memory-mapped); mode linear:
+    test_imgs: object             # a function giving them (``data.split_images(on_use=True)``)
     base_train: object            # the training fold (``data.ImageSplit``), unreadable images dropped
     test: object
     sets: object                  # ``selection.RunSets``
@@ -191,9 +191,11 @@ def _prepare(p: dict, out: Path, log) -> tuple[RunData, torch.nn.Module | None]:
     cache_size = transforms.cache_size_for(image_size, dc["crop_pct"])
     augment = p["augment"] if p["augment"] != "auto" else ("cifar" if image_size <= 32 else "light")
 
-    # images, decoded once (a memory-mapped cache)
-    train_imgs, train_kept = data.split_images(ds.train, cache_size, on_error=p["on_error"])
-    test_imgs, test_kept = data.split_images(ds.test, cache_size, on_error=p["on_error"])
+    # images, decoded once (a memory-mapped cache); mode linear reads them only to extract features
+    # that are not cached yet, so it takes them on use, their checksum verified then
+    on_use = p["mode"] == "linear"
+    train_imgs, train_kept = data.split_images(ds.train, cache_size, on_error=p["on_error"], on_use=on_use)
+    test_imgs, test_kept = data.split_images(ds.test, cache_size, on_error=p["on_error"], on_use=on_use)
     base_train, test = ds.train.subset(train_kept), ds.test.subset(test_kept)
 
     # The long-tailed profile (or the given long-tailed training set) defines, for both training
@@ -448,7 +450,7 @@ def _evaluate(run: RunData, trained: Trained, hist: pd.DataFrame, out: Path, log
     if not all(math.isfinite(v) for k, v in flat.items() if k.endswith("/acc1") and k.split("/")[0] in ("balanced", "longtailed")):
         raise FloatingPointError("non-finite test accuracy; see predictions.npz")
     ids = np.asarray(test.paths if test.paths is not None else np.arange(len(test)), dtype=str)
-    np.savez_compressed(out / rundir.PREDICTIONS_FILE, logits=logits[tb].astype(np.float32), labels=test.labels[tb],
+    np.savez(out / rundir.PREDICTIONS_FILE, logits=logits[tb].astype(np.float32), labels=test.labels[tb],
                         lt_weight=subsets.longtailed_test_weights(test.labels[tb], lt_counts), ids=ids[tb],
                         lt_logits=logits[tl].astype(np.float32), lt_labels=test.labels[tl], lt_ids=ids[tl],
                         activation=activation, val_logits=val_logits.astype(np.float32), val_labels=val_y,
