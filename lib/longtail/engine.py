@@ -187,11 +187,7 @@ class CpuSGD:
 
     Why not ``torch.optim.SGD``: its first step imports torch._dynamo (as much import time as torch
     itself, paid by every run's fresh kernel), and a linear head's whole training takes about as
-    long.  Each parameter's g and d are written into one work buffer of its own, allocated at the
-    first step (the same kernels with ``out=``: the same bits): torch.optim's two fresh tensors a step
-    cost a linear head on 1280 features more than its matmuls, the first touch of freshly allocated
-    pages (``bench/throughput.py --head``).  Only what the engine uses: ``param_groups`` (``lr`` set per
-    step), ``zero_grad``, ``step``.
+    long.  Only what the engine uses: ``param_groups`` (``lr`` set per step), ``zero_grad``, ``step``.
     """
 
     def __init__(self, groups, *, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
@@ -200,7 +196,6 @@ class CpuSGD:
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
         self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
         self.momentum_buffers: dict[int, torch.Tensor] = {}
-        self.work_buffers: dict[int, torch.Tensor] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for g in self.param_groups:
@@ -217,20 +212,14 @@ class CpuSGD:
             for p in g["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
-                if wd != 0 or (mu != 0 and g["nesterov"]):
-                    work = self.work_buffers.get(id(p))
-                    if work is None or work.shape != grad.shape or work.dtype != grad.dtype:
-                        work = self.work_buffers[id(p)] = torch.empty_like(grad, memory_format=torch.preserve_format)
-                if wd != 0:
-                    grad = torch.add(grad, p, alpha=wd, out=work)
+                grad = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
                 if mu != 0:
                     buf = self.momentum_buffers.get(id(p))
                     if buf is None:
                         buf = self.momentum_buffers[id(p)] = grad.detach().clone()
                     else:
                         buf.mul_(mu).add_(grad, alpha=1)
-                    grad = torch.add(grad, buf, alpha=mu, out=work) if g["nesterov"] else buf
+                    grad = grad.add(buf, alpha=mu) if g["nesterov"] else buf
                 p.add_(grad, alpha=-lr)
 
 
