@@ -301,8 +301,8 @@ def _train_linear(run: RunData, out: Path, log) -> Trained:
         batch_size=p["eval_batch_size"], device=run.device, precision=p["precision"], channels_last=p["channels_last"],
         log=log)]
     to_space = methods.feature_transform(p["technique"], p["technique_params"])
-    train_feats = to_space(torch.stack(per_view[:len(views)]).mean(0))
-    test_feats = to_space(torch.stack(per_view[len(views):]).mean(0))
+    train_feats = to_space(_views_mean(per_view[:len(views)]))
+    test_feats = to_space(_views_mean(per_view[len(views):]))
 
     def new_head():
         return _seeded_head(run, card["num_features"])
@@ -506,6 +506,12 @@ def _images_id(split, cache_size: int) -> str:
 def _ids(split, idx) -> np.ndarray:
     """Image ids (paths, else positions) of rows ``idx`` of a split."""
     return np.asarray(np.asarray(split.paths)[idx] if split.paths is not None else idx, dtype=str)
+
+
+def _views_mean(features: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of the views' features; one view's are themselves (the same values: x / 1 = x), without
+    the reduction over a stacked copy (0.02 s for EU Moths' training features)."""
+    return features[0] if len(features) == 1 else torch.stack(features).mean(0)
 
 
 def _flipped(transform):
