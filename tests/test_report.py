@@ -210,6 +210,11 @@ def test_report_files_tables_and_figures(rendered):
         assert page.exists() and "run_training" in page.read_text()  # the run's notebook, code shown
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["runs"]["finished"] == 4 and "explore.py" in prov["report_timings_s"]
+    # each figure's three renders (shown PNG, PDF, PNG file), timed where they ran, for bench/main_job.py's floor
+    renders = prov["figure_render_s"]
+    assert {"class_distribution_synthetic", "confusion", "reliability"} <= set(renders)
+    assert all(len(r) == 3 and min(r) > 0 for r in renders.values())
+    assert not (out / report.RENDER_TIMES).exists()  # gathered, then removed
 
 
 @pytest.mark.slow

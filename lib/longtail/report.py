@@ -82,14 +82,42 @@ def save_table(table: Table | pd.DataFrame, out_dir, name: str | None = None, ca
     return [folder / f"{name}.tex", folder / f"{name}.csv"]
 
 
-def save_figure(fig, out_dir, name: str, dpi: int = 150) -> list[Path]:
-    """``<out_dir>/figures/<name>.pdf`` and ``.png``."""
+#: where the notebooks' kernels leave each figure's render times (``<out>/<RENDER_TIMES>/<name>.json``);
+#: ``build_report`` gathers them into ``provenance.json`` (``figure_render_s``) and removes the folder
+RENDER_TIMES = ".figure_render_s"
+
+
+def save_figure(fig, out_dir, name: str, dpi: int = 150, *, renders: list | None = None) -> list[Path]:
+    """``<out_dir>/figures/<name>.pdf`` and ``.png``; each render's seconds appended to ``renders``."""
     folder = Path(out_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.pdf", folder / f"{name}.png"]
-    fig.savefig(paths[0], bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", dpi=dpi)
+    renders = [] if renders is None else renders
+    renders.append(_timed(fig.savefig, paths[0], bbox_inches="tight"))
+    renders.append(_timed(fig.savefig, paths[1], bbox_inches="tight", dpi=dpi))
     return paths
+
+
+def _timed(call, *args, **kwargs) -> float:
+    t0 = time.perf_counter()
+    call(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
+def _record_renders(out_dir, name: str, renders: list[float]) -> None:
+    """The seconds of a figure's renders (one file a figure: the two notebooks' kernels write at once)."""
+    folder = Path(out_dir) / RENDER_TIMES
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps([round(r, 4) for r in renders]))
+
+
+def gather_render_times(out_dir) -> dict[str, list[float]]:
+    """``{figure: [seconds of each render]}`` the notebooks recorded (``show_figure``), the folder removed."""
+    import shutil
+    folder = Path(out_dir) / RENDER_TIMES
+    times = {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))}
+    shutil.rmtree(folder, ignore_errors=True)
+    return times
 
 
 def file_links(paths, out_dir) -> str:
@@ -148,11 +176,12 @@ def show_figure(fig, out_dir=None, name: str | None = None, alt: str | None = No
     alt = alt or figure_alt(fig)
     buf = io.BytesIO()
     dpi = 100
-    fig.savefig(buf, format="png", bbox_inches="tight", dpi=dpi)
+    renders = [_timed(fig.savefig, buf, format="png", bbox_inches="tight", dpi=dpi)]
     display(Image(data=buf.getvalue(), format="png", alt=alt))
     if out_dir is not None:
         display(HTML(f'<p class="lt-figure-files">Figure <code>{_html_escape(name)}</code>: '
-                     f'{file_links(save_figure(fig, out_dir, name), out_dir)}</p>'))
+                     f'{file_links(save_figure(fig, out_dir, name, renders=renders), out_dir)}</p>'))
+        _record_renders(out_dir, name, renders)
     plt.close(fig)
 
 
@@ -460,6 +489,7 @@ def build_report(sources, out_dir="report", *, kernel_name: str = KERNEL, explor
                                                + runs_html(runs, links)))
     info = provenance(sources, runs)
     info["report_timings_s"] = timings
+    info["figure_render_s"] = gather_render_times(out)  # each figure's renders: shown PNG, PDF, PNG file
     wall = time.time() - t0
     files = [(label, href) for label, href in (("provenance.json", "provenance.json"),
                                                ("all runs (CSV)", "tables/runs.csv"),
