@@ -365,3 +365,40 @@ def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path
     assert list(tables[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
     assert tables[2].notes == ["The rows CE, Weighted CE coincide in every digit."]
     assert tables[0].notes == []
+
+
+def _bars(values, title=""):
+    """A small figure that counts how often it is built."""
+    import matplotlib.pyplot as plt
+    _bars.calls += 1
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.bar(range(len(values)), values)
+    ax.set_title(title)
+    return fig
+
+
+_bars.calls = 0
+
+
+def test_a_figure_is_built_and_rendered_once_for_the_same_inputs(tmp_path, tmp_cache):
+    """``show_figure_of``: a second report with the same inputs copies the cached renders (before:
+    every report built and rendered every figure, 1 s each, 5 s the confusion matrices); other inputs
+    build again; a damaged cache entry is named in a warning and rendered again."""
+    import matplotlib
+    matplotlib.use("Agg")
+    first, again, other, healed = (tmp_path / n for n in ("first", "again", "other", "healed"))
+    report.show_figure_of(_bars, [1, 2, 3], title="t", out_dir=first, name="bars")
+    report.show_figure_of(_bars, [1, 2, 3], title="t", out_dir=again, name="bars")
+    assert _bars.calls == 1
+    for ext in ("pdf", "png"):
+        assert (again / "figures" / f"bars.{ext}").read_bytes() == (first / "figures" / f"bars.{ext}").read_bytes()
+    report.show_figure_of(_bars, [1, 2, 4], title="t", out_dir=other, name="bars")
+    assert _bars.calls == 2
+    assert (other / "figures" / "bars.png").read_bytes() != (first / "figures" / "bars.png").read_bytes()
+    entry = tmp_cache / "figures" / report._figure_key(_bars, ([1, 2, 3],), {"title": "t"})
+    (entry / "figure.png").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match=f"figure cache {entry}: figure.png: .*rendering the figure again"):
+        report.show_figure_of(_bars, [1, 2, 3], title="t", out_dir=healed, name="bars")
+    assert _bars.calls == 3
+    assert (healed / "figures" / "bars.png").read_bytes() == (first / "figures" / "bars.png").read_bytes()
+    assert (entry / "figure.png").read_bytes() == (first / "figures" / "bars.png").read_bytes()  # stored again
