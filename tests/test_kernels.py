@@ -277,3 +277,28 @@ def test_a_linear_run_on_cached_features_imports_nothing_the_server_has_not(tmp_
         return json.loads(done.stdout.strip().splitlines()[-1])
     new_modules("cold")  # extracts and caches the features (building the backbone imports more)
     assert new_modules("warm") == []
+
+
+REPORT_PROBE = """\
+import json, os, sys
+state = {"pid": os.getpid(), "ppid": os.getppid(), "seaborn": "seaborn" in sys.modules, "torch": "torch" in sys.modules,
+         "openblas": os.environ.get("OPENBLAS_NUM_THREADS")}
+print(json.dumps(state))
+"""
+
+
+def test_the_reports_notebooks_are_forked_from_one_server_that_imported_seaborn_and_no_torch(tmp_path, one_thread):
+    """The report's two notebooks (``forked="report"``): forked from one server holding
+    ``REPORT_PRELOAD`` (seaborn with SciPy: 2.5 s each notebook paid before; SciPy's OpenBLAS on one
+    thread, else the server would run a thread pool and fork nothing), without torch, which they never use."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "longtail", "display_name": "Python (longtail)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(REPORT_PROBE)]
+    states = []
+    for name in ("explore", "analysis"):
+        ex = execute(nb, tmp_path / f"{name}.ipynb", {}, forked="report")
+        assert ex.ok, ex.reason
+        cells = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4).cells
+        states.append(json.loads("".join(o.text for c in cells for o in c.outputs if o.output_type == "stream")))
+    assert states[0]["ppid"] == states[1]["ppid"] != os.getpid()  # one server, not this process
+    assert all(s["seaborn"] and not s["torch"] and s["openblas"] == "1" for s in states)

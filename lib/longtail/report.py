@@ -511,7 +511,9 @@ def _execute(name: str, parameters: dict, out_dir: Path, kernel_name: str):
     """Execute ``NOTEBOOKS[name]`` into ``<out>/<name>.ipynb``; returns (the executed notebook, the
     error or None, wall seconds).  A failed cell's notebook (with the error) is still rendered."""
     import nbformat
-    ex = execute_notebook(NOTEBOOKS[name], out_dir / f"{name}.ipynb", parameters, kernel_name=kernel_name)
+    # forked from one server that imported the notebooks' modules (seaborn's SciPy among them) once for both
+    ex = execute_notebook(NOTEBOOKS[name], out_dir / f"{name}.ipynb", parameters, kernel_name=kernel_name,
+                          forked="report")
     if not ex.output.exists():
         raise RuntimeError(f"{name}: papermill wrote no notebook ({ex.reason})") from ex.error
     return nbformat.read(ex.output, as_version=4), ex.error, ex.wall_s
