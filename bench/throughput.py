@@ -22,6 +22,13 @@ counts (1 thread: what each kernel of a 2-worker grid gets on 2 cores).
     python bench/throughput.py                 # CPU: small backbones
     python bench/throughput.py --gpu           # CUDA: the four thesis backbones at 224 px, bf16
     python bench/throughput.py --features      # CPU: feature extraction, base vs now
+    python bench/throughput.py --head          # CPU: a linear head on cached features, base vs now
+
+``--head``: mode linear's training as the main job runs it (581 features of 1280 dimensions, 200
+classes, 30 epochs of batch 64, SGD with Nesterov momentum and weight decay, one thread as each
+kernel of a 2-worker grid has): ``engine.fit`` against its compute floor, the same 300 steps' two
+matmuls (forward, weight gradient) alone, side by side (alternating, best of ``--repeats``), with the
+steps' parts (forward, loss, backward, SGD update, bookkeeping) timed apart.
 Prints a markdown table; the last line is the ratio ours / bare (goal >= 0.9), with ``--features``
 the ratio now / base (goal: >= 200 img/s on an idle 2-core machine).
 """
@@ -263,15 +270,114 @@ def main_features(args):
     print(f"feature extraction now / base (default layout, {now['threads']} thread(s)): {now['img_s'] / base:.2f}")
 
 
+def head_training(x, y, epochs: int, batch: int) -> float:
+    """Seconds of ``engine.fit`` for a linear head on features ``x`` (the main job's recipe)."""
+    counts = np.bincount(y.numpy(), minlength=int(y.max()) + 1).tolist()
+    torch.manual_seed(0)
+    head = torch.nn.Linear(x.shape[1], len(counts))
+    cfg = engine.TrainConfig(epochs=epochs, batch_size=batch, lr=0.1, weight_decay=5e-4, device="cpu")
+    t0 = time.perf_counter()
+    engine.fit(head, x, y, losses.build_loss("ce", counts), samplers.build_sampler("instance", y.numpy(), 0), cfg,
+               log=lambda s: None)
+    return time.perf_counter() - t0
+
+
+def head_step_parts(x, y, epochs: int, batch: int) -> dict:
+    """CPU seconds of each part of the same training's steps, run as ``engine.train_one_epoch`` runs
+    them (``TrainingLoop.train_step``'s parts apart): the batch gather, forward, loss, backward, SGD
+    update, and the bookkeeping (accuracy, loss sum, finite check)."""
+    counts = np.bincount(y.numpy(), minlength=int(y.max()) + 1).tolist()
+    torch.manual_seed(0)
+    head = torch.nn.Linear(x.shape[1], len(counts))
+    cfg = engine.TrainConfig(epochs=epochs, batch_size=batch, lr=0.1, weight_decay=5e-4, device="cpu")
+    loss_fn, sampler = losses.build_loss("ce", counts), samplers.build_sampler("instance", y.numpy(), 0)
+    loop = engine.TrainingLoop.start(head, loss_fn, cfg, torch.device("cpu"), len(y), log=lambda s: None)
+    parts, clock = dict.fromkeys(("gather", "forward", "loss", "backward", "SGD update", "bookkeeping"), 0.0), time.thread_time
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        order = torch.as_tensor(np.fromiter(iter(sampler), dtype=np.int64))
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        first_bad = torch.full((), -1, dtype=torch.long)
+        for b in range(loop.steps_per_epoch):
+            t = [clock()]
+            idx = order[b * batch:(b + 1) * batch]
+            xb, yb = x[idx], y[idx]
+            for g in loop.opt.param_groups:
+                g["lr"] = cfg.lr * engine.lr_factor(loop.step, loop.steps_per_epoch, cfg) * g["lr_scale"]
+            t.append(clock())
+            out = head(xb)
+            t.append(clock())
+            loss = loss_fn(out, yb)
+            t.append(clock())
+            loop.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(clock())
+            loop.opt.step()
+            loop.step += 1
+            t.append(clock())
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+            t.append(clock())
+            for name, t0, t1 in zip(parts, t, t[1:]):
+                parts[name] += t1 - t0
+    return parts
+
+
+def head_matmuls(x, classes: int, epochs: int, batch: int) -> float:
+    """Seconds of the training's two matmuls alone: each step's forward (``addmm``) and weight gradient."""
+    w, b = torch.randn(classes, x.shape[1]) * 0.01, torch.zeros(classes)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for s in range(0, len(x), batch):
+            xb = x[s:s + batch]
+            z = torch.addmm(b, xb, w.t())
+            z.t().mm(xb)
+    return time.perf_counter() - t0
+
+
+def main_head(args, n=581, dim=1280, classes=200, epochs=30, batch=64):
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    # pooled ReLU6 features as MobileNetV2's on EU Moths are (about half zeros, norm ~10), classes
+    # separable as theirs are: random labels would make the loss diverge into subnormal softmax
+    # outputs, which a CPU computes with many times slower, and measure that instead
+    y = torch.randint(0, classes, (n,), generator=gen)
+    means = 0.3 * torch.randn(classes, dim, generator=gen)
+    x = (means[y] + 0.3 * torch.randn(n, dim, generator=gen)).clamp(0, 6)
+    load_before = os.getloadavg()
+    times = {"fit": [], "matmuls": []}
+    for _ in range(args.repeats):
+        times["fit"].append(head_training(x, y, epochs, batch))
+        times["matmuls"].append(head_matmuls(x, classes, epochs, batch))
+    best = {k: min(v) for k, v in times.items()}
+    parts = head_step_parts(x, y, epochs, batch)
+    steps = epochs * -(-n // batch)
+    flops = 2 * 2 * n * dim * classes * epochs
+    print(f"linear head: {n} x {dim} features, {classes} classes, {epochs} epochs of batch {batch} ({steps} steps), "
+          f"1 thread, best of {args.repeats}; load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+    print("\n| what | s | per step (ms) |\n|---|---|---|")
+    for way, label in (("fit", "engine.fit"), ("matmuls", "its two matmuls alone (the floor)")):
+        print(f"| {label} | {best[way]:.3f} | {1e3 * best[way] / steps:.2f} |")
+    print("\n| part of a step (CPU time) | s | per step (ms) |\n|---|---|---|")
+    for name, seconds in parts.items():
+        print(f"| {name} | {seconds:.3f} | {1e3 * seconds / steps:.2f} |")
+    print(f"\nmatmul rate {flops / best['matmuls'] / 1e9:.0f} GFLOP/s at batch {batch}, 1 thread; "
+          f"engine.fit / floor {best['fit'] / best['matmuls']:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="the four thesis backbones at 224 px in bf16 on CUDA")
     ap.add_argument("--features", action="store_true", help="feature extraction, base vs now, on the CPU")
+    ap.add_argument("--head", action="store_true", help="a linear head on cached features, base vs now, on the CPU")
     ap.add_argument("--images", type=int, default=128, help="images per measurement (--features)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if args.features:
         return main_features(args)
+    if args.head:
+        return main_head(args)
     device = engine.resolve_device("auto")
     if args.gpu:
         if device.type != "cuda":

@@ -87,11 +87,11 @@ for setting, b in (board.groupby("Setting", sort=False) if len(board) else []):
     display(report.show_table(leaderboard.table(b), out_dir, "leaderboard" if board["Setting"].nunique() == 1
                               else f"leaderboard_{b.index[0]}",
                               f"Leaderboard, long-tailed training set: {setting}. {leaderboard.TABLE_NOTE}"))
-    fig = figures.tail_vs_head(b, leaderboard.GOAL["tail"] * 100, title=setting)
-    report.show_figure(fig, out_dir, "tail_vs_head" if board["Setting"].nunique() == 1 else f"tail_vs_head_{b.index[0]}")
-    fig = figures.balanced_vs_tail(b.reset_index(drop=True), leaderboard.GOAL, title=setting)
-    report.show_figure(fig, out_dir, "balanced_vs_tail" if board["Setting"].nunique() == 1
-                       else f"balanced_vs_tail_{b.index[0]}")
+    report.show_figure_of(figures.tail_vs_head, b, leaderboard.GOAL["tail"] * 100, title=setting, out_dir=out_dir,
+                          name="tail_vs_head" if board["Setting"].nunique() == 1 else f"tail_vs_head_{b.index[0]}")
+    report.show_figure_of(figures.balanced_vs_tail, b.reset_index(drop=True), leaderboard.GOAL, title=setting,
+                          out_dir=out_dir, name="balanced_vs_tail" if board["Setting"].nunique() == 1
+                          else f"balanced_vs_tail_{b.index[0]}")
 
 # %% [markdown]
 # ## Tables (the thesis's appendix layout)
@@ -180,8 +180,8 @@ for name, text in report.benchmark_tables():
 
 # %%
 for s in results.settings(runs, by_train_set=False):
-    fig = figures.group_accuracy(s.runs, results.method_order(s.runs["method"]), title=s.text)
-    report.show_figure(fig, out_dir, f"groups_{s.slug}")
+    report.show_figure_of(figures.group_accuracy, s.runs, results.method_order(s.runs["method"]), title=s.text,
+                          out_dir=out_dir, name=f"groups_{s.slug}")
 
 # %% [markdown]
 # ## Balanced against long-tailed training
@@ -191,8 +191,8 @@ for s in results.settings(runs, by_train_set=False):
 
 # %%
 for s in results.settings(runs, by_train_set=False):
-    fig = figures.balanced_vs_longtailed(s.runs, results.method_order(s.runs["method"]), title=s.text)
-    report.show_figure(fig, out_dir, f"balanced_vs_longtailed_{s.slug}")
+    report.show_figure_of(figures.balanced_vs_longtailed, s.runs, results.method_order(s.runs["method"]),
+                          title=s.text, out_dir=out_dir, name=f"balanced_vs_longtailed_{s.slug}")
 
 # %% [markdown]
 # ## Per-class accuracy against training class size
@@ -203,9 +203,9 @@ for s in results.settings(runs, by_train_set=False):
 # %%
 for s in results.settings(predicted):
     if s.key["train_set"] == "longtailed":
-        fig = figures.per_class_vs_count(predictions.per_class_frame(s.runs), results.method_order(s.runs["method"]),
-                                         title=s.text)
-        report.show_figure(fig, out_dir, f"per_class_{s.slug}")
+        report.show_figure_of(figures.per_class_vs_count, predictions.per_class_frame(s.runs),
+                              results.method_order(s.runs["method"]), title=s.text, out_dir=out_dir,
+                              name=f"per_class_{s.slug}")
 
 # %% [markdown]
 # ## Confusion matrices, calibration and examples
@@ -220,8 +220,8 @@ focus = predictions.focus_runs(predicted, baseline)
 if focus:
     key, fruns, shown = focus
     print(f"{results.setting_text(key)}; shown: {', '.join(shown)}")
-    fig = figures.confusion_panels(predictions.confusion_subsets(fruns, shown, confusion_classes))
-    report.show_figure(fig, out_dir, "confusion")
+    report.show_figure_of(figures.confusion_panels, predictions.confusion_subsets(fruns, shown, confusion_classes),
+                          out_dir=out_dir, name="confusion")
 
 # %% [markdown]
 # Reliability diagrams of every loss on the balanced test set (seeds pooled): accuracy against
@@ -231,8 +231,7 @@ if focus:
 # %%
 if focus:
     bins, ece = predictions.reliability_by_method(fruns)
-    fig = figures.reliability(bins, ece)
-    report.show_figure(fig, out_dir, "reliability")
+    report.show_figure_of(figures.reliability, bins, ece, out_dir=out_dir, name="reliability")
 
 # %% [markdown]
 # Tail-class test images classified correctly (green) and wrongly (red, with the predicted class)
@@ -248,8 +247,8 @@ if focus:
         print("no tail-class test image to show")
     else:
         from longtail.imagecache import decode_image
-        fig = figures.examples(table, [decode_image(p, 128) for p in table["path"]])
-        report.show_figure(fig, out_dir, "tail_examples")
+        report.show_figure_of(figures.examples, table, [decode_image(p, 128) for p in table["path"]],
+                              out_dir=out_dir, name="tail_examples")
 
 # %% [markdown]
 # ## Benchmarks

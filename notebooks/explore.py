@@ -59,8 +59,8 @@ display(report.show_table(datasummary.set_summary(classes), out_dir, f"sets_{ds.
 # the balanced training set (as many images in all, spread evenly).
 
 # %%
-fig = figures.class_distribution(classes, log=log_scale)
-report.show_figure(fig, out_dir, f"class_distribution_{ds.name}")
+report.show_figure_of(figures.class_distribution, classes, log=log_scale, out_dir=out_dir,
+                      name=f"class_distribution_{ds.name}")
 
 # %% [markdown]
 # ## Test splits per class
@@ -69,8 +69,7 @@ report.show_figure(fig, out_dir, f"class_distribution_{ds.name}")
 # split the metrics use (each image weighted by its class's training count, Σw per class).
 
 # %%
-fig = figures.test_counts(classes)
-report.show_figure(fig, out_dir, f"test_counts_{ds.name}")
+report.show_figure_of(figures.test_counts, classes, out_dir=out_dir, name=f"test_counts_{ds.name}")
 report.save_table(classes.set_index("class"), out_dir, f"classes_{ds.name}", f"Classes of {ds.name}");
 
 # %% [markdown]
@@ -80,8 +79,8 @@ report.save_table(classes.set_index("class"), out_dir, f"classes_{ds.name}", f"C
 
 # %%
 images, picked = datasummary.sample_images(ds, classes, samples_per_group, sample_size, seed=subset_seed)
-fig = figures.sample_grid(images, picked, ncols=samples_per_group)
-report.show_figure(fig, out_dir, f"samples_{ds.name}")
+report.show_figure_of(figures.sample_grid, images, picked, ncols=samples_per_group, out_dir=out_dir,
+                      name=f"samples_{ds.name}")
 
 # %% [markdown]
 # ## Image sizes
@@ -92,5 +91,4 @@ report.show_figure(fig, out_dir, f"samples_{ds.name}")
 sizes = datasummary.image_sizes(ds, max_files=max_size_files, seed=subset_seed)
 display(report.show_table(datasummary.size_summary(sizes), out_dir, f"image_sizes_{ds.name}",
                           f"Original image sizes of {ds.name} ({len(sizes)} images)"))
-fig = figures.image_sizes(sizes)
-report.show_figure(fig, out_dir, f"image_sizes_{ds.name}")
+report.show_figure_of(figures.image_sizes, sizes, out_dir=out_dir, name=f"image_sizes_{ds.name}")

@@ -104,3 +104,18 @@ def test_same_numbers_finds_one_changed_prediction_and_ignores_timings(tmp_path)
         (tmp_path / name / "report" / "tables" / "top1.csv").write_text(f"Method,Balanced,CPU s / run\nCE,{cell},{len(name)}\n")
     n, diffs, notes = same_numbers.compare_reports(tmp_path / "before" / "report", tmp_path / "after" / "report")
     assert n == 1 and diffs == ["report table top1.csv differs"]
+
+
+main_job = pytest.importorskip("main_job")
+
+
+def test_the_floor_counts_a_linear_heads_forward_and_weight_gradient():
+    """bench/main_job.py's training floor: 2 x 2 x N x D x C FLOPs an epoch for mode linear (the
+    main job: 581 features of 1280 dimensions, 200 classes, 30 epochs: 8.9 GFLOP a run); other modes
+    are not counted (None), never counted as free."""
+    run = {"mode": "linear", "epochs": 30}
+    assert main_job.training_flops(run, {"train_images": 581, "num_classes": 200}, 1280) == 4 * 581 * 1280 * 200 * 30
+    assert main_job.training_flops({**run, "mode": "finetune"}, {"train_images": 581, "num_classes": 200}, 1280) is None
+    rows = main_job.floor_rows({"grid": 60.0, "report": 20.0},
+                               {"grid": {"decode": 2.0, "extract": 8.0, "train": 2.0}, "report": {"figures": 4.0}})
+    assert rows == [("grid", 60.0, 12.0, 5.0), ("report", 20.0, 4.0, 5.0), ("main job", 80.0, 16.0, 5.0)]

@@ -254,3 +254,51 @@ def test_no_server_or_kernel_outlives_the_grid(tmp_path, env, how):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_linear_run_on_cached_features_imports_nothing_the_server_has_not(tmp_path):
+    """Every module a mode linear run imports as it goes is in ``PRELOAD``, so no forked kernel pays
+    for it (before: 14 modules, 0.05 s of a 0.6 s run)."""
+    params = dict(dataset="synthetic", backbone="resnet32", mode="linear", image_size=16, imbalance_factor=4,
+                  dataset_params={"num_classes": 4, "train_per_class": 24, "test_per_class": 8, "image_size": 16},
+                  epochs=2, batch_size=16, device="cpu", channels_last=False, seed=1)
+    code = ("import importlib, json, sys\n"
+            "from longtail.kernels import PRELOAD\n"
+            "for m in PRELOAD: importlib.import_module(m)\n"
+            "before = set(sys.modules)\n"
+            "from longtail.run import run_training\n"
+            f"run_training({{**{params!r}, 'output_dir': sys.argv[1]}}, log=lambda s: None)\n"
+            "print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith(('longtail', 'pandas')))))")
+    env = {**os.environ, "LT_CACHE_DIR": str(tmp_path / "cache")}
+
+    def new_modules(out: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / out)], env=env, capture_output=True,
+                              text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    new_modules("cold")  # extracts and caches the features (building the backbone imports more)
+    assert new_modules("warm") == []
+
+
+REPORT_PROBE = """\
+import json, os, sys
+state = {"pid": os.getpid(), "ppid": os.getppid(), "seaborn": "seaborn" in sys.modules, "torch": "torch" in sys.modules,
+         "openblas": os.environ.get("OPENBLAS_NUM_THREADS")}
+print(json.dumps(state))
+"""
+
+
+def test_the_reports_notebooks_are_forked_from_one_server_that_imported_seaborn_and_no_torch(tmp_path, one_thread):
+    """The report's two notebooks (``forked="report"``): forked from one server holding
+    ``REPORT_PRELOAD`` (seaborn with SciPy: 2.5 s each notebook paid before; SciPy's OpenBLAS on one
+    thread, else the server would run a thread pool and fork nothing), without torch, which they never use."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "longtail", "display_name": "Python (longtail)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(REPORT_PROBE)]
+    states = []
+    for name in ("explore", "analysis"):
+        ex = execute(nb, tmp_path / f"{name}.ipynb", {}, forked="report")
+        assert ex.ok, ex.reason
+        cells = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4).cells
+        states.append(json.loads("".join(o.text for c in cells for o in c.outputs if o.output_type == "stream")))
+    assert states[0]["ppid"] == states[1]["ppid"] != os.getpid()  # one server, not this process
+    assert all(s["seaborn"] and not s["torch"] and s["openblas"] == "1" for s in states)

@@ -229,6 +229,11 @@ def test_report_files_tables_and_figures(rendered):
         assert page.exists() and "run_training" in page.read_text()  # the run's notebook, code shown
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["runs"]["finished"] == 4 and "explore.py" in prov["report_timings_s"]
+    # each figure's three renders (shown PNG, PDF, PNG file), timed where they ran, for bench/main_job.py's floor
+    renders = prov["figure_render_s"]
+    assert {"class_distribution_synthetic", "confusion", "reliability"} <= set(renders)
+    assert all(len(r) == 3 and min(r) > 0 for r in renders.values())
+    assert not (out / report.RENDER_TIMES).exists()  # gathered, then removed
 
 
 @pytest.mark.slow
@@ -379,3 +384,40 @@ def test_appendix_tables_follow_the_grid_order_and_the_thesis_numbering(tmp_path
     assert list(appendix[2].frame.index) == ["CE", "Focal", "Weighted CE"]  # the thesis's row order
     assert appendix[2].notes == ["The rows CE, Weighted CE coincide in every digit."]
     assert appendix[0].notes == []
+
+
+def _bars(values, title=""):
+    """A small figure that counts how often it is built."""
+    import matplotlib.pyplot as plt
+    _bars.calls += 1
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.bar(range(len(values)), values)
+    ax.set_title(title)
+    return fig
+
+
+_bars.calls = 0
+
+
+def test_a_figure_is_built_and_rendered_once_for_the_same_inputs(tmp_path, tmp_cache):
+    """``show_figure_of``: a second report with the same inputs copies the cached renders (before:
+    every report built and rendered every figure, 1 s each, 5 s the confusion matrices); other inputs
+    build again; a damaged cache entry is named in a warning and rendered again."""
+    import matplotlib
+    matplotlib.use("Agg")
+    first, again, other, healed = (tmp_path / n for n in ("first", "again", "other", "healed"))
+    report.show_figure_of(_bars, [1, 2, 3], title="t", out_dir=first, name="bars")
+    report.show_figure_of(_bars, [1, 2, 3], title="t", out_dir=again, name="bars")
+    assert _bars.calls == 1
+    for ext in ("pdf", "png"):
+        assert (again / "figures" / f"bars.{ext}").read_bytes() == (first / "figures" / f"bars.{ext}").read_bytes()
+    report.show_figure_of(_bars, [1, 2, 4], title="t", out_dir=other, name="bars")
+    assert _bars.calls == 2
+    assert (other / "figures" / "bars.png").read_bytes() != (first / "figures" / "bars.png").read_bytes()
+    entry = tmp_cache / "figures" / report._figure_key(_bars, ([1, 2, 3],), {"title": "t"})
+    (entry / "figure.png").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match=f"figure cache {entry}: figure.png: .*rendering the figure again"):
+        report.show_figure_of(_bars, [1, 2, 3], title="t", out_dir=healed, name="bars")
+    assert _bars.calls == 3
+    assert (healed / "figures" / "bars.png").read_bytes() == (first / "figures" / "bars.png").read_bytes()
+    assert (entry / "figure.png").read_bytes() == (first / "figures" / "bars.png").read_bytes()  # stored again

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import config
 from .fileio import atomic_write_text, download, sha256
-from .imagecache import decoded_images
+from .imagecache import decoded_images, decoded_images_on_use
 from .subsets import stratified_split
 
 #: the given sets of an imagefolder root, used as they are (no subsampling)
@@ -447,10 +447,16 @@ def _lines(path: Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def split_images(split: ImageSplit, size: int, *, on_error: str = "raise", progress: bool = True):
-    """Decoded uint8 images [N, size, size, 3] of a split, and the indices kept (see imagecache)."""
+def split_images(split: ImageSplit, size: int, *, on_error: str = "raise", progress: bool = True,
+                 on_use: bool = False):
+    """Decoded uint8 images [N, size, size, 3] of a split, and the indices kept (see imagecache).
+    ``on_use``: instead of the images, a function that gives them, verified at its first call
+    (``imagecache.decoded_images_on_use``), for a caller that may not read them."""
     if split.images is not None:
-        return _resize_array(split.images, size), np.arange(len(split))
+        images = _resize_array(split.images, size)
+        return (lambda: images) if on_use else images, np.arange(len(split))
+    if on_use:
+        return decoded_images_on_use(split.paths, size, on_error=on_error, progress=progress)
     return decoded_images(split.paths, size, on_error=on_error, progress=progress)
 
 

@@ -6,7 +6,9 @@ Every image is resized so its shorter side is ``size`` and centre-cropped to ``s
 temporary file and renamed, so an interrupted build never leaves a cache that looks complete.
 The ``.json`` beside it (written last) holds the array's size and checksum, verified on every read
 (about 0.4 s for the 325 MB EU Moths training cache); a bad entry (truncated, corrupted) is decoded
-again, with a one-line warning naming the file.
+again, with a one-line warning naming the file.  A caller that may not need the pixels at all (a
+linear run whose features are cached) takes ``decoded_images_on_use``: the check is paid at the
+first read of the images, by a run that reads them.
 """
 from __future__ import annotations
 
@@ -59,12 +61,7 @@ def decoded_images(paths, size: int, *, on_error: str = "raise", cache: str | os
     ``on_error="raise"`` stops at the first unreadable image with an error naming the file;
     ``"skip"`` leaves such images out and warns once, listing every skipped file.
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"unknown on_error {on_error!r}; choose one of {', '.join(ON_ERROR)}")
-    paths = [str(p) for p in paths]
-    folder = config.cache_dir(cache) / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{cache_key(paths, size)}_{size}px"
+    paths, stem = _entry(paths, size, on_error, cache)
     array_file, meta_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
     meta, problem = _verified_meta(array_file, meta_file)
     if problem is not None:
@@ -80,6 +77,59 @@ def decoded_images(paths, size: int, *, on_error: str = "raise", cache: str | os
                     raise OSError(f"image cache {array_file}: {problem} right after it was written")
     _warn_skipped(meta["skipped"])
     return np.load(array_file, mmap_mode="r"), np.asarray(meta["kept"], dtype=np.int64)
+
+
+def decoded_images_on_use(paths, size: int, *, on_error: str = "raise", cache: str | os.PathLike | None = None,
+                          workers: int | None = None, progress: bool = True):
+    """``decoded_images`` for a caller that may not read the pixels (a linear run whose features are
+    cached): ``(load, kept)``, where ``load()`` gives the images, verified against their checksum (and
+    decoded again when bad) at its first call, and ``kept`` is read from the entry's description
+    without reading the array.  An entry without a readable description, or whose array has not the
+    stored size, is decoded or verified now, as ``decoded_images`` does.
+
+    ``kept`` taken from the description is the one a verified entry gives: the description is written
+    after its array, and decoding the same files (the entry's key holds their sizes and mtimes) again
+    keeps the same images; ``load`` checks that it does."""
+    paths, stem = _entry(paths, size, on_error, cache)
+    meta = _description(stem.with_suffix(".npy"), stem.with_suffix(".json"))
+    if meta is None:
+        images, kept = decoded_images(paths, size, on_error=on_error, cache=cache, workers=workers, progress=progress)
+        return (lambda: images), kept
+    _warn_skipped(meta["skipped"])
+    kept, loaded = np.asarray(meta["kept"], dtype=np.int64), []
+
+    def load() -> np.ndarray:
+        if not loaded:
+            images, again = decoded_images(paths, size, on_error=on_error, cache=cache, workers=workers,
+                                           progress=progress)
+            if not np.array_equal(again, kept):
+                raise OSError(f"image cache {stem.with_suffix('.npy')}: it now keeps {len(again)} of the "
+                              f"{len(paths)} images, not the {len(kept)} its description gave before; run again")
+            loaded.append(images)
+        return loaded[0]
+    return load, kept
+
+
+def _entry(paths, size: int, on_error: str, cache) -> tuple[list[str], object]:
+    """The paths as strings and the stem of their cache entry (its folder created)."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"unknown on_error {on_error!r}; choose one of {', '.join(ON_ERROR)}")
+    paths = [str(p) for p in paths]
+    folder = config.cache_dir(cache) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    return paths, folder / f"{cache_key(paths, size)}_{size}px"
+
+
+def _description(array_file, meta_file) -> dict | None:
+    """The entry's description when it is readable and complete and the array has its stored size
+    (checked without reading the array), else None."""
+    try:
+        meta = json.loads(meta_file.read_text())
+        ok = (isinstance(meta.get("kept"), list) and isinstance(meta.get("skipped"), list)
+              and os.path.getsize(array_file) == meta["array"]["bytes"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return meta if ok else None
 
 
 def _verified_meta(array_file, meta_file) -> tuple[dict | None, str | None]:

@@ -61,7 +61,16 @@ from traitlets import DottedObjectName, Type
 #: what ipykernel imports to start), the bulk of a run's start-up time.  Any importable module
 #: list works; a module a notebook does not use costs the server's memory only.
 PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.debugger", "matplotlib_inline.backend_inline",
-           "torch", "pandas", "matplotlib.pyplot", "longtail.run", "longtail.figures", "longtail.report")
+           "torch", "pandas", "matplotlib.pyplot", "longtail.run", "longtail.figures", "longtail.report",
+           # what a run imports as it goes (a mode linear run on cached features: 0.05 s of each kernel)
+           "longtail.data", "longtail.engine", "longtail.features", "longtail.imagecache", "longtail.inference",
+           "longtail.losses", "longtail.methods", "longtail.models", "longtail.samplers", "longtail.selection",
+           "longtail.transforms", "pandas.io.formats.csvs")
+#: what the report's notebooks (``longtail.report``) import, once for both: seaborn (with SciPy: 2.5 s,
+#: by ``figures.setup``) and the modules they read the runs with; no torch (2 s), which they never use
+REPORT_PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.debugger", "matplotlib_inline.backend_inline",
+                  "pandas", "matplotlib.pyplot", "seaborn", "longtail.data", "longtail.datasummary",
+                  "longtail.figures", "longtail.leaderboard", "longtail.report", "longtail.results", "longtail.thesis")
 #: environment variables that differ from kernel to kernel (jupyter_client's launcher sets them):
 #: not part of the server's identity
 PER_KERNEL_ENV = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
@@ -384,12 +393,13 @@ class ForkProvisioner(LocalProvisioner):
     preloaded); a kernel the server cannot fork is launched as ``LocalProvisioner`` does."""
 
     modules: tuple = PRELOAD
+    extra_env: dict = {}
 
     async def launch_kernel(self, cmd: list[str], **kwargs):
         split = _split_command(cmd) if sys.platform.startswith("linux") else None
         if split is not None:
             python, args = split
-            env = dict(kwargs.get("env") or os.environ)
+            env = {**dict(kwargs.get("env") or os.environ), **self.extra_env}
             env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it
             cwd = str(kwargs.get("cwd") or os.getcwd())
             try:
@@ -453,18 +463,33 @@ class ReadyKernelClient(AsyncKernelClient):
 
 
 class ForkedKernelManager(AsyncKernelManager):
-    """``AsyncKernelManager`` whose kernels are forked (``ForkProvisioner``) and whose client is a
+    """``AsyncKernelManager`` whose kernels are forked (``ForkProvisioner``, from a server that
+    imported ``modules``, its environment and theirs with ``extra_env``) and whose client is a
     ``ReadyKernelClient``; papermill's ``kernel_manager_class``."""
 
     client_class = DottedObjectName("longtail.kernels.ReadyKernelClient")
     client_factory = Type(klass=ReadyKernelClient)
+    modules: tuple | None = None  # None: the provisioner's own (PRELOAD)
+    extra_env: dict = {}
 
     async def _async_pre_start_kernel(self, **kw):
         if self.provisioner is None:  # jupyter_client creates the default one only when none is set
             import uuid
             self.kernel_id = self.kernel_id or kw.pop("kernel_id", None) or str(uuid.uuid4())
             self.provisioner = ForkProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
+            if self.modules is not None:
+                self.provisioner.modules = self.modules
+            self.provisioner.extra_env = self.extra_env
         return await super()._async_pre_start_kernel(**kw)
+
+
+class ReportKernelManager(ForkedKernelManager):
+    """``ForkedKernelManager`` of the report's notebooks (``REPORT_PRELOAD``), with SciPy's OpenBLAS on
+    one thread: imported by seaborn, it would start a thread pool in the server, which then forks no
+    kernel (numpy's is told apart; the report's notebooks do no linear algebra worth threads)."""
+
+    modules = REPORT_PRELOAD
+    extra_env = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import config
 from .fileio import one_line
-from .kernels import ForkedKernelManager
+from .kernels import ForkedKernelManager, ReportKernelManager
 from .params import json_type_errors
 
 #: the Jupyter kernel that the set-up registers (``ipykernel install --sys-prefix --name longtail``)
@@ -91,7 +91,7 @@ def _quiet_papermill():
 
 def execute(notebook, output: str | os.PathLike, parameters: dict | None = None, *, kernel_name: str = KERNEL,
             cwd: str | os.PathLike | None = None, start_timeout: float = 60,
-            execution_timeout: float | None = None, forked: bool = False) -> Execution:
+            execution_timeout: float | None = None, forked: bool | str = False) -> Execution:
     """Execute ``notebook`` (a path, relative to the project root unless absolute, or a notebook
     node from ``jupytext.read``) with ``parameters`` into ``output``.
 
@@ -99,7 +99,8 @@ def execute(notebook, output: str | os.PathLike, parameters: dict | None = None,
     for the kernel to start; ``execution_timeout``: seconds a cell may run (None: no limit); both as
     papermill's.  ``forked``: the kernel is forked from this process's server of preloaded modules
     (``longtail.kernels``: still a fresh process for this notebook alone, started in ~0.3 s instead of
-    importing torch and the rest anew); False: started on its own.  Errors of the notebook, the kernel or papermill are returned in the ``Execution``
+    importing torch and the rest anew); ``"report"``: from a server that also imported what the report's
+notebooks use (``kernels.REPORT_PRELOAD``); False: started on its own.  Errors of the notebook, the kernel or papermill are returned in the ``Execution``
     (``error``, ``reason``), never raised; KeyboardInterrupt and other BaseExceptions propagate.
     """
     import papermill
@@ -111,7 +112,7 @@ def execute(notebook, output: str | os.PathLike, parameters: dict | None = None,
     error = None
     more = {}
     if forked:
-        more["kernel_manager_class"] = ForkedKernelManager
+        more["kernel_manager_class"] = ReportKernelManager if forked == "report" else ForkedKernelManager
     # the parameters are checked against longtail.params.SCHEMA (or are the report's own); papermill's
     # parameter inspection only adds noise ("Passed unknown parameter" when it cannot parse a comment)
     with _quiet_papermill():

@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import config, rundir
+from .fileio import checksum_problem, file_checksum
 from .gridspec import expand, read_spec
 from .notebook import KERNEL, execute as execute_notebook
 from .params import resolve
@@ -83,14 +84,42 @@ def save_table(table: Table | pd.DataFrame, out_dir, name: str | None = None, ca
     return [folder / f"{name}.tex", folder / f"{name}.csv"]
 
 
-def save_figure(fig, out_dir, name: str, dpi: int = 150) -> list[Path]:
-    """``<out_dir>/figures/<name>.pdf`` and ``.png``."""
+#: where the notebooks' kernels leave each figure's render times (``<out>/<RENDER_TIMES>/<name>.json``);
+#: ``build_report`` gathers them into ``provenance.json`` (``figure_render_s``) and removes the folder
+RENDER_TIMES = ".figure_render_s"
+
+
+def save_figure(fig, out_dir, name: str, dpi: int = 150, *, renders: list | None = None) -> list[Path]:
+    """``<out_dir>/figures/<name>.pdf`` and ``.png``; each render's seconds appended to ``renders``."""
     folder = Path(out_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.pdf", folder / f"{name}.png"]
-    fig.savefig(paths[0], bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", dpi=dpi)
+    renders = [] if renders is None else renders
+    renders.append(_timed(fig.savefig, paths[0], bbox_inches="tight"))
+    renders.append(_timed(fig.savefig, paths[1], bbox_inches="tight", dpi=dpi))
     return paths
+
+
+def _timed(call, *args, **kwargs) -> float:
+    t0 = time.perf_counter()
+    call(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
+def _record_renders(out_dir, name: str, renders: list[float]) -> None:
+    """The seconds of a figure's renders (one file a figure: the two notebooks' kernels write at once)."""
+    folder = Path(out_dir) / RENDER_TIMES
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps([round(r, 4) for r in renders]))
+
+
+def gather_render_times(out_dir) -> dict[str, list[float]]:
+    """``{figure: [seconds of each render]}`` the notebooks recorded (``show_figure``), the folder removed."""
+    import shutil
+    folder = Path(out_dir) / RENDER_TIMES
+    times = {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))}
+    shutil.rmtree(folder, ignore_errors=True)
+    return times
 
 
 def file_links(paths, out_dir) -> str:
@@ -139,22 +168,119 @@ def figure_alt(fig) -> str:
     return text or "figure"
 
 
-def show_figure(fig, out_dir=None, name: str | None = None, alt: str | None = None):
+def show_figure(fig, out_dir=None, name: str | None = None, alt: str | None = None, *, _keep=None):
     """Show a figure in the notebook as a PNG with alternative text (``alt``, else ``figure_alt``),
     and, with ``out_dir``, save it (``save_figure``) and link its PDF and PNG below it."""
     import io
 
     import matplotlib.pyplot as plt
-    from IPython.display import HTML, Image, display
     alt = alt or figure_alt(fig)
     buf = io.BytesIO()
     dpi = 100
-    fig.savefig(buf, format="png", bbox_inches="tight", dpi=dpi)
-    display(Image(data=buf.getvalue(), format="png", alt=alt))
-    if out_dir is not None:
-        display(HTML(f'<p class="lt-figure-files">Figure <code>{_html_escape(name)}</code>: '
-                     f'{file_links(save_figure(fig, out_dir, name), out_dir)}</p>'))
+    renders = [_timed(fig.savefig, buf, format="png", bbox_inches="tight", dpi=dpi)]
+    paths = save_figure(fig, out_dir, name, renders=renders) if out_dir is not None else None
     plt.close(fig)
+    if paths is not None:
+        _record_renders(out_dir, name, renders)
+        if _keep is not None:
+            _store_figure(_keep, buf.getvalue(), paths, alt)
+    _display_figure(buf.getvalue(), alt, name, out_dir, paths)
+
+
+def show_figure_of(build, *args, out_dir=None, name: str | None = None, alt: str | None = None, **kwargs):
+    """``show_figure(build(*args, **kwargs), out_dir, name, alt)``, built and rendered once for the
+    same inputs: its renders (the PNG shown, the PDF and PNG files) and alternative text are kept in
+    the cache (``<cache>/figures/<key>/``, each file's size and CRC-32 checked on every read; a bad
+    entry is rendered again, with a warning naming it), ``key`` the hash of ``build`` (its module's
+    source and its name), its inputs (pickled), matplotlib's settings, the versions of matplotlib and
+    seaborn, and this module's source.  A report whose figure has the same key copies the files
+    instead of building and rendering (about 1 s a figure, 5 s the confusion matrices).  Inputs that
+    cannot be pickled, or no ``out_dir``: built and rendered every time."""
+    import shutil
+    key = _figure_key(build, args, kwargs) if out_dir is not None else None
+    if key is None:
+        return show_figure(build(*args, **kwargs), out_dir, name, alt)
+    entry = config.cache_dir() / "figures" / key
+    if _cached_figure(entry) is None:
+        return show_figure(build(*args, **kwargs), out_dir, name, alt, _keep=entry)
+    folder = Path(out_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.pdf", folder / f"{name}.png"]
+    for cached, path in zip(("figure.pdf", "figure.png"), paths):
+        shutil.copyfile(entry / cached, path)
+    _display_figure((entry / "shown.png").read_bytes(), alt or (entry / "alt.txt").read_text(), name, out_dir, paths)
+
+
+#: a figure cache entry's files: the PNG shown in the notebook, the PDF and PNG files, the alternative text
+FIGURE_FILES = ("shown.png", "figure.pdf", "figure.png", "alt.txt")
+
+
+def _display_figure(png: bytes, alt: str, name, out_dir, paths) -> None:
+    from IPython.display import HTML, Image, display
+    display(Image(data=png, format="png", alt=alt))
+    if paths is not None:
+        display(HTML(f'<p class="lt-figure-files">Figure <code>{_html_escape(name)}</code>: '
+                     f'{file_links(paths, out_dir)}</p>'))
+
+
+def _figure_key(build, args, kwargs) -> str | None:
+    import hashlib
+    import importlib.metadata as md
+    import inspect
+    import pickle
+
+    import matplotlib
+    try:
+        inputs = pickle.dumps((args, sorted(kwargs.items())), protocol=5)
+    except Exception:  # noqa: BLE001 - e.g. a lambda among the inputs: no cache
+        return None
+    h = hashlib.sha1()
+    for part in (build.__module__, build.__qualname__, inspect.getsource(sys.modules[build.__module__]),
+                 inspect.getsource(sys.modules[__name__]), matplotlib.__version__, md.version("seaborn"),
+                 repr(sorted(matplotlib.rcParams.items()))):
+        h.update(str(part).encode() + b"\0")
+    h.update(inputs)
+    return h.hexdigest()[:20]
+
+
+def _cached_figure(entry: Path) -> Path | None:
+    """``entry`` when it is complete and every file matches its stored size and checksum, else None
+    (a bad entry removed, with a warning naming it)."""
+    import shutil
+    import warnings
+
+    if not entry.exists():
+        return None
+    try:
+        expected = json.loads((entry / "checksums.json").read_text())
+        problem = next((f"{f}: {why}" for f in FIGURE_FILES if (why := checksum_problem(entry / f, expected.get(f)))),
+                       None)
+    except (OSError, ValueError, AttributeError):
+        problem = "checksums.json unreadable"
+    if problem is None:
+        return entry
+    warnings.warn(f"figure cache {entry}: {problem}; rendering the figure again", stacklevel=3)
+    shutil.rmtree(entry, ignore_errors=True)
+    return None
+
+
+def _store_figure(entry: Path, shown_png: bytes, paths: list[Path], alt: str) -> None:
+    """The renders into ``entry``, complete or not at all (written beside it, then renamed; when
+    another kernel stored it first, its entry is kept)."""
+    import shutil
+
+    tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "shown.png").write_bytes(shown_png)
+    shutil.copyfile(paths[0], tmp / "figure.pdf")
+    shutil.copyfile(paths[1], tmp / "figure.png")
+    (tmp / "alt.txt").write_text(alt)
+    (tmp / "checksums.json").write_text(json.dumps({f: file_checksum(tmp / f) for f in FIGURE_FILES}))
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ============================================================================ benchmark records
@@ -391,7 +517,9 @@ def _execute(name: str, parameters: dict, out_dir: Path, kernel_name: str):
     """Execute ``NOTEBOOKS[name]`` into ``<out>/<name>.ipynb``; returns (the executed notebook, the
     error or None, wall seconds).  A failed cell's notebook (with the error) is still rendered."""
     import nbformat
-    ex = execute_notebook(NOTEBOOKS[name], out_dir / f"{name}.ipynb", parameters, kernel_name=kernel_name)
+    # forked from one server that imported the notebooks' modules (seaborn's SciPy among them) once for both
+    ex = execute_notebook(NOTEBOOKS[name], out_dir / f"{name}.ipynb", parameters, kernel_name=kernel_name,
+                          forked="report")
     if not ex.output.exists():
         raise RuntimeError(f"{name}: papermill wrote no notebook ({ex.reason})") from ex.error
     return nbformat.read(ex.output, as_version=4), ex.error, ex.wall_s
@@ -467,6 +595,7 @@ def build_report(sources, out_dir="report", *, kernel_name: str = KERNEL, explor
                                                + runs_html(runs, links)))
     info = provenance(sources, runs)
     info["report_timings_s"] = timings
+    info["figure_render_s"] = gather_render_times(out)  # each figure's renders: shown PNG, PDF, PNG file
     wall = time.time() - t0
     files = [(label, href) for label, href in (("provenance.json", "provenance.json"),
                                                ("all runs (CSV)", "tables/runs.csv"),
