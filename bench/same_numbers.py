@@ -6,7 +6,7 @@ A run tree is a runs folder (``LT_RUNS_DIR``: one folder per grid, one per run).
 run of the first tree, the run of the same id in the second must have the same ``metrics.json``
 (every key but the timings and paths: ``TIMING``), the same ``history.csv`` (but its per-epoch
 timings), the same arrays in ``predictions.npz``, the same ``classes.csv`` and ``params.json`` (but
-``output_dir``).  Reports: every ``tables/*.csv`` the same, but columns of timings and paths; a
+``output_dir``, and parameters the change added, at their defaults in every run).  Reports: every ``tables/*.csv`` the same, but columns of timings and paths; a
 column only the second report has is named (a deliberate addition), not counted as a difference.
 Prints the counts compared and every difference; exits 1 when there is one.  How a refactor shows
 it changed nothing: run the default and tiny grids and the report at both commits (two worktrees,
@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from longtail.params import DEFAULTS
+
 #: what may differ between two runs of the same computation: timings and where the files are
 TIMING = ("wall_s", "cpu_s", "run_dir", "output_dir", "notebook", "epoch_s", "images_per_s")
 
@@ -31,9 +33,10 @@ def _same(a, b) -> bool:
     return a == b or both_nan
 
 
-def compare_runs(before: Path, after: Path) -> tuple[int, int, list[str]]:
-    """(runs compared, fields compared, differences) of two run trees."""
-    diffs, n_runs, n_fields = [], 0, 0
+def compare_runs(before: Path, after: Path) -> tuple[int, int, list[str], list[str]]:
+    """(runs compared, fields compared, differences, parameters only the second tree's runs record,
+    each at its default: a parameter the change added) of two run trees."""
+    diffs, n_runs, n_fields, new_params = [], 0, 0, set()
     for d in sorted(p.parent for p in before.glob("*/*/metrics.json")):
         rel = d.relative_to(before)
         a = after / rel
@@ -60,9 +63,12 @@ def compare_runs(before: Path, after: Path) -> tuple[int, int, list[str]]:
             diffs.append(f"{rel} classes.csv differs")
         pb, pa = ({k: v for k, v in json.loads((x / "params.json").read_text()).items() if k not in TIMING}
                   for x in (d, a))
-        if pb != pa:
-            diffs.append(f"{rel} params.json differs in {sorted(k for k in set(pb) | set(pa) if pb.get(k) != pa.get(k))}")
-    return n_runs, n_fields, diffs
+        added = {k for k in set(pa) - set(pb) if k in DEFAULTS and pa[k] == DEFAULTS[k]}  # new parameters, at their defaults
+        differ = sorted(k for k in (set(pb) | set(pa)) - added if pb.get(k) != pa.get(k))
+        if differ:
+            diffs.append(f"{rel} params.json differs in {differ}")
+        new_params.update(added)
+    return n_runs, n_fields, diffs, sorted(new_params)
 
 
 def compare_reports(before: Path, after: Path) -> tuple[int, list[str], list[str]]:
@@ -89,11 +95,12 @@ def main(argv=None) -> int:
     ap.add_argument("runs_after", type=Path)
     ap.add_argument("--reports", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     args = ap.parse_args(argv)
-    n_runs, n_fields, diffs = compare_runs(args.runs_before, args.runs_after)
-    n_tables, notes = 0, []
+    n_runs, n_fields, diffs, new_params = compare_runs(args.runs_before, args.runs_after)
+    n_tables, notes = 0, [f"parameters added, every run at their default: {new_params}"] if new_params else []
     if args.reports:
-        n_tables, more, notes = compare_reports(*args.reports)
+        n_tables, more, report_notes = compare_reports(*args.reports)
         diffs += more
+        notes += report_notes
     print(f"{n_runs} runs ({n_fields} metric and prediction fields) and {n_tables} report tables compared: "
           f"{len(diffs)} difference(s)")
     for line in notes + diffs:

@@ -86,7 +86,10 @@ def test_same_numbers_finds_one_changed_prediction_and_ignores_timings(tmp_path)
     shutil.copytree(before, after)
     metrics = json.loads((after / "metrics.json").read_text())
     (after / "metrics.json").write_text(json.dumps({**metrics, "wall_s": 99.0, "run_dir": "elsewhere"}))
-    assert same_numbers.compare_runs(tmp_path / "before", tmp_path / "after")[2] == []
+    assert same_numbers.compare_runs(tmp_path / "before", tmp_path / "after")[2:] == ([], [])
+    params = json.loads((before / "params.json").read_text())  # the earlier code had no "tune" parameter
+    (before / "params.json").write_text(json.dumps({k: v for k, v in params.items() if k != "tune"}))
+    assert same_numbers.compare_runs(tmp_path / "before", tmp_path / "after")[2:] == ([], ["tune"])
 
     with np.load(after / "predictions.npz") as z:
         arrays = {k: z[k] for k in z.files}

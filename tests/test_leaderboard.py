@@ -193,3 +193,15 @@ def test_runs_at_another_input_size_rank_in_the_same_board_named_by_their_size(t
     b = leaderboard.leaderboard(collect_runs(root))
     assert b["Setting"].nunique() == 1 and "CE at 320 px" in set(b["Method"]) and "CE" in set(b["Method"])
     assert (b.set_index("Method").loc["CE at 320 px", "Seeds"], b.set_index("Method").loc["CE", "Seeds"]) == (2, 2)
+
+
+def test_another_data_sets_own_input_size_is_not_a_size_variant(tmp_path):
+    """Two data sets' boards side by side (EU Moths at 224 px, a synthetic set at 16 px): each board's
+    methods keep their names; a size is a variant only within one data set, backbone and training set."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_run(root / f"m{seed}", {**BASE, "dataset": "eu_moths", "seed": seed, "image_size": 224},
+                   [0, 0, 0, 0, 0, 0], 3.0, 1, 1.0)
+        _write_run(root / f"t{seed}", {**BASE, "seed": seed, "image_size": 16}, [1, 1, 1, 1, 2, 2], 4.0, 0, 2.0)
+    b = leaderboard.leaderboard(collect_runs(root))
+    assert b["Setting"].nunique() == 2 and set(b["Method"]) == {"CE"}

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import metrics, rundir, taxonomy
 from .lossinfo import loss_info
-from .results import settings
+from .results import TABLE_KEYS, settings
 
 #: the leaderboard's goal on the long-tailed set (mean of the seeds): balanced-test and tail top-1
 GOAL = {"balanced": 0.75, "tail": 0.60}
@@ -194,15 +194,23 @@ def leaderboard(runs: pd.DataFrame, ensemble_pool: int = 5) -> pd.DataFrame:
 
 
 def _one_ranking_over_input_sizes(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs with the input size made part of the method, not of the setting: a run at another
-    size than the most common one is named "<method> at <size> px", and all rank together (the size
-    is one more choice made on validation)."""
+    """The runs with the input size made part of the method, not of the setting: within one data
+    set, backbone and training set (``results.TABLE_KEYS``), a run at another size than the most
+    common one there is named "<method> at <size> px", and all rank together (the size is one more
+    choice made on validation).  Another data set's runs at their own size are left alone."""
     if "image_size" not in runs or runs["image_size"].nunique() < 2:
         return runs
-    size = pd.to_numeric(runs["image_size"], errors="coerce")
-    usual = size.mode().iloc[0]
-    method = runs["method"].where(size == usual, runs["method"] + " at " + size.map(lambda v: f"{v:g}") + " px")
-    return runs.assign(method=method, image_size=usual)
+    runs = runs.copy()
+    keys = [k for k in TABLE_KEYS if k in runs]
+    for _, idx in runs.groupby([runs[k].astype(str) for k in keys], sort=False).groups.items():
+        size = pd.to_numeric(runs.loc[idx, "image_size"], errors="coerce")
+        if size.nunique() < 2:
+            continue
+        usual = size.mode().iloc[0]
+        other = idx[(size != usual).to_numpy()]
+        runs.loc[other, "method"] = runs.loc[other, "method"] + " at " + size[size != usual].map(lambda v: f"{v:g}") + " px"
+        runs.loc[idx, "image_size"] = usual
+    return runs
 
 
 def pareto_front(head, tail) -> np.ndarray:
