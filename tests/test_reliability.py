@@ -182,6 +182,8 @@ BAD_VALUES = {
     "val_source": ["held_out", 1], "val_per_class": [0, "2", 1.5], "posthoc_tau_grid": [0.5, ["a"], "1,2"],
     "technique": ["lsw", None], "technique_params": ["k", [1], {"kk": 2}], "tta": ["crop", True],
     "label": [3, "", ["a"]],
+    # frozen-feature preparation and tuning on validation
+    "feature_power": ["half", -1.0, True], "feature_standardize": ["yes", 1], "tune": [["tau"], {"lr": [0.1]}, {"loss_params": []}],
     # the fine-tuning recipe (checked with mode finetune below: mode linear refuses any other value)
     "freeze_bn": ["yes", True, None], "head_init": ["probe", 1, None], "backbone_lr_scale": ["abc", -0.1, None, True],
 }
