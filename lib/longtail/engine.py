@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .inference import for_inference
-from .metrics import per_class_accuracy
+from .metrics import balanced_accuracy
 from .params import DEFAULTS
 from .transforms import mix_batch
 
@@ -412,7 +412,7 @@ def evaluate(model: nn.Module, x, y, cfg: TrainConfig, device, transform=None) -
                                       precision=cfg.precision, channels_last=cfg.channels_last))
     vy = y.cpu()
     return {"val_loss": F.cross_entropy(logits, vy).item(), "val_acc": (logits.argmax(1) == vy).float().mean().item(),
-            "val_balanced_acc": float(np.nanmean(per_class_accuracy(logits.numpy(), vy.numpy(), logits.shape[1])))}
+            "val_balanced_acc": balanced_accuracy(logits.numpy(), vy.numpy(), logits.shape[1])}
 
 
 def monitor_accuracy(model: nn.Module, x, y, cfg: TrainConfig, device, transform=None) -> float:

@@ -129,8 +129,7 @@ def ensemble(runs: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
         val = [p["val_logits"] for p in preds if "val_logits" in p.files]
         if len(val) == len(preds) and len(val[0]):
             vprob = np.mean([np.exp(metrics.log_softmax(v)) for v in val], axis=0)
-            res["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(
-                vprob, preds[0]["val_labels"], vprob.shape[1])))
+            res["val/balanced_acc"] = metrics.balanced_accuracy(vprob, preds[0]["val_labels"], vprob.shape[1])
         res.update(seed=seed, cpu_s=float(sum(pd.to_numeric(m["cpu_s"], errors="coerce").iloc[0] for m in members)),
                    _correct=prob.argmax(1) == labels, _group=classes["group"].to_numpy()[labels])
         rows.append(res)

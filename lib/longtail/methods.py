@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .metrics import per_class_accuracy
+from .metrics import balanced_accuracy
 from .taxonomy import CLASSIFIER_DESIGN, DECOUPLED_TRAINING, FEATURE_AUGMENTATION
 
 
@@ -432,7 +432,7 @@ def best_on_validation(candidates: dict, val_logits_of: Callable[[object], np.nd
     val_labels = np.asarray(val_labels)
     if len(val_labels) == 0:
         raise ValueError("tuning on validation needs a validation split (val_source unused, or val_fraction > 0)")
-    scores = {c: float(np.nanmean(per_class_accuracy(val_logits_of(c), val_labels, num_classes))) for c in candidates}
+    scores = {c: balanced_accuracy(val_logits_of(c), val_labels, num_classes) for c in candidates}
     best = max(scores, key=lambda c: (scores[c], -list(candidates).index(c)))
     return best, scores
 

@@ -137,6 +137,12 @@ def expected_calibration_error(probs, labels, n_bins: int = ECE_BINS, sample_wei
     return float((b["mass"] * (b["accuracy"] - b["confidence"]).abs()).sum()) if len(b) else float("nan")
 
 
+def balanced_accuracy(logits_or_preds, labels, num_classes: int) -> float:
+    """Mean recall over the classes with at least one image (``per_class_accuracy``'s non-NaN
+    entries): the validation score every model selection and tuning uses."""
+    return float(np.nanmean(per_class_accuracy(logits_or_preds, labels, num_classes)))
+
+
 def per_class_accuracy(logits_or_preds, labels, num_classes: int, sample_weight=None) -> np.ndarray:
     """Recall of every class (top-1 accuracy on its test samples); NaN for a class with none."""
     preds, labels = _preds(logits_or_preds), np.asarray(labels, dtype=np.int64)

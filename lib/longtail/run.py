@@ -320,7 +320,7 @@ def _combo_text(combo: dict) -> str:
 def _val_balanced_accuracy(head, val_x, val_y, num_classes: int) -> float:
     with torch.no_grad():
         z = head(val_x).float().numpy()
-    return float(np.nanmean(metrics.per_class_accuracy(z, val_y.numpy(), num_classes)))
+    return metrics.balanced_accuracy(z, val_y.numpy(), num_classes)
 
 
 def _fit_linear(run: RunData, raw_train: torch.Tensor, raw_test: torch.Tensor, num_features: int, out: Path,
@@ -556,7 +556,7 @@ def _evaluate(run: RunData, trained: Trained, hist: pd.DataFrame, out: Path, log
         summary[f"tuned/{k}"] = json.dumps(chosen, sort_keys=True)
     summary["posthoc_tau_used"] = float(tau)
     if has_val:
-        summary["val/balanced_acc"] = float(np.nanmean(metrics.per_class_accuracy(val_logits, val_y, C)))
+        summary["val/balanced_acc"] = metrics.balanced_accuracy(val_logits, val_y, C)
     summary.update(best_epoch=trained.best_epoch, train_images=int(len(run.train_idx)), num_classes=C,
                    device=str(run.device), image_size=run.image_size)
     if "monitor_acc" in hist:  # the best test epoch, as papers that select on the test set report it
